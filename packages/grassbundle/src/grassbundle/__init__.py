@@ -8,10 +8,77 @@ axes ``(..., n, p)``.  The maths runs in float64 whatever the input dtype.
 from __future__ import annotations
 
 from .angles import principal_angles
+from .baselines import InputSharing, basis_sharing_input
+from .bundle import (
+    BundleProblem,
+    PhaseDiagram,
+    Section,
+    anchor_section,
+    basis_sharing_core,
+    evaluate_section,
+    group_index,
+    l2_core,
+    phase_diagram,
+    solve,
+)
+from .coupling import CoupledSection, solve_coupled, solve_trust_regions
+from .distances import (
+    binet_cauchy_dist,
+    chordal_dist,
+    dist,
+    fubini_study_dist,
+    procrustes_dist,
+    projection_dist,
+)
+from .grassmann import (
+    as_point,
+    exp,
+    geodesic,
+    log,
+    parallel_transport,
+    project_tangent,
+    projector,
+    random_point,
+    retraction,
+)
+from .means import KarcherMeanResult, chordal_mean, karcher_mean
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BundleProblem",
+    "CoupledSection",
+    "PhaseDiagram",
+    "Section",
+    "anchor_section",
+    "basis_sharing_core",
+    "evaluate_section",
+    "group_index",
+    "l2_core",
+    "phase_diagram",
+    "solve",
+    "solve_coupled",
+    "solve_trust_regions",
+    "InputSharing",
+    "KarcherMeanResult",
     "__version__",
+    "as_point",
+    "basis_sharing_input",
+    "binet_cauchy_dist",
+    "chordal_dist",
+    "chordal_mean",
+    "dist",
+    "exp",
+    "fubini_study_dist",
+    "geodesic",
+    "karcher_mean",
+    "log",
+    "parallel_transport",
     "principal_angles",
+    "procrustes_dist",
+    "project_tangent",
+    "projection_dist",
+    "projector",
+    "random_point",
+    "retraction",
 ]

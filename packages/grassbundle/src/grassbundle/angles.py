@@ -25,31 +25,18 @@ from typing import Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._checks import broadcast_batch, check_point, check_same_ambient
+
 __all__ = ["principal_angles"]
 
 _QUARTER_PI = np.pi / 4.0
 
 
 def _as_basis_pair(U: ArrayLike, V: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    U = np.asarray(U)
-    V = np.asarray(V)
-    for name, X in (("U", U), ("V", V)):
-        if X.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., n, p); got shape {X.shape}")
-        if not np.issubdtype(X.dtype, np.floating) and not np.issubdtype(X.dtype, np.integer):
-            raise ValueError(f"{name} must be a real floating array; got dtype {X.dtype}")
-        if X.shape[-1] < 1 or X.shape[-1] > X.shape[-2]:
-            raise ValueError(
-                f"{name} must have 1 <= p <= n; got n = {X.shape[-2]} and p = {X.shape[-1]}"
-            )
-    if U.shape[-2] != V.shape[-2]:
-        raise ValueError(
-            f"U and V must live in the same ambient space; got n = {U.shape[-2]} and n = {V.shape[-2]}"
-        )
-    U64 = U.astype(np.float64, copy=False)
-    V64 = V.astype(np.float64, copy=False)
-    if not (np.all(np.isfinite(U64)) and np.all(np.isfinite(V64))):
-        raise ValueError("U and V must have finite entries; found NaN or inf")
+    U64 = check_point(U, "U")
+    V64 = check_point(V, "V")
+    check_same_ambient(U64, V64, "U", "V")
+    broadcast_batch(U64, V64, names=("U", "V"))
     return U64, V64
 
 
@@ -94,11 +81,20 @@ def principal_angles(
 
     Notes
     -----
-    The inputs are not re-orthonormalised: the angles are those of the
-    spans only if the bases are orthonormal (use :func:`grassbundle.as_point`
-    to validate or orthonormalise first).  Cost: one ``p x q`` SVD and one
-    thin ``n x q`` SVD (the latter is skipped when no angle is below pi/4 and
-    no vectors are requested).
+    The inputs are validated, not re-orthonormalised: a basis with
+    ``max |U^T U - I|`` above ``max(1e-10, 10 sqrt(n) eps)`` (``eps`` of the
+    input dtype) raises :class:`ValueError`; orthonormalise such input with
+    :func:`grassbundle.as_point` first.  Cost: one ``p x q`` SVD and one thin
+    ``n x q`` SVD (the latter is skipped for the batch entries with no angle
+    below pi/4 when no vectors are requested), plus the two Gram matrices of
+    the orthonormality check.
+
+    Raises
+    ------
+    ValueError
+        For a wrong number of axes, ``p > n`` or ``p < 1``, different ``n``,
+        batch axes that do not broadcast, non-finite entries, or a basis that
+        is not orthonormal.
 
     Examples
     --------
@@ -110,6 +106,13 @@ def principal_angles(
     0.3...
     """
     U64, V64 = _as_basis_pair(U, V)
+    return _principal_angles(U64, V64, vectors=vectors)
+
+
+def _principal_angles(
+    U64: NDArray[np.float64], V64: NDArray[np.float64], *, vectors: bool = False
+) -> NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`principal_angles` on validated float64 bases (no checks)."""
     swapped = U64.shape[-1] < V64.shape[-1]
     if swapped:  # make U the larger basis, so that (I - U U^T) V has min(p, q) columns
         U64, V64 = V64, U64
@@ -119,14 +122,30 @@ def principal_angles(
     cos = np.clip(cos, 0.0, 1.0)
     theta = np.arccos(cos)  # ascending; accurate where cos <= 1/sqrt(2)
     small = theta < _QUARTER_PI
-    need_sines = vectors or bool(np.any(small))
-    if need_sines:
-        B = V64 - U64 @ M  # (I - U U^T) V
-        _, sin, Zst = np.linalg.svd(B, full_matrices=False)  # sin descending
-        sin_asc = np.clip(sin[..., ::-1], 0.0, 1.0)
-        theta = np.where(small, np.arcsin(sin_asc), theta)
     if not vectors:
+        # The sine branch only for the batch entries that have a small angle.
+        rows = np.any(small, axis=-1)
+        if not rows.any():
+            return theta
+        if rows.all():
+            B = V64 - U64 @ M  # (I - U U^T) V
+            sin = np.linalg.svd(B, compute_uv=False)  # descending
+        else:
+            batch = M.shape[:-2]
+            Ub = np.broadcast_to(U64, (*batch, *U64.shape[-2:]))[rows]
+            Vb = np.broadcast_to(V64, (*batch, *V64.shape[-2:]))[rows]
+            sin = np.linalg.svd(Vb - Ub @ M[rows], compute_uv=False)
+            theta = theta.copy()
+            small = small[rows]
+        sin_asc = np.clip(sin[..., ::-1], 0.0, 1.0)
+        if rows.all():
+            return np.where(small, np.arcsin(sin_asc), theta)
+        theta[rows] = np.where(small, np.arcsin(sin_asc), theta[rows])
         return theta
+    B = V64 - U64 @ M  # (I - U U^T) V
+    _, sin, Zst = np.linalg.svd(B, full_matrices=False)  # sin descending
+    sin_asc = np.clip(sin[..., ::-1], 0.0, 1.0)
+    theta = np.where(small, np.arcsin(sin_asc), theta)
     # Principal vectors in span(V): right singular vectors of B for the small
     # angles, of M for the others.  Both are eigenvectors of the same
     # symmetric matrix V^T (I - U U^T) V, so the two sets are orthogonal.
@@ -143,4 +162,3 @@ def principal_angles(
     if swapped:
         return theta, Zvec, Yvec
     return theta, Yvec, Zvec
-

@@ -17,7 +17,7 @@ from .errors import AdapterError
 __all__ = ["build_parser", "main"]
 
 #: subcommand modules, in the order ``--help`` lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("compress", "checkpoint", "evaluate", "sweep", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

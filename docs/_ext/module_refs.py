@@ -1,0 +1,77 @@
+"""Let a docstring cite a reference that its module's docstring defines.
+
+The package's modules list their references once, in the module docstring
+(``.. [EAS98] ...``), and the functions cite them (``[EAS98]_``).  autodoc
+renders a function without its module docstring, so the citation would dangle.
+This extension copies each cited-but-undefined entry from the module
+docstring into the function's ``References`` section before numpydoc parses
+it (numpydoc then makes the label unique per docstring, as it does for every
+reference).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from typing import Any
+
+from sphinx.application import Sphinx
+
+_CITE = re.compile(r"\[([A-Za-z][\w-]*)\]_")
+_DEF = re.compile(r"^\.\. \[([A-Za-z][\w-]*)\]")
+
+
+def _module_definitions(module_doc: str) -> dict[str, list[str]]:
+    """``{label: [lines of the definition]}`` from a module docstring."""
+    lines = inspect.cleandoc(module_doc).splitlines()
+    defs: dict[str, list[str]] = {}
+    i = 0
+    while i < len(lines):
+        m = _DEF.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        block = [lines[i]]
+        i += 1
+        while i < len(lines) and (lines[i].startswith("   ") or not lines[i].strip()):
+            if not lines[i].strip() and (i + 1 >= len(lines) or not lines[i + 1].startswith("   ")):
+                break
+            block.append(lines[i])
+            i += 1
+        defs[m.group(1)] = block
+    return defs
+
+
+def add_module_references(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    text = "\n".join(lines)
+    cited = dict.fromkeys(_CITE.findall(text))
+    defined = {m.group(1) for m in (_DEF.match(x.strip()) for x in lines) if m}
+    wanted = [c for c in cited if c not in defined]
+    if not wanted:
+        return
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    if module is None or not module.__doc__:
+        return
+    defs = _module_definitions(module.__doc__)
+    extra: list[str] = []
+    for label in wanted:
+        if label in defs:
+            extra += [*defs[label]]
+    if not extra:
+        return
+    for i, line in enumerate(lines):
+        if line.strip() == "References" and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+            lines[i + 2 : i + 2] = [*extra, ""]
+            return
+    while lines and not lines[-1].strip():
+        lines.pop()
+    lines += ["", "References", "----------", *extra, ""]
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    # before numpydoc (priority 500), which parses the References section
+    app.connect("autodoc-process-docstring", add_module_references, priority=400)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

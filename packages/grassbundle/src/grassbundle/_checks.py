@@ -1,0 +1,141 @@
+"""Input validation shared by the Grassmann modules (private).
+
+Every public function of :mod:`grassbundle.grassmann`, :mod:`grassbundle.angles`,
+:mod:`grassbundle.distances` and :mod:`grassbundle.means` converts its inputs to
+float64 here and raises a :class:`ValueError` that names the offending values
+and the fix, instead of letting numpy fail deep inside a factorisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "as_float64",
+    "check_np",
+    "check_point",
+    "check_same_ambient",
+    "check_tangent_shape",
+    "default_orthonormality_tol",
+]
+
+#: floor of the default orthonormality tolerance (see
+#: :func:`default_orthonormality_tol`)
+ORTHONORMALITY_FLOOR = 1e-10
+
+
+def check_np(n: int, p: int) -> None:
+    """Raise unless ``n >= p >= 1`` (the dimensions of Gr(p, n))."""
+    if not (isinstance(n, int | np.integer) and isinstance(p, int | np.integer)):
+        raise ValueError(f"n and p must be integers. Values supplied were n = {n!r} and p = {p!r}")
+    if p < 1 or p > n:
+        raise ValueError(f"Need n >= p >= 1. Values supplied were n = {n} and p = {p}")
+
+
+def as_float64(X: ArrayLike, name: str, *, min_ndim: int = 2) -> NDArray[np.float64]:
+    """``X`` as a finite float64 array with at least ``min_ndim`` axes."""
+    A = np.asarray(X)
+    if A.dtype == np.bool_ or not (
+        np.issubdtype(A.dtype, np.floating) or np.issubdtype(A.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must be a real floating array; got dtype {A.dtype}")
+    if A.ndim < min_ndim:
+        shape = "(..., n, p)" if min_ndim == 2 else f"at least {min_ndim} axes"
+        raise ValueError(f"{name} must have shape {shape}; got shape {A.shape} ({A.ndim} axes)")
+    A64 = A.astype(np.float64, copy=False)
+    finite = np.isfinite(A64)
+    if not finite.all():
+        bad = int(A64.size - np.count_nonzero(finite))
+        raise ValueError(
+            f"{name} must have finite entries; found {bad} NaN or inf entries of {A64.size}"
+        )
+    return A64
+
+
+def default_orthonormality_tol(dtype: np.dtype, n: int) -> float:
+    """Default bound on ``max |U^T U - I|`` for a basis of ``n``-vectors.
+
+    ``max(1e-10, 10 * sqrt(n) * eps)`` with ``eps`` the machine epsilon of the
+    input dtype (float64 for integer input).  Rounding a float64 orthonormal
+    basis leaves ``max |U^T U - I|`` at a few ``sqrt(n) * eps`` (1e-14 for
+    ``n = 2048``), far below the 1e-10 floor; a float32 basis carries its own
+    roundoff, about ``sqrt(n) * 1.2e-7``, which the ``10 * sqrt(n) * eps`` term
+    admits.  Anything larger is a basis that is not orthonormal, not a rounding
+    artefact.
+    """
+    eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 2.0**-52
+    return max(ORTHONORMALITY_FLOOR, 10.0 * math.sqrt(n) * eps)
+
+
+def check_point(X: ArrayLike, name: str, *, atol: float | None = None) -> NDArray[np.float64]:
+    """Validate an orthonormal basis of shape ``(..., n, p)``; return it in float64.
+
+    Raises :class:`ValueError` for a wrong number of axes, ``p > n`` or
+    ``p < 1``, non-finite entries, or ``max |X^T X - I| > atol`` (default
+    :func:`default_orthonormality_tol`).
+    """
+    A = np.asarray(X)
+    A64 = as_float64(A, name)
+    n, p = A64.shape[-2:]
+    if p < 1 or p > n:
+        raise ValueError(
+            f"{name} must have shape (..., n, p) with n >= p >= 1. "
+            f"Values supplied were n = {n} and p = {p} (shape {A64.shape})"
+        )
+    tol = default_orthonormality_tol(A.dtype, n) if atol is None else float(atol)
+    if A64.size:
+        G = np.swapaxes(A64, -1, -2) @ A64
+        G[..., np.arange(p), np.arange(p)] -= 1.0
+        err = np.abs(G).max(axis=(-2, -1))
+        worst = float(err.max())
+        if worst > tol:
+            where = ""
+            if err.ndim:
+                idx = np.unravel_index(int(np.argmax(err)), err.shape)
+                where = f" (worst at batch index {tuple(int(i) for i in idx)})"
+            raise ValueError(
+                f"{name} is not an orthonormal basis: max |{name}^T {name} - I| = {worst:.3g}"
+                f"{where} exceeds the tolerance {tol:.3g}; orthonormalise it first with "
+                f"grassbundle.as_point({name}, orthonormalize=True)"
+            )
+    return A64
+
+
+def check_same_ambient(U: NDArray[np.float64], V: NDArray[np.float64], u: str, v: str) -> None:
+    """Raise unless ``U`` and ``V`` are bases in the same ``R^n``."""
+    if U.shape[-2] != V.shape[-2]:
+        raise ValueError(
+            f"{u} and {v} must live in the same ambient space R^n; "
+            f"got n = {U.shape[-2]} ({u}) and n = {V.shape[-2]} ({v})"
+        )
+
+
+def check_same_point_shape(U: NDArray[np.float64], V: NDArray[np.float64], u: str, v: str) -> None:
+    """Raise unless ``U`` and ``V`` are points of the same Gr(p, n)."""
+    check_same_ambient(U, V, u, v)
+    if U.shape[-1] != V.shape[-1]:
+        raise ValueError(
+            f"{u} and {v} must be points of the same Gr(p, n); "
+            f"got p = {U.shape[-1]} ({u}) and p = {V.shape[-1]} ({v})"
+        )
+
+
+def check_tangent_shape(U: NDArray[np.float64], X: NDArray[np.float64], u: str, x: str) -> None:
+    """Raise unless the tangent array ``X`` has the matrix shape ``(n, p)`` of ``U``."""
+    if U.shape[-2:] != X.shape[-2:]:
+        raise ValueError(
+            f"{x} must have the matrix shape of {u}, (..., {U.shape[-2]}, {U.shape[-1]}); "
+            f"got shape {X.shape}"
+        )
+
+
+def broadcast_batch(*arrays: NDArray[np.float64], names: tuple[str, ...]) -> tuple[int, ...]:
+    """The broadcast batch shape of ``(..., n, p)`` arrays, or a clear error."""
+    try:
+        return tuple(np.broadcast_shapes(*(a.shape[:-2] for a in arrays)))
+    except ValueError:
+        shapes = ", ".join(f"{nm} {a.shape}" for nm, a in zip(names, arrays, strict=True))
+        raise ValueError(f"batch axes do not broadcast: {shapes}") from None

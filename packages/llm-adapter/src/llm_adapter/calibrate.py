@@ -1,0 +1,264 @@
+"""Calibration statistics: the input covariances ``C_l`` of every targeted map.
+
+Forward pre-hooks on the targeted modules accumulate ``sum_t x_t x_t^T`` in
+float64 on the module's own device, and the token count; only the Grams of the
+targeted families exist, one ``(n, n)`` matrix per targeted module.  The
+statistics are cached on disk, keyed by the model's fingerprint, the exact
+calibration token windows (which fixes the text, the tokenizer and the
+sampling protocol) and the family, so sweeps do not recompute them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import load_text, sample_windows, tokenize_text
+from .errors import AdapterError
+from .models import family_modules, model_device, model_identity, resolve_families
+
+__all__ = ["CalibrationStats", "calibrate"]
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class CalibrationStats:
+    """Calibration covariances per family.
+
+    Attributes
+    ----------
+    covariances : dict of str to ndarray, shape=[L, n, n]
+        ``C_l = (1/N) sum_t x_t x_t^T`` of the inputs of each layer's map,
+        float64, on the CPU.
+    tokens : int
+        ``N``, the number of calibration tokens.
+    protocol : dict
+        Data source, samples, sequence length, seed (for the manifest).
+    seconds : float
+        Wall time spent computing (0 when everything came from the cache).
+    cached : bool
+        Whether every family came from the on-disk cache.
+    """
+
+    covariances: dict[str, NDArray[np.float64]]
+    tokens: int
+    protocol: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.covariances)
+
+    def covariance(self, family: str) -> NDArray[np.float64]:
+        """``C`` of one family, shape ``(L, n, n)``."""
+        if family not in self.covariances:
+            raise AdapterError(
+                f"no calibration statistics for family {family!r}; calibrated families: "
+                f"{', '.join(self.covariances) or 'none'} (calibrate with that family)"
+            )
+        return self.covariances[family]
+
+
+def _windows_key(model: nn.Module, windows: torch.Tensor, family: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "family": family}).encode())
+    h.update(json.dumps(model_identity(model), sort_keys=True).encode())
+    h.update(np.ascontiguousarray(windows.cpu().numpy().astype(np.int64)).tobytes())
+    h.update(str(tuple(windows.shape)).encode())
+    return h.hexdigest()[:32]
+
+
+def _accumulate(
+    model: nn.Module,
+    families: Sequence[str],
+    windows: torch.Tensor,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, list[torch.Tensor]]:
+    grams: dict[str, list[torch.Tensor]] = {}
+    handles = []
+
+    def make_hook(gram: torch.Tensor) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            x2 = x.detach().reshape(-1, x.shape[-1]).to(device=gram.device, dtype=torch.float64)
+            gram.addmm_(x2.T, x2)
+
+        return hook
+
+    for family in families:
+        grams[family] = []
+        for module in family_modules(model, family):
+            n = module.in_features
+            weight = next(module.parameters())
+            dev = weight.device if weight.device.type != "meta" else model_device(model)
+            gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
+            grams[family].append(gram)
+            handles.append(module.register_forward_pre_hook(make_hook(gram)))
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            starts = range(0, windows.shape[0], batch_size)
+            for s in tqdm(starts, desc="calibration", unit="batch", disable=not progress):
+                batch = windows[s : s + batch_size].to(device)
+                model(input_ids=batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return grams
+
+
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    families: str | Sequence[str] = ("attention.dense",),
+    *,
+    text_path: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    token_windows: torch.Tensor | NDArray[np.int64] | None = None,
+    samples: int = 256,
+    seq_len: int = 2048,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> CalibrationStats:
+    """Input covariances of the targeted maps on calibration text.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    tokenizer : tokenizer, optional when ``token_windows`` is given
+    families : str or sequence of str
+        Family names, or ``"all"``.
+    text_path : str or path, optional
+        Local calibration text.
+    dataset : str, optional
+        Hub dataset ``NAME[:CONFIG[:SPLIT]]`` (needs ``datasets`` and internet).
+    token_windows : array-like of int, shape=[N, T], optional
+        Pre-tokenised windows, used as given (no sampling).
+    samples, seq_len, seed : int
+        SVD-LLM's protocol: ``samples`` windows of ``seq_len`` tokens at
+        offsets drawn by ``numpy.random.default_rng(seed)``.
+    cache_dir : str or path, optional
+        Where to keep and look up statistics (one ``.npz`` per family).
+    batch_size : int
+        Windows per forward pass.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    CalibrationStats
+
+    Warns
+    -----
+    UserWarning
+        When there are fewer calibration tokens than a map's input dimension
+        (its covariance is then singular; the projection form needs no inverse).
+    """
+    fams = resolve_families(model, families)
+    if token_windows is not None:
+        windows = torch.as_tensor(np.asarray(token_windows), dtype=torch.long)
+        if windows.ndim != 2 or windows.numel() == 0:
+            raise AdapterError(
+                f"token_windows must have shape (N, T) with N, T >= 1; got {tuple(windows.shape)}"
+            )
+        source: dict[str, Any] = {"token_windows": True}
+        seq_len = int(windows.shape[1])
+        samples = int(windows.shape[0])
+    else:
+        if text_path is None and dataset is None:
+            raise AdapterError(
+                "no calibration data: give a text file (--calib-text) or a dataset (--calib-dataset)"
+            )
+        text, source = load_text(text_path, dataset)
+        if tokenizer is None:
+            raise AdapterError("calibration text needs a tokenizer (or pass token_windows)")
+        ids = tokenize_text(text, tokenizer)
+        windows = sample_windows(ids, samples, seq_len, seed)
+        source["n_tokens"] = int(ids.size)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and int(windows.max()) >= int(vocab):
+        raise AdapterError(
+            f"calibration token id {int(windows.max())} is out of the model's vocabulary "
+            f"({vocab}); the tokenizer does not match the model"
+        )
+    if batch_size < 1:
+        raise AdapterError(f"batch size must be >= 1; got {batch_size}")
+    tokens = int(windows.numel())
+    protocol = {
+        **source,
+        "samples": samples,
+        "seq_len": seq_len,
+        "seed": seed if token_windows is None else None,
+        "tokens": tokens,
+        "windows_sha256": hashlib.sha256(windows.numpy().astype(np.int64).tobytes()).hexdigest(),
+    }
+
+    covariances: dict[str, NDArray[np.float64]] = {}
+    keys = {f: _windows_key(model, windows, f) for f in fams}
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        for f in fams:
+            file = cache / f"calib-{keys[f]}.npz"
+            if file.is_file():
+                with np.load(file) as z:
+                    covariances[f] = np.array(z["covariance"], dtype=np.float64)
+    missing = [f for f in fams if f not in covariances]
+    seconds = 0.0
+    if missing:
+        t0 = time.perf_counter()
+        grams = _accumulate(model, missing, windows, batch_size, progress)
+        for f in missing:
+            C = torch.stack([g.cpu() for g in grams[f]]).numpy() / tokens
+            if not np.all(np.isfinite(C)):
+                raise AdapterError(
+                    f"non-finite calibration statistics for {f} (overflow in the forward pass?); "
+                    "try --dtype float32 or bfloat16"
+                )
+            covariances[f] = 0.5 * (C + np.swapaxes(C, -1, -2))
+        seconds = time.perf_counter() - t0
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            for f in missing:
+                file = cache / f"calib-{keys[f]}.npz"
+                tmp = cache / f".calib-{keys[f]}.{os.getpid()}.tmp.npz"
+                np.savez(tmp, covariance=covariances[f], protocol=json.dumps(protocol))
+                os.replace(tmp, file)
+    for f in fams:
+        n = covariances[f].shape[-1]
+        if tokens < n:
+            warnings.warn(
+                f"{tokens} calibration tokens are fewer than the input dimension {n} of {f}: "
+                "its covariance is singular (the projection form needs no inverse; use more "
+                "--calib-samples or a longer --seq-len for a full-rank estimate)",
+                UserWarning,
+                stacklevel=2,
+            )
+    ordered = {f: covariances[f] for f in fams}
+    return CalibrationStats(
+        covariances=ordered,
+        tokens=tokens,
+        protocol=protocol,
+        seconds=seconds,
+        cached=not missing,
+    )

@@ -1,0 +1,650 @@
+"""Compression: extract a family's weights, call grassbundle, write low-rank modules back.
+
+Methods (``CompressionConfig.method``):
+
+``svd``
+    Plain truncated SVD: the top-``d`` eigenspace of ``N_l = W_l W_l^T`` per
+    layer (Eckart-Young), i.e. ``grassbundle.solve`` at ``lam = 0``, ``k = 1``
+    with the weight metric.
+``svd-llm``
+    SVD-LLM: the anchor section, the top-``d`` eigenspace of
+    ``M_l = W_l C_l W_l^T``, applied as ``P_U W_l`` (equal to SVD-LLM's whitened
+    truncation, with no inverse of the whitening).
+``basis-sharing``
+    Basis Sharing as its authors build it: a shared *input-side* basis per
+    group of ``group_size`` consecutive layers in the space whitened by the
+    group's summed Gram (:func:`grassbundle.basis_sharing_input`).
+``bundle``
+    The Grassmann-bundle section ``grassbundle.solve(problem, lam, k)`` with
+    ``metric`` ``weight`` or ``activation``; with ``coupling > 0`` the
+    soft-tied section of ``grassbundle.coupling``.
+
+Every output-side method writes ``W'_l = U_l (U_l^T W_l)``: factor ``U_l``
+(``m x d``, one ``nn.Parameter`` per tied group) and ``U_l^T W_l``
+(``d x n``), bias kept.
+
+Rank: ``rank_ratio`` is ``d / D`` with ``D = m`` (the fiber dimension, the
+output dimension of the map), ``d = floor(rank_ratio * D + 1/2)`` (round half
+up).  ``param_ratio`` is the fraction of the family's weight entries kept
+(biases are kept and not counted): SVD-LLM's ``d = floor(p m n / (m + n))``
+for untied layers; for groups of ``k`` layers sharing one factor, the shared
+factor is counted once: ``d = floor(p k m n / (m + k n))`` (shared ``U``) or
+``floor(p k m n / (n + k m))`` (shared input-side basis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calibrate import CalibrationStats
+from .errors import AdapterError
+from .lowrank import LowRankLinear
+from .models import (
+    ARCHITECTURES,
+    family_module_names,
+    family_modules,
+    family_weights,
+    get_arch,
+    resolve_families,
+    set_module,
+)
+
+__all__ = [
+    "METHODS",
+    "METRICS",
+    "CompressionConfig",
+    "CompressionReport",
+    "FamilyReport",
+    "compress_model",
+    "rank_for",
+]
+
+METHODS = ("svd", "svd-llm", "basis-sharing", "bundle")
+METRICS = ("weight", "activation")
+ALL_FAMILIES = tuple(dict.fromkeys(f for spec in ARCHITECTURES.values() for f in spec.families))
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What to compress and how.
+
+    Parameters
+    ----------
+    method : {"svd", "svd-llm", "basis-sharing", "bundle"}
+    rank_ratio : float, default 0.25
+        ``d / D`` in (0, 1); ignored when ``param_ratio`` is given.
+    param_ratio : float, optional
+        Fraction of the family's weight entries kept, in (0, 1).
+    families : tuple of str or "all", default ("attention.dense",)
+    lam : float, default 0.0
+        Anchor strength of the bundle (``inf`` allowed).
+    tying : int, default 1
+        Section-tying degree ``k`` of the bundle (consecutive groups).
+    metric : {"weight", "activation"}, default "weight"
+        The bundle's energy.
+    coupling : float, default 0.0
+        Soft coupling ``mu`` of adjacent layers (bundle only, untied).
+    group_size : int, default 2
+        Layers per group for ``basis-sharing``.
+    """
+
+    method: str = "svd-llm"
+    rank_ratio: float = 0.25
+    param_ratio: float | None = None
+    families: tuple[str, ...] | str = ("attention.dense",)
+    lam: float = 0.0
+    tying: int = 1
+    metric: str = "weight"
+    coupling: float = 0.0
+    group_size: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise AdapterError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if self.metric not in METRICS:
+            raise AdapterError(f"unknown metric {self.metric!r}; valid metrics: {', '.join(METRICS)}")
+        if self.param_ratio is None:
+            if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
+                raise AdapterError(f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}")
+        elif not (isinstance(self.param_ratio, int | float) and 0 < self.param_ratio < 1):
+            raise AdapterError(f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}")
+        if isinstance(self.families, str):
+            names = [f.strip() for f in self.families.split(",") if f.strip()]
+            object.__setattr__(self, "families", tuple(names))
+        else:
+            object.__setattr__(self, "families", tuple(self.families))
+        for f in self.families:
+            if f != "all" and f not in ALL_FAMILIES:
+                raise AdapterError(
+                    f"unknown family {f!r}; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
+                )
+        if not len(self.families):
+            raise AdapterError(f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')")
+        if math.isnan(self.lam) or self.lam < 0:
+            raise AdapterError(f"anchor strength must be >= 0 (inf allowed); got --lam {self.lam}")
+        if not isinstance(self.tying, int) or self.tying < 1:
+            raise AdapterError(f"tying degree must be an integer >= 1; got --tying {self.tying}")
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise AdapterError(f"group size must be an integer >= 1; got --group-size {self.group_size}")
+        if not (math.isfinite(self.coupling) and self.coupling >= 0):
+            raise AdapterError(f"coupling must be finite and >= 0; got --coupling {self.coupling}")
+        if self.coupling > 0 and self.method != "bundle":
+            raise AdapterError(f"--coupling applies to --method bundle only; got --method {self.method}")
+        if self.coupling > 0 and self.tying != 1:
+            raise AdapterError(
+                f"soft coupling couples untied sections: use --tying 1 with --coupling; got --tying {self.tying}"
+            )
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the method needs the covariances ``C_l`` (``svd`` does not)."""
+        if self.method in ("svd-llm", "basis-sharing"):
+            return True
+        if self.method == "bundle":
+            return self.metric == "activation" or self.lam > 0
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["families"] = list(self.families)
+        d["lam"] = "inf" if math.isinf(self.lam) else self.lam
+        return d
+
+
+@dataclass
+class FamilyReport:
+    """What happened to one family.
+
+    Errors are per layer: ``frobenius_error[l] = ||W_l - W'_l||_F^2`` and
+    ``activation_error[l] = tr((W_l - W'_l) C_l (W_l - W'_l)^T)`` (absolute
+    energies, as grassbundle computes them), and their fractions of
+    ``||W_l||_F^2`` and ``tr(W_l C_l W_l^T)``.
+    """
+
+    family: str
+    layers: int
+    m: int
+    n: int
+    rank: int
+    D: int
+    rank_ratio: float
+    shared: str  # "left" (output-side basis U) or "right" (input-side basis)
+    groups: list[int]
+    params_dense: int
+    params_kept: int
+    param_ratio: float
+    frobenius_error: list[float]
+    frobenius_fraction: list[float]
+    activation_error: list[float] | None
+    activation_fraction: list[float] | None
+    modules: list[str] = field(default_factory=list)
+    seconds_factorise: float = 0.0
+    seconds_write_back: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CompressionReport:
+    """Result of :func:`compress_model`; ``to_dict`` is the ``compression.json`` body."""
+
+    method: str
+    config: dict[str, Any]
+    families: dict[str, FamilyReport]
+    calibration: dict[str, Any] | None
+    timings: dict[str, float]
+    versions: dict[str, str]
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "config": self.config,
+            "model": self.model,
+            "families": {k: v.to_dict() for k, v in self.families.items()},
+            "calibration": self.calibration,
+            "timings": self.timings,
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionReport:
+        return cls(
+            method=data["method"],
+            config=data["config"],
+            families={k: FamilyReport(**v) for k, v in data["families"].items()},
+            calibration=data.get("calibration"),
+            timings=data.get("timings", {}),
+            versions=data.get("versions", {}),
+            model=data.get("model", ""),
+        )
+
+    def summary_table(self) -> str:
+        """One row per family: rank, d/D, parameters kept, mean error fractions."""
+        head = (
+            f"{'family':<28} {'rank':>5} {'d/D':>6} {'params kept':>19} "
+            f"{'frob err':>9} {'act err':>9}"
+        )
+        lines = [
+            f"method {self.method}  ({json.dumps(_short_config(self.config))})",
+            head,
+            "-" * len(head),
+        ]
+        for r in self.families.values():
+            act = (
+                f"{np.mean(r.activation_fraction):9.4f}"
+                if r.activation_fraction is not None
+                else f"{'-':>9}"
+            )
+            kept = f"{r.params_kept}/{r.params_dense} ({r.param_ratio:.3f})"
+            lines.append(
+                f"{r.family:<28} {r.rank:>5} {r.rank_ratio:>6.3f} {kept:>19} "
+                f"{np.mean(r.frobenius_fraction):9.4f} {act}"
+            )
+        lines.append(
+            "errors: mean over layers of ||W-W'||_F^2/||W||_F^2 (frob) and "
+            "tr((W-W')C(W-W')^T)/tr(WCW^T) (act)"
+        )
+        return "\n".join(lines)
+
+
+def _short_config(config: dict[str, Any]) -> dict[str, Any]:
+    method = config.get("method")
+    keep = ["rank_ratio"] if config.get("param_ratio") is None else ["param_ratio"]
+    if method == "bundle":
+        keep += ["lam", "tying", "metric", "coupling"]
+    if method == "basis-sharing":
+        keep += ["group_size"]
+    return {k: config[k] for k in keep if k in config}
+
+
+def _versions() -> dict[str, str]:
+    import grassbundle
+    import scipy
+    import transformers
+
+    from . import __version__
+
+    return {
+        "llm_adapter": __version__,
+        "grassbundle": grassbundle.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
+    """The rank ``d`` for a family of ``layers`` maps of shape ``(m, n)`` (see module doc).
+
+    Parameters
+    ----------
+    config : CompressionConfig
+    m, n : int
+        Output and input dimension of the maps.
+    layers : int
+        Number of layers ``L`` (caps the group size).
+
+    Returns
+    -------
+    int
+        ``d`` with ``1 <= d < D = m``.
+    """
+    D = m
+    if config.param_ratio is None:
+        d = math.floor(config.rank_ratio * D + 0.5)
+        what = f"--rank-ratio {config.rank_ratio}"
+    else:
+        p = config.param_ratio
+        if config.method == "basis-sharing":
+            k = min(config.group_size, layers)
+            d = math.floor(p * k * m * n / (n + k * m))
+        else:
+            k = min(config.tying, layers) if config.method == "bundle" else 1
+            d = math.floor(p * k * m * n / (m + k * n))
+        what = f"--param-ratio {config.param_ratio}"
+    if d <= 0 or d >= D:
+        raise AdapterError(
+            f"{what} gives rank d = {d} for maps of shape {m}x{n}; need 1 <= d < D = {D}"
+        )
+    return d
+
+
+@dataclass
+class _Errors:
+    """Per-layer absolute energies and their fractions (see :class:`FamilyReport`)."""
+
+    frobenius: NDArray[np.float64]
+    frobenius_fraction: NDArray[np.float64]
+    activation: NDArray[np.float64] | None
+    activation_fraction: NDArray[np.float64] | None
+
+
+def _output_side_section(
+    config: CompressionConfig, W: NDArray[np.float64], C: NDArray[np.float64] | None, d: int
+) -> tuple[NDArray[np.float64], NDArray[np.intp], _Errors]:
+    """Bases ``(G, m, d)``, groups ``(L,)`` and the section's energies, all from grassbundle."""
+    from grassbundle import bundle as gbb
+
+    metric = config.metric if config.method == "bundle" else "weight"
+    try:
+        problem = gbb.BundleProblem(W, C, rank=d, metric=metric)  # type: ignore[arg-type]
+        if config.method == "svd":
+            section = gbb.solve(problem, 0.0, 1)
+        elif config.method == "svd-llm":
+            section = gbb.anchor_section(problem)
+        elif config.coupling > 0:
+            section = _coupled_section(problem, config)
+        else:
+            section = gbb.solve(problem, float(config.lam), int(config.tying))
+    except ValueError as exc:
+        raise AdapterError(f"grassbundle rejected the problem: {exc}") from None
+    bases = np.asarray(section.bases, dtype=np.float64)
+    groups = np.asarray(section.groups, dtype=np.intp)
+    energies = problem.layer_energies(bases[groups])
+    frob = energies["frobenius"]
+    assert frob is not None
+    act = energies["activation"]
+    act_frac = section.activation_error
+    return (
+        bases,
+        groups,
+        _Errors(
+            frobenius=np.asarray(frob),
+            frobenius_fraction=np.asarray(section.frobenius_error),
+            activation=None if act is None else np.asarray(act),
+            activation_fraction=None if act_frac is None else np.asarray(act_frac),
+        ),
+    )
+
+
+def _coupled_section(problem: Any, config: CompressionConfig) -> Any:
+    try:
+        from grassbundle import coupling as gbc
+    except ImportError:
+        raise AdapterError(
+            "soft coupling (--coupling > 0) needs grassbundle.coupling, which this grassbundle lacks"
+        ) from None
+    return gbc.solve_coupled(problem, float(config.lam), float(config.coupling))
+
+
+def _floats(a: NDArray[np.float64] | None) -> list[float] | None:
+    return None if a is None else [float(x) for x in a]
+
+
+def compress_model(
+    model: nn.Module,
+    config: CompressionConfig,
+    stats: CalibrationStats | None = None,
+    *,
+    progress: bool = False,
+) -> CompressionReport:
+    """Compress ``model`` in place and report what was done.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Dense (uncompressed) in the targeted families.
+    config : CompressionConfig
+    stats : CalibrationStats, optional
+        Needed by every method but ``svd`` (and by the bundle at ``lam = 0``
+        with the weight metric); with it, activation errors are reported for
+        every method.
+    progress : bool
+        Show a tqdm progress bar over families.
+
+    Returns
+    -------
+    CompressionReport
+    """
+    get_arch(model)
+    families = resolve_families(model, config.families if config.families != ("all",) else "all")
+    if config.needs_calibration and stats is None:
+        raise AdapterError(
+            f"method {config.method!r} needs calibration statistics: pass stats from "
+            "llm_adapter.calibrate (or --calib-text / --calib-dataset)"
+        )
+    reports: dict[str, FamilyReport] = {}
+    t_fact = 0.0
+    t_write = 0.0
+    for family in tqdm(families, desc="compression", unit="family", disable=not progress):
+        t0 = time.perf_counter()
+        W = family_weights(model, family)
+        L, m, n = W.shape
+        if config.method == "bundle" and config.tying > L:
+            raise AdapterError(
+                f"tying degree {config.tying} exceeds the number of layers L = {L}; use --tying <= {L}"
+            )
+        if config.method == "basis-sharing" and config.group_size > L:
+            raise AdapterError(
+                f"group size {config.group_size} exceeds the number of layers L = {L}; use --group-size <= {L}"
+            )
+        d = rank_for(config, m, n, L)
+        C = stats.covariance(family) if stats is not None else None
+        if C is not None and C.shape != (L, n, n):
+            raise AdapterError(
+                f"calibration statistics of {family} have shape {C.shape}, the model needs "
+                f"{(L, n, n)}: they belong to another model"
+            )
+        if config.method == "basis-sharing":
+            import grassbundle as gb
+
+            assert C is not None
+            if d > n:
+                raise AdapterError(
+                    f"rank d = {d} exceeds the input dimension n = {n} of {family}: "
+                    "basis sharing needs d <= n"
+                )
+            try:
+                share = gb.basis_sharing_input(W, C, d, config.group_size)
+            except ValueError as exc:
+                raise AdapterError(f"basis sharing failed on {family}: {exc}") from None
+            groups = share.groups
+            norms = np.einsum("lij,lij->l", W, W)
+            act_total = np.einsum("lij,ljk,lik->l", W, C, W)
+            errors = _Errors(
+                frobenius=share.frobenius_error,
+                frobenius_fraction=share.frobenius_error / norms,
+                activation=share.activation_error,
+                activation_fraction=np.divide(
+                    share.activation_error,
+                    act_total,
+                    out=np.zeros(L),
+                    where=act_total > 0,
+                ),
+            )
+            side = "right"
+            G = int(groups.max()) + 1
+            params_kept = G * d * n + L * m * d
+        else:
+            bases, groups, errors = _output_side_section(config, W, C, d)
+            side = "left"
+            G = int(groups.max()) + 1
+            params_kept = G * m * d + L * d * n
+        t1 = time.perf_counter()
+        modules = family_modules(model, family)
+        names = family_module_names(model, family)
+        shared_params: dict[int, nn.Parameter] = {}
+        for l, (name, old) in enumerate(zip(names, modules, strict=True)):
+            assert isinstance(old, nn.Linear)
+            dtype, device = old.weight.dtype, old.weight.device
+            g = int(groups[l])
+
+            def param(a: NDArray[np.float64], dtype: torch.dtype = dtype, device: Any = device) -> nn.Parameter:
+                return nn.Parameter(
+                    torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype),
+                    requires_grad=False,
+                )
+
+            if side == "left":
+                if g not in shared_params:
+                    shared_params[g] = param(bases[g])
+                left = shared_params[g]
+                right = param(bases[g].T @ W[l])
+            else:
+                if g not in shared_params:
+                    shared_params[g] = param(share.right[g])
+                right = shared_params[g]
+                left = param(share.left[l])
+            new = LowRankLinear(left, right, old.bias, shared=side)  # type: ignore[arg-type]
+            set_module(model, name, new)
+        t2 = time.perf_counter()
+        reports[family] = FamilyReport(
+            family=family,
+            layers=L,
+            m=m,
+            n=n,
+            rank=d,
+            D=m,
+            rank_ratio=d / m,
+            shared=side,
+            groups=[int(g) for g in groups],
+            params_dense=L * m * n,
+            params_kept=int(params_kept),
+            param_ratio=params_kept / (L * m * n),
+            frobenius_error=[float(x) for x in errors.frobenius],
+            frobenius_fraction=[float(x) for x in errors.frobenius_fraction],
+            activation_error=_floats(errors.activation),
+            activation_fraction=_floats(errors.activation_fraction),
+            modules=names,
+            seconds_factorise=t1 - t0,
+            seconds_write_back=t2 - t1,
+        )
+        t_fact += t1 - t0
+        t_write += t2 - t1
+    timings = {
+        "calibration": float(stats.seconds) if stats is not None else 0.0,
+        "factorisation": t_fact,
+        "write_back": t_write,
+    }
+    config_dict = config.to_dict()
+    config_dict["families"] = list(families)
+    return CompressionReport(
+        method=config.method,
+        config=config_dict,
+        families=reports,
+        calibration=stats.protocol if stats is not None else None,
+        timings=timings,
+        versions=_versions(),
+        model=str(getattr(getattr(model, "config", None), "_name_or_path", "")),
+    )
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _families_arg(value: str) -> tuple[str, ...]:
+    return tuple(f.strip() for f in value.split(",") if f.strip())
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compress`` subcommand."""
+    p = subparsers.add_parser(
+        "compress",
+        help="calibrate and compress a model, then save it",
+        description="Calibrate, compress the chosen families with one method, and save the "
+        "compressed model with a compression.json manifest.",
+    )
+    p.add_argument("--model", required=True, help="local directory or hub id (e.g. EleutherAI/pythia-70m)")
+    p.add_argument("--method", required=True, choices=METHODS)
+    rank = p.add_mutually_exclusive_group()
+    rank.add_argument("--rank-ratio", type=float, default=None, help="d/D, D = output dimension (default 0.25)")
+    rank.add_argument("--param-ratio", type=float, default=None, help="fraction of the family's weights kept")
+    p.add_argument("--families", type=_families_arg, default=("attention.dense",), help="comma-separated families, or 'all' (default attention.dense)")
+    p.add_argument("--lam", type=float, default=0.0, help="bundle anchor strength (inf allowed)")
+    p.add_argument("--tying", type=int, default=1, help="bundle section-tying degree k")
+    p.add_argument("--metric", choices=METRICS, default="weight", help="bundle energy")
+    p.add_argument("--coupling", type=float, default=0.0, help="bundle soft coupling mu (untied)")
+    p.add_argument("--group-size", type=int, default=2, help="basis-sharing group size")
+    calib = p.add_mutually_exclusive_group()
+    calib.add_argument("--calib-text", default=None, help="calibration text file")
+    calib.add_argument("--calib-dataset", default=None, help="hub dataset NAME[:CONFIG[:SPLIT]]")
+    p.add_argument("--calib-samples", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
+    p.add_argument("--cache-dir", default=None, help="calibration statistics cache")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto takes the GPU when there is one)")
+    p.add_argument("--device-map", default=None, choices=["auto"], help="let accelerate place the model")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run_compress)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    """The ``compress`` subcommand."""
+    import sys
+    from pathlib import Path
+
+    from .calibrate import calibrate
+    from .checkpoint import save
+    from .models import load_model
+
+    config = CompressionConfig(
+        method=args.method,
+        rank_ratio=args.rank_ratio if args.rank_ratio is not None else 0.25,
+        param_ratio=args.param_ratio,
+        families=args.families,
+        lam=args.lam,
+        tying=args.tying,
+        metric=args.metric,
+        coupling=args.coupling,
+        group_size=args.group_size,
+    )
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise AdapterError(f"output directory {str(out)!r} exists; pass --overwrite to replace it")
+    if args.calib_text is not None and not Path(args.calib_text).is_file():
+        raise AdapterError(f"calibration file {args.calib_text!r} does not exist")
+    has_data = args.calib_text is not None or args.calib_dataset is not None
+    if config.needs_calibration and not has_data:
+        raise AdapterError(
+            f"method {config.method!r} needs calibration data: pass --calib-text PATH or --calib-dataset NAME"
+        )
+    model, tokenizer = load_model(
+        args.model, device=args.device, dtype=args.dtype, device_map=args.device_map
+    )
+    families: Sequence[str] = resolve_families(model, list(config.families))
+    stats = None
+    if has_data:
+        stats = calibrate(
+            model,
+            tokenizer,
+            families,
+            text_path=args.calib_text,
+            dataset=args.calib_dataset,
+            samples=args.calib_samples,
+            seq_len=args.seq_len,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            progress=not args.json,
+        )
+    report = compress_model(model, config, stats, progress=not args.json)
+    report.model = str(args.model)
+    t0 = time.perf_counter()
+    save(model, tokenizer, report, out, overwrite=args.overwrite)
+    report.timings["save"] = time.perf_counter() - t0
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(report.summary_table())
+        print(f"saved to {out}")
+    return 0

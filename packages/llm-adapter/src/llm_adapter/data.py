@@ -1,0 +1,144 @@
+"""Calibration text and SVD-LLM's sampling protocol.
+
+The protocol (as in SVD-LLM's calibration loader): the text is tokenised once,
+then ``samples`` windows of ``seq_len`` consecutive tokens are taken at
+random start offsets drawn from a seeded generator
+(``numpy.random.default_rng(seed).integers(0, n_tokens - seq_len + 1)``),
+independently, so windows may overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from .errors import AdapterError
+
+__all__ = ["load_text", "sample_windows", "text_fingerprint", "tokenize_text"]
+
+
+def load_text(
+    text_path: str | os.PathLike[str] | None = None, dataset: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Calibration text from a local file or a hub dataset.
+
+    Parameters
+    ----------
+    text_path : str or path, optional
+        A UTF-8 text file.
+    dataset : str, optional
+        ``NAME[:CONFIG[:SPLIT]]`` of a hub dataset with a ``text`` column
+        (e.g. ``wikitext:wikitext-2-raw-v1:train``; needs the ``datasets``
+        package and internet).  Rows are joined with blank lines, as SVD-LLM does.
+
+    Returns
+    -------
+    text : str
+    source : dict
+        Where the text came from, with a content hash (for the cache key and
+        the manifest).
+    """
+    if (text_path is None) == (dataset is None):
+        raise AdapterError("give exactly one of a calibration text file or a dataset name")
+    if text_path is not None:
+        path = Path(text_path)
+        if not path.is_file():
+            raise AdapterError(f"calibration file {str(text_path)!r} does not exist")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        source: dict[str, Any] = {"text_path": str(path.resolve())}
+    else:
+        assert dataset is not None
+        parts = dataset.split(":")
+        name = parts[0]
+        config = parts[1] if len(parts) > 1 and parts[1] else None
+        split = parts[2] if len(parts) > 2 and parts[2] else "train"
+        try:
+            import datasets
+        except ImportError:
+            raise AdapterError(
+                f"calibration dataset {dataset!r} needs the datasets package (pip install "
+                "datasets); or pass a local file with --calib-text"
+            ) from None
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+        except Exception as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise AdapterError(
+                f"cannot load calibration dataset {dataset!r} (hub unreachable or no such "
+                f"dataset): {msg}"
+            ) from None
+        if "text" not in ds.column_names:
+            raise AdapterError(
+                f"calibration dataset {dataset!r} has no 'text' column; columns: {ds.column_names}"
+            )
+        text = "\n\n".join(ds["text"])
+        source = {"dataset": dataset}
+    if not text.strip():
+        raise AdapterError(f"calibration text from {source} is empty")
+    source["sha256"] = text_fingerprint(text)
+    return text, source
+
+
+def text_fingerprint(text: str) -> str:
+    """sha256 of the UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tokenize_text(text: str, tokenizer: Any) -> NDArray[np.int64]:
+    """All token ids of ``text`` (no special tokens added), shape ``(n_tokens,)``."""
+    chunks = []
+    # tokenise line blocks to keep memory modest on long texts; a block boundary
+    # falls on a newline, which byte-level BPE never merges across
+    block = 1 << 20
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + block)
+        if end < len(text):
+            nl = text.rfind("\n", start, end)
+            if nl > start:
+                end = nl + 1
+        ids = tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+        chunks.append(np.asarray(ids, dtype=np.int64))
+        start = end
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+
+
+def sample_windows(
+    token_ids: NDArray[np.int64] | torch.Tensor, samples: int, seq_len: int, seed: int
+) -> torch.Tensor:
+    """SVD-LLM's protocol: ``samples`` windows of ``seq_len`` tokens at seeded random offsets.
+
+    Parameters
+    ----------
+    token_ids : array-like of int, shape=[n_tokens]
+    samples : int
+        Number of windows ``N >= 1``.
+    seq_len : int
+        Tokens per window, ``1 <= seq_len <= n_tokens``.
+    seed : int
+        Seed of the ``numpy.random.Generator`` that draws the offsets.
+
+    Returns
+    -------
+    windows : torch.LongTensor, shape=[samples, seq_len]
+    """
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if samples < 1:
+        raise AdapterError(f"need at least one calibration sample; got --calib-samples {samples}")
+    if seq_len < 1:
+        raise AdapterError(f"need a positive sequence length; got --seq-len {seq_len}")
+    if ids.size < seq_len:
+        raise AdapterError(
+            f"the calibration text has {ids.size} tokens, fewer than --seq-len {seq_len}; "
+            "use a longer text or a shorter sequence length"
+        )
+    rng = np.random.default_rng(seed)
+    offsets = rng.integers(0, ids.size - seq_len + 1, size=samples)
+    windows = np.stack([ids[o : o + seq_len] for o in offsets])
+    return torch.from_numpy(windows)

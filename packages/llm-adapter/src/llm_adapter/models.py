@@ -1,0 +1,466 @@
+"""Model access: loading, devices and dtypes, and one accessor table per architecture.
+
+The table :data:`ARCHITECTURES` maps a ``config.model_type`` to where its
+transformer blocks live and which linear maps form each *family* (the L
+same-shaped weights of one kind of map, one per layer).  Supporting another
+architecture is one entry in that table; nothing else in the adapter branches
+on the model type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from .errors import AdapterError
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "family_modules",
+    "family_weights",
+    "get_arch",
+    "load_model",
+    "random_neox",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_families",
+    "set_module",
+]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where one architecture keeps its blocks and linear maps.
+
+    Attributes
+    ----------
+    layers : str
+        Dotted path from the causal-LM model to the ``ModuleList`` of blocks.
+    families : dict of str to str
+        Family name -> dotted path of the linear map inside one block.
+    file_renames : dict of str to str
+        State-dict key prefixes as the model names them -> as checkpoints on
+        the hub name them (applied on save, undone on load), so files read
+        the same whatever the ``transformers`` version.
+    """
+
+    layers: str
+    families: dict[str, str]
+    file_renames: dict[str, str] = field(default_factory=dict)
+
+
+#: model_type -> accessors.  GPT-NeoX is the Pythia architecture.
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "gpt_neox": ArchSpec(
+        layers="gpt_neox.layers",
+        families={
+            "attention.query_key_value": "attention.query_key_value",
+            "attention.dense": "attention.dense",
+            "mlp.dense_h_to_4h": "mlp.dense_h_to_4h",
+            "mlp.dense_4h_to_h": "mlp.dense_4h_to_h",
+        },
+        # transformers 5.x names the head ``lm_head``; 4.x and hub files use ``embed_out``
+        file_renames={"lm_head.": "embed_out."},
+    ),
+}
+
+
+def get_arch(model: nn.Module) -> ArchSpec:
+    """The accessor entry of ``model``'s architecture.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal-LM model with a ``config.model_type``.
+
+    Returns
+    -------
+    ArchSpec
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise AdapterError(
+            f"unsupported architecture {model_type!r}; supported: "
+            f"{', '.join(sorted(ARCHITECTURES))} (add an entry to llm_adapter.models.ARCHITECTURES)"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def resolve_families(model: nn.Module, families: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate family names against the model's table; ``"all"`` means every family.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    families : str or sequence of str
+        ``"all"``, one family name, a comma-separated list, or a sequence.
+
+    Returns
+    -------
+    tuple of str
+        The families, in the table's order, without duplicates.
+    """
+    spec = get_arch(model)
+    if isinstance(families, str):
+        names = [f.strip() for f in families.split(",") if f.strip()]
+    else:
+        names = list(families)
+    if names == ["all"]:
+        return tuple(spec.families)
+    if not names:
+        raise AdapterError(
+            f"no family given; valid families: {', '.join(spec.families)} (or 'all')"
+        )
+    for name in names:
+        if name not in spec.families:
+            raise AdapterError(
+                f"unknown family {name!r}; valid families: {', '.join(spec.families)} (or 'all')"
+            )
+    return tuple(f for f in spec.families if f in names)
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    spec = get_arch(model)
+    layers = model.get_submodule(spec.layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise AdapterError(f"{spec.layers} of this model is not a ModuleList")
+    return layers
+
+
+def family_modules(model: nn.Module, family: str) -> list[nn.Module]:
+    """The family's module in every layer, in layer order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    family : str
+        A family name of the model's architecture.
+
+    Returns
+    -------
+    list of torch.nn.Module, length L
+        ``nn.Linear`` before compression, :class:`~llm_adapter.lowrank.LowRankLinear` after.
+    """
+    spec = get_arch(model)
+    if family not in spec.families:
+        raise AdapterError(
+            f"unknown family {family!r}; valid families: {', '.join(spec.families)}"
+        )
+    return [layer.get_submodule(spec.families[family]) for layer in _layers(model)]
+
+
+def family_module_names(model: nn.Module, family: str) -> list[str]:
+    """Dotted names (from the model root) of the family's modules, in layer order."""
+    spec = get_arch(model)
+    n_layers = len(_layers(model))
+    return [f"{spec.layers}.{i}.{spec.families[family]}" for i in range(n_layers)]
+
+
+def family_weights(model: nn.Module, family: str) -> NDArray[np.float64]:
+    """The family's weights as one float64 array.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    family : str
+
+    Returns
+    -------
+    W : ndarray, shape=[L, m, n]
+        PyTorch orientation ``y = W x`` (``m`` outputs, ``n`` inputs), float64
+        whatever the model's dtype, on the CPU.
+    """
+    mats = []
+    for i, module in enumerate(family_modules(model, family)):
+        if not isinstance(module, nn.Linear):
+            raise AdapterError(
+                f"{family} of layer {i} is {type(module).__name__}, not a dense nn.Linear "
+                "(already compressed?); load the uncompressed model"
+            )
+        weight = module.weight
+        if weight.device.type == "meta":
+            raise AdapterError(
+                f"{family} of layer {i} is offloaded (meta device); compression needs the "
+                "weights in memory: use --device-map auto with enough GPU+CPU memory "
+                "and no disk offload"
+            )
+        mats.append(weight.detach().to(device="cpu", dtype=torch.float64).numpy())
+    W = np.stack(mats)
+    if not np.all(np.isfinite(W)):
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(W))[:, 0]})
+        raise AdapterError(
+            f"non-finite weights (NaN or inf) in {family} of layers {bad}; the checkpoint is corrupt"
+        )
+    return W
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` by ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``None``/``"auto"`` (keep the checkpoint's), a torch dtype, or a name like ``"bf16"``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in _DTYPES:
+        raise AdapterError(
+            f"unknown dtype {dtype!r}; valid: auto, float32 (fp32), float16 (fp16), "
+            "bfloat16 (bf16), float64 (fp64, for exact checks)"
+        )
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` takes the GPU when there is one; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AdapterError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AdapterError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise AdapterError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
+    """``from_pretrained`` keyword for the dtype (``dtype`` in 5.x, ``torch_dtype`` in 4.x)."""
+    key = "dtype" if _transformers_major() >= 5 else "torch_dtype"
+    return {key: dtype if dtype is not None else "auto"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def check_tokenizer(tokenizer: Any, source: str) -> None:
+    """Fail loudly on an empty or non-working tokenizer.
+
+    Offline, ``GPTNeoXTokenizer.from_pretrained(hub_id)`` can return a
+    tokenizer with no vocabulary instead of raising.
+    """
+    try:
+        size = len(tokenizer)
+        ids = tokenizer("Hello world")["input_ids"]
+    except Exception as exc:
+        raise AdapterError(f"the tokenizer of {source} does not work: {_one_line(exc)}") from None
+    if size < 2 or len(ids) == 0:
+        raise AdapterError(
+            f"the tokenizer loaded from {source} is empty (vocabulary size {size}); the files are "
+            "missing or the hub could not be reached"
+        )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
+    """Load and check the tokenizer of a local directory or hub id."""
+    from transformers import AutoTokenizer
+
+    source = str(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"cannot load the tokenizer of {source!r}: {_one_line(exc)}") from None
+    check_tokenizer(tokenizer, repr(source))
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a local directory or a hub id.
+
+    A directory written by :func:`llm_adapter.save` (it holds
+    ``compression.json``) is reloaded with its low-rank modules through
+    :func:`llm_adapter.load`.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        Local directory, or a hub id such as ``EleutherAI/pythia-70m``.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default "auto"
+        Where to put the model; ``auto`` takes the GPU when there is one.
+        Ignored when ``device_map`` is given.
+    dtype : str or torch.dtype, optional
+        ``float32``, ``float16``, ``bfloat16`` (or ``fp32``/``fp16``/``bf16``);
+        default: the checkpoint's own.
+    device_map : str or dict, optional
+        ``"auto"`` hands placement (and CPU offload) to ``accelerate``.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        In eval mode.
+    tokenizer : transformers.PreTrainedTokenizerBase
+    """
+    path = Path(name_or_path)
+    local = path.is_dir()
+    if local and (path / "compression.json").is_file():
+        from .checkpoint import load
+
+        return load(path, device=device, dtype=dtype)
+    if not local and (str(name_or_path).startswith((".", "/", "~")) or path.exists()):
+        raise AdapterError(f"model directory {str(name_or_path)!r} does not exist")
+    torch_dtype = resolve_dtype(dtype)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = str(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if local else "hub id (the hub could not be reached or has no such model)"
+        raise AdapterError(f"cannot load model {source!r} as a {where}: {_one_line(exc)}") from None
+    if config.model_type not in ARCHITECTURES:
+        raise AdapterError(
+            f"unsupported architecture {config.model_type!r} in {source!r}; supported: "
+            f"{', '.join(sorted(ARCHITECTURES))}"
+        )
+    kwargs: dict[str, Any] = dtype_kwargs(torch_dtype)
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise AdapterError(
+                "--device-map needs the accelerate package: pip install 'llm-adapter[bigmodels]'"
+            ) from None
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"cannot load the weights of {source!r}: {_one_line(exc)}") from None
+    if device_map is None:
+        model.to(resolve_device(device))
+    model.eval()
+    tokenizer = load_tokenizer(source)
+    return model, tokenizer
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first (input) parameters."""
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """A cheap fingerprint of the model (name, config, per-tensor shapes and sums).
+
+    Used to key the calibration cache: two models with the same identity
+    give the same calibration statistics.
+    """
+    config = getattr(model, "config", None)
+    name = str(getattr(config, "_name_or_path", "")) if config is not None else ""
+    cfg = json.loads(config.to_json_string()) if config is not None else {}
+    for volatile in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
+        cfg.pop(volatile, None)
+    sums = []
+    with torch.no_grad():
+        for pname, p in model.state_dict().items():
+            if p.device.type == "meta" or not p.is_floating_point():
+                sums.append((pname, list(p.shape)))
+                continue
+            flat = p.detach().reshape(-1)
+            sums.append(
+                (
+                    pname,
+                    list(p.shape),
+                    str(p.dtype),
+                    float(flat.double().sum()),
+                    float(flat[:64].double().abs().sum()),
+                )
+            )
+    return {"name": name, "config": cfg, "tensors": sums}
+
+
+def random_neox(
+    *,
+    hidden_size: int = 32,
+    num_hidden_layers: int = 3,
+    num_attention_heads: int = 4,
+    intermediate_size: int | None = None,
+    vocab_size: int = 128,
+    max_position_embeddings: int = 256,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """A randomly initialised GPT-NeoX causal LM (for tests and benchmarks).
+
+    Parameters
+    ----------
+    hidden_size, num_hidden_layers, num_attention_heads : int
+    intermediate_size : int, optional
+        Default ``4 * hidden_size`` (as Pythia).
+    vocab_size, max_position_embeddings : int
+    tie_word_embeddings : bool, default False
+    seed : int
+        Seeds the initialisation (the global torch generator is left as it was).
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    transformers.GPTNeoXForCausalLM
+        In eval mode, on the CPU, dropout off.
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(config)
+    model.to(dtype)
+    model.eval()
+    return model

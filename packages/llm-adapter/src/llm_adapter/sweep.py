@@ -1,0 +1,767 @@
+"""Sweeps: many compression points of one model, each compressed, measured and logged.
+
+A sweep names a model, calibration and evaluation data, the families and d/D
+values, and a list of point tables (methods and the ``(lam, tying, metric,
+coupling)`` grid). Every point becomes one JSON line in the results file with
+the Frobenius and activation error fractions (calibration tokens and held-out
+tokens), perplexity, HellaSwag acc/acc_norm, parameters kept and timings.
+
+Configuration (TOML or YAML; relative paths are taken from the working
+directory, where the command is run)::
+
+    name = "neox-mini"
+    model = "../shared/models/neox-mini"
+    out = "experiments/results/neox_mini.jsonl"
+    device = "auto"                 # calibration and evaluation device
+    baseline = true                 # also measure the uncompressed model
+    families = ["attention.dense"]  # each entry: a family, "a,b", or "all"
+    rank_ratios = [0.25]            # d/D values
+
+    [calibration]                   # SVD-LLM protocol: seeded random windows
+    text = "../shared/data/wikitext-2/wiki.valid.tokens"
+    samples = 256
+    seq_len = 128
+    seed = 0
+
+    [heldout]                       # optional: activation error on other tokens
+    text = "../shared/data/wikitext-2/wiki.test.tokens"
+    samples = 64
+    seq_len = 128
+    seed = 1
+
+    [evaluation]
+    wikitext = "../shared/data/wikitext-2/wiki.test.tokens"
+    hellaswag = "../shared/data/hellaswag/hellaswag_val_full.txt.bz2"
+    seq_len = 128
+    limit = 500
+
+    [[points]]
+    method = "svd-llm"
+
+    [[points]]                      # lists expand to their cartesian product
+    method = "bundle"
+    lam = [0.0, 1.0, inf]
+    tying = [1, 2, 6]
+
+Point keys: ``method``, ``lam``, ``tying``, ``metric``, ``coupling``,
+``group_size``, ``families``, ``rank_ratio``, ``label``. Each point is keyed
+by a hash of everything that determines its row (model, point, calibration
+and evaluation protocol); rows are appended to the JSONL file one whole line
+per ``write`` and flushed to disk, so a killed sweep restarts where it stopped
+and never writes a key twice (a line cut off by the kill is dropped on
+restart). Calibration statistics are cached on disk by :func:`calibrate`;
+with ``checkpoints = "DIR"`` every compressed model is also saved, and a
+restarted sweep reloads it instead of factorising again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import AdapterError
+
+__all__ = [
+    "SweepPoint",
+    "expand_points",
+    "load_config",
+    "read_results",
+    "register",
+    "run_sweep",
+]
+
+POINT_KEYS = (
+    "method",
+    "lam",
+    "tying",
+    "metric",
+    "coupling",
+    "group_size",
+    "families",
+    "rank_ratio",
+)
+#: the parameters that matter for each method (the others are left out of the key)
+RELEVANT: dict[str, tuple[str, ...]] = {
+    "dense": (),
+    "svd": (),
+    "svd-llm": (),
+    "basis-sharing": ("group_size",),
+    "bundle": ("lam", "tying", "metric", "coupling"),
+}
+DEFAULTS: dict[str, Any] = {
+    "lam": 0.0,
+    "tying": 1,
+    "metric": "weight",
+    "coupling": 0.0,
+    "group_size": 2,
+}
+TOP_KEYS = {
+    "name", "model", "out", "device", "dtype", "baseline", "families", "rank_ratios",
+    "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir",
+}  # fmt: skip
+SECTION_KEYS = {
+    "calibration": {"text", "samples", "seq_len", "seed", "batch_size"},
+    "heldout": {"text", "samples", "seq_len", "seed", "batch_size"},
+    "evaluation": {
+        "wikitext",
+        "hellaswag",
+        "seq_len",
+        "stride",
+        "max_windows",
+        "limit",
+        "batch_size",
+    },
+}
+
+
+# --------------------------------------------------------------------------- config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a sweep configuration from TOML (``.toml``) or YAML (``.yaml``/``.yml``).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    dict
+        The configuration, checked for unknown keys.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AdapterError(f"sweep configuration {str(p)!r} does not exist")
+    if p.suffix == ".toml":
+        try:
+            config = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise AdapterError(f"{p} is not valid TOML: {exc}") from None
+    elif p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise AdapterError(
+                f"{p} is YAML, which needs pyyaml (pip install 'llm-adapter[report]'); "
+                "or write the configuration as TOML"
+            ) from None
+        config = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(config, dict):
+            raise AdapterError(f"{p} must hold a mapping at the top level")
+    else:
+        raise AdapterError(f"{p}: unknown configuration type {p.suffix!r}; use .toml or .yaml")
+    check_config(config, str(p))
+    return config
+
+
+def check_config(config: dict[str, Any], source: str = "the configuration") -> None:
+    """Raise :class:`AdapterError` naming any unknown key of ``config``."""
+    unknown = set(config) - TOP_KEYS
+    if unknown:
+        raise AdapterError(
+            f"{source}: unknown key(s) {sorted(unknown)}; valid top-level keys: {sorted(TOP_KEYS)}"
+        )
+    for section, keys in SECTION_KEYS.items():
+        value = config.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise AdapterError(f"{source}: [{section}] must be a table")
+        bad = set(value) - keys
+        if bad:
+            raise AdapterError(
+                f"{source}: unknown key(s) {sorted(bad)} in [{section}]; valid: {sorted(keys)}"
+            )
+    for i, table in enumerate(config.get("points", [])):
+        bad = set(table) - set(POINT_KEYS) - {"label"}
+        if bad:
+            raise AdapterError(
+                f"{source}: unknown key(s) {sorted(bad)} in points[{i}]; "
+                f"valid: {sorted([*POINT_KEYS, 'label'])}"
+            )
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One compression point of a sweep.
+
+    Attributes
+    ----------
+    method : str
+        ``dense`` (uncompressed), ``svd``, ``svd-llm``, ``basis-sharing`` or ``bundle``.
+    families : tuple of str
+    rank_ratio : float
+        d/D.
+    params : dict
+        The method's own parameters (``lam``, ``tying``, ``metric``, ``coupling``,
+        ``group_size``), only those that matter for it.
+    label : str
+        A short name for tables and plots.
+    """
+
+    method: str
+    families: tuple[str, ...]
+    rank_ratio: float
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """The point as a JSON-ready dict (``lam = inf`` written as the string ``"inf"``)."""
+        out: dict[str, Any] = {
+            "method": self.method,
+            "families": list(self.families),
+            "rank_ratio": self.rank_ratio,
+        }
+        out.update({k: _jsonable(v) for k, v in self.params.items()})
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _families(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(f.strip() for f in value.split(",") if f.strip())
+    return tuple(str(v) for v in value)
+
+
+def _lam(value: Any) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AdapterError(f"lam = {value!r} is not a number (use a float or 'inf')") from None
+
+
+def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
+    """Every point of the configuration, in order: the baseline first, then each table's
+    cartesian product, crossed with ``families`` and ``rank_ratios``.
+
+    Parameters
+    ----------
+    config : dict
+        See the module documentation.
+
+    Returns
+    -------
+    list of SweepPoint
+        Duplicates (the same method and relevant parameters) are kept once.
+    """
+    fam_sets = [_families(f) for f in _as_list(config.get("families", ["attention.dense"]))]
+    ratios = [float(r) for r in _as_list(config.get("rank_ratios", [0.25]))]
+    tables: list[dict[str, Any]] = list(config.get("points", []))
+    if config.get("baseline", True):
+        tables = [{"method": "dense"}, *tables]
+    points: list[SweepPoint] = []
+    seen: set[str] = set()
+    for i, table in enumerate(tables):
+        if "method" not in table:
+            raise AdapterError(f"points[{i}] has no method; give one of {sorted(RELEVANT)}")
+        axes = {k: _as_list(v) for k, v in table.items() if k != "label"}
+        names = list(axes)
+        for combo in itertools.product(*(axes[n] for n in names)):
+            values = dict(zip(names, combo, strict=True))
+            method = str(values.pop("method"))
+            if method not in RELEVANT:
+                raise AdapterError(
+                    f"points[{i}]: unknown method {method!r}; valid: {sorted(RELEVANT)}"
+                )
+            fsets = [_families(values.pop("families"))] if "families" in values else fam_sets
+            rrs = [float(values.pop("rank_ratio"))] if "rank_ratio" in values else ratios
+            params = {k: values.get(k, DEFAULTS[k]) for k in RELEVANT[method]}
+            if "lam" in params:
+                params["lam"] = _lam(params["lam"])
+            for k in ("tying", "group_size"):
+                if k in params:
+                    params[k] = int(params[k])
+            if "coupling" in params:
+                params["coupling"] = float(params["coupling"])
+            for fams, rr in itertools.product(fsets if method != "dense" else [()], rrs):
+                rr_used = rr if method != "dense" else 1.0
+                point = SweepPoint(method, fams, rr_used, params, str(table.get("label", "")))
+                ident = json.dumps(point.describe(), sort_keys=True)
+                if ident not in seen:
+                    seen.add(ident)
+                    points.append(point)
+    return points
+
+
+def point_key(point: SweepPoint, protocol: dict[str, Any]) -> str:
+    """Hash of everything that determines a point's row (16 hex digits)."""
+    blob = json.dumps({"point": point.describe(), "protocol": _jsonable(protocol)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def point_label(point: SweepPoint) -> str:
+    """A short readable name, e.g. ``bundle lam=0 k=6 weight``."""
+    if point.label:
+        return point.label
+    if point.method == "bundle":
+        p = point.params
+        lam = "inf" if math.isinf(p["lam"]) else f"{p['lam']:g}"
+        text = f"bundle lam={lam} k={p['tying']} {p['metric']}"
+        if p["coupling"]:
+            text += f" mu={p['coupling']:g}"
+        return text
+    if point.method == "basis-sharing":
+        return f"basis-sharing g={point.params['group_size']}"
+    return point.method
+
+
+# --------------------------------------------------------------------------- results file
+
+
+def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The rows of a results JSONL file.
+
+    Parameters
+    ----------
+    path : str or Path
+    repair : bool
+        Drop a last line cut off by a kill (no trailing newline, not JSON) from
+        the file itself; without it such a line is skipped.
+
+    Returns
+    -------
+    list of dict
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    data = p.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise AdapterError(
+                f"{p} line {i} is not JSON ({exc}); fix or remove that line"
+            ) from None
+    if tail.strip():
+        try:
+            rows.append(json.loads(tail))
+        except json.JSONDecodeError:
+            if repair:
+                with open(p, "r+b") as fh:
+                    fh.truncate(len(data) - len(tail))
+                print(f"sweep: dropped an incomplete last line of {p}", file=sys.stderr)
+    return rows
+
+
+def append_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor, then fsync."""
+    line = (json.dumps(_jsonable(row), allow_nan=False, sort_keys=False) + "\n").encode()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _heldout_fractions(
+    dense: dict[str, np.ndarray], model: Any, families: Iterable[str], C: dict[str, np.ndarray]
+) -> dict[str, list[float]]:
+    """Per-layer ``tr(E C E^T) / tr(W C W^T)`` with ``E = W - W'`` on held-out covariances."""
+    from .lowrank import LowRankLinear
+    from .models import family_modules
+
+    out: dict[str, list[float]] = {}
+    for f in families:
+        W = dense[f]
+        mods = family_modules(model, f)
+        fr = []
+        for l, mod in enumerate(mods):
+            weight: torch.Tensor = (
+                mod.left @ mod.right
+                if isinstance(mod, LowRankLinear)
+                else mod.get_parameter("weight")
+            )
+            Wc = weight.detach().to("cpu", torch.float64).numpy()
+            E = W[l] - Wc
+            num = float(np.einsum("ij,jk,ik->", E, C[f][l], E))
+            den = float(np.einsum("ij,jk,ik->", W[l], C[f][l], W[l]))
+            fr.append(num / den if den > 0 else 0.0)
+        out[f] = fr
+    return out
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return float(np.mean(vals)) if vals else None
+
+
+def run_sweep(
+    config: dict[str, Any],
+    *,
+    only_methods: Iterable[str] | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    log: Any = None,
+) -> list[dict[str, Any]]:
+    """Run every point of ``config`` not yet in its results file; return the new rows.
+
+    Parameters
+    ----------
+    config : dict
+        See the module documentation (``model`` and ``out`` are required).
+    only_methods : iterable of str, optional
+        Run only these methods.
+    dry_run : bool
+        List the points and whether each is done; run nothing.
+    progress : bool
+        Progress bars.
+    log : file-like, optional
+        Where to print one line per point (default stderr).
+
+    Returns
+    -------
+    list of dict
+        The rows appended by this call.
+    """
+    from .calibrate import calibrate
+    from .checkpoint import load, read_manifest, save
+    from .compress import CompressionConfig, CompressionReport, compress_model
+    from .evaluate import _tokenize, evaluate_model, prepare_for_eval, read_hellaswag, read_wikitext
+    from .lowrank import count_unique_parameters
+    from .models import family_weights, load_model, resolve_families
+
+    log = log or sys.stderr
+    check_config(config)
+    for key in ("model", "out"):
+        if not config.get(key):
+            raise AdapterError(f"the sweep needs '{key}' (in the configuration or as --{key})")
+    out = Path(config["out"])
+    calib = dict(config.get("calibration") or {})
+    held = dict(config.get("heldout") or {})
+    evaluation = dict(config.get("evaluation") or {})
+    for section, key in (("calibration", "text"), ("heldout", "text"), ("evaluation", "wikitext"),
+                         ("evaluation", "hellaswag")):  # fmt: skip
+        value = (config.get(section) or {}).get(key)
+        if value is not None and not Path(value).is_file():
+            raise AdapterError(f"[{section}] {key} = {value!r} is not a file")
+    points = expand_points(config)
+    if only_methods is not None:
+        keep = set(only_methods)
+        points = [p for p in points if p.method in keep]
+    protocol = {
+        "model": str(config["model"]),
+        "calibration": calib,
+        "heldout": held,
+        "evaluation": evaluation,
+    }
+    keys = [point_key(p, protocol) for p in points]
+    done = {r.get("key") for r in read_results(out, repair=not dry_run)}
+    todo = [(p, k) for p, k in zip(points, keys, strict=True) if k not in done]
+    print(
+        f"sweep {config.get('name', out.stem)}: {len(points)} points, {len(points) - len(todo)} "
+        f"done in {out}, {len(todo)} to run",
+        file=log,
+    )
+    if dry_run:
+        for p, k in zip(points, keys, strict=True):
+            print(f"  [{'done' if k in done else 'todo'}] {k} {point_label(p)} "
+                  f"{','.join(p.families)} d/D={p.rank_ratio:g}", file=log)  # fmt: skip
+        return []
+    if not todo:
+        return []
+
+    device = config.get("device", "auto")
+    base, tokenizer = load_model(config["model"], device=device)
+    base.eval()
+    needed = sorted({f for p, _ in todo for f in p.families})
+    families_all = list(resolve_families(base, needed)) if needed else []
+    seq = int(calib.get("seq_len", 2048))
+    stats = None
+    if families_all:
+        if "text" not in calib:
+            raise AdapterError("[calibration] text is required (a local calibration text file)")
+        stats = calibrate(
+            base, tokenizer, families_all, text_path=calib["text"],
+            samples=int(calib.get("samples", 256)), seq_len=seq, seed=int(calib.get("seed", 0)),
+            cache_dir=config.get("cache_dir", _default_cache()),
+            batch_size=int(calib.get("batch_size", 8)), progress=progress,
+        )  # fmt: skip
+    held_C: dict[str, np.ndarray] | None = None
+    if families_all and held.get("text"):
+        hstats = calibrate(
+            base, tokenizer, families_all, text_path=held["text"],
+            samples=int(held.get("samples", 64)), seq_len=int(held.get("seq_len", seq)),
+            seed=int(held.get("seed", 1)), cache_dir=config.get("cache_dir", _default_cache()),
+            batch_size=int(held.get("batch_size", 8)), progress=progress,
+        )  # fmt: skip
+        held_C = {f: hstats.covariance(f) for f in families_all}
+    dense_W = {f: family_weights(base, f) for f in families_all}
+    dense_params = count_unique_parameters(base)
+    wiki_ids = None
+    if evaluation.get("wikitext"):
+        wiki_ids = _tokenize(tokenizer, read_wikitext(evaluation["wikitext"]))
+    hs_items = None
+    if evaluation.get("hellaswag"):
+        hs_items = read_hellaswag(evaluation["hellaswag"], limit=evaluation.get("limit"))
+    checkpoints = Path(config["checkpoints"]) if config.get("checkpoints") else None
+
+    rows = []
+    for i, (point, key) in enumerate(todo, 1):
+        t_point = time.perf_counter()
+        report: CompressionReport | None = None
+        reused = False
+        ck = checkpoints / key if checkpoints is not None else None
+        if point.method == "dense":
+            model = copy.deepcopy(base)
+        elif ck is not None and (ck / "compression.json").is_file():
+            model, _ = load(ck, device=device)
+            report = CompressionReport.from_dict(read_manifest(ck))
+            reused = True
+        else:
+            model = copy.deepcopy(base)
+            cc = CompressionConfig(
+                method=point.method, rank_ratio=point.rank_ratio, families=point.families,
+                **{k: v for k, v in point.params.items()},
+            )  # fmt: skip
+            report = compress_model(model, cc, stats)
+            if ck is not None:
+                save(model, tokenizer, report, ck, overwrite=True)
+        model = prepare_for_eval(model, device, config.get("dtype", "auto"))
+        metrics = evaluate_model(
+            model, tokenizer, wikitext_ids=wiki_ids, hellaswag_items=hs_items,
+            seq_len=int(evaluation.get("seq_len", 2048)), stride=evaluation.get("stride"),
+            max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
+            batch_size=int(evaluation.get("batch_size", 8)), progress=progress,
+        )  # fmt: skip
+        per_layer: dict[str, dict[str, Any]] = {}
+        frob: list[float] = []
+        act: list[float] = []
+        act_held: list[float] = []
+        kept = total = 0
+        ranks: dict[str, int] = {}
+        timings = {"calibration": stats.seconds if stats is not None else 0.0}
+        if report is not None:
+            fams = list(report.families)
+            heldout = _heldout_fractions(dense_W, model, fams, held_C) if held_C else {}
+            for f, fr in report.families.items():
+                per_layer[f] = {
+                    "frobenius_fraction": fr.frobenius_fraction,
+                    "activation_fraction": fr.activation_fraction,
+                    "activation_fraction_heldout": heldout.get(f),
+                }
+                frob += fr.frobenius_fraction
+                act += fr.activation_fraction or []
+                act_held += heldout.get(f, [])
+                kept += fr.params_kept
+                total += fr.params_dense
+                ranks[f] = fr.rank
+            timings.update(
+                factorisation=float(report.timings.get("factorisation", 0.0)),
+                write_back=float(report.timings.get("write_back", 0.0)),
+            )
+        timings.update(
+            perplexity=float(metrics.get("ppl_seconds", 0.0)),
+            hellaswag=float(metrics.get("hellaswag_seconds", 0.0)),
+        )
+        timings["point"] = time.perf_counter() - t_point
+        row: dict[str, Any] = {
+            "key": key,
+            "sweep": config.get("name", out.stem),
+            "label": point_label(point),
+            "model": str(config["model"]),
+            **point.describe(),
+            "rank": ranks,
+            "frobenius_fraction": _mean(frob),
+            "activation_fraction": _mean(act),
+            "activation_fraction_heldout": _mean(act_held),
+            "params_kept": kept,
+            "params_dense": total,
+            "param_ratio": kept / total if total else 1.0,
+            "model_params": count_unique_parameters(model),
+            "model_params_dense": dense_params,
+            **metrics,
+            "per_layer": per_layer,
+            "timings": timings,
+            "reused_checkpoint": reused,
+            "protocol": protocol,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        append_row(out, row)
+        rows.append(row)
+        shown = {k: row.get(k) for k in ("frobenius_fraction", "ppl", "hellaswag_acc")}
+        print(
+            f"[{i}/{len(todo)}] {point_label(point)} {','.join(point.families)}: "
+            + " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
+            )
+            + f" ({timings['point']:.0f}s)",
+            file=log,
+            flush=True,
+        )
+        del model
+    return rows
+
+
+def _default_cache() -> str:
+    root = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return str(Path(root) / "llm-adapter" / "calibration")
+
+
+# --------------------------------------------------------------------------- CLI
+
+#: flag -> (configuration path, converter)
+_OVERRIDES: dict[str, tuple[tuple[str, ...], Any]] = {
+    "model": (("model",), str),
+    "out": (("out",), str),
+    "device": (("device",), str),
+    "dtype": (("dtype",), str),
+    "families": (("families",), lambda v: [s for s in v.split(";") if s]),
+    "rank_ratios": (("rank_ratios",), lambda v: [float(x) for x in v.split(",")]),
+    "checkpoints": (("checkpoints",), str),
+    "cache_dir": (("cache_dir",), str),
+    "calib_text": (("calibration", "text"), str),
+    "calib_samples": (("calibration", "samples"), int),
+    "calib_seq_len": (("calibration", "seq_len"), int),
+    "wikitext": (("evaluation", "wikitext"), str),
+    "hellaswag": (("evaluation", "hellaswag"), str),
+    "seq_len": (("evaluation", "seq_len"), int),
+    "max_windows": (("evaluation", "max_windows"), int),
+    "limit": (("evaluation", "limit"), int),
+    "batch_size": (("evaluation", "batch_size"), int),
+}
+
+
+def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Copy of ``config`` with every flag that was given applied; each override is printed."""
+    config = copy.deepcopy(config)
+    for flag, (path, conv) in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        node = config
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        old = node.get(path[-1], "<unset>")
+        new = conv(value)
+        node[path[-1]] = new
+        print(
+            f"sweep: --{flag.replace('_', '-')} {value} overrides {'.'.join(path)} = {old!r}",
+            file=log,
+        )
+    grid = {
+        k: getattr(args, k)
+        for k in ("methods", "lam", "tying", "metric", "coupling", "group_size")
+        if getattr(args, k, None) is not None
+    }
+    if grid:
+        if "methods" not in grid:
+            raise AdapterError("--lam/--tying/--metric/--coupling/--group-size need --methods")
+        tables = []
+        for method in grid["methods"].split(","):
+            table: dict[str, Any] = {"method": method.strip()}
+            for k, conv in (("lam", _lam), ("tying", int), ("metric", str), ("coupling", float),
+                            ("group_size", int)):  # fmt: skip
+                if k in grid and k in RELEVANT.get(method.strip(), ()):
+                    table[k] = [conv(x) for x in str(grid[k]).split(",")]
+            tables.append(table)
+        if "points" in config:
+            print(f"sweep: --methods replaces the {len(config['points'])} point tables", file=log)
+        config["points"] = tables
+    if args.no_hellaswag:
+        config.setdefault("evaluation", {}).pop("hellaswag", None)
+        print("sweep: --no-hellaswag drops evaluation.hellaswag", file=log)
+    if args.no_baseline:
+        config["baseline"] = False
+    return config
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``sweep`` subcommand to ``subparsers``."""
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a grid of compression points, one JSONL row each (resumable)",
+        description=(
+            "Compress and evaluate every point of a sweep configuration (TOML or YAML), "
+            "appending one JSON line per point to the results file. Rerunning skips done "
+            "points. Flags override the configuration only where given, and say so."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="sweep configuration .toml/.yaml")
+    p.add_argument("--model", help="model directory or hub id")
+    p.add_argument("--out", help="results JSONL file")
+    p.add_argument("--device", help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", help="evaluation weight dtype (auto: bf16/fp16 on CUDA)")
+    p.add_argument("--families", help="family sets separated by ';', each 'a,b' or 'all'")
+    p.add_argument("--rank-ratios", help="comma-separated d/D values")
+    p.add_argument("--methods", help="comma-separated methods (replaces the point tables)")
+    p.add_argument("--lam", help="comma-separated anchor strengths (with --methods bundle)")
+    p.add_argument("--tying", help="comma-separated tying degrees k")
+    p.add_argument("--metric", help="comma-separated metrics: weight, activation")
+    p.add_argument("--coupling", help="comma-separated soft couplings mu")
+    p.add_argument("--group-size", help="comma-separated basis-sharing group sizes")
+    p.add_argument("--calib-text", help="calibration text file")
+    p.add_argument("--calib-samples", type=int, help="calibration windows")
+    p.add_argument("--calib-seq-len", type=int, help="calibration window length")
+    p.add_argument("--wikitext", help="perplexity text file")
+    p.add_argument("--hellaswag", help="HellaSwag file")
+    p.add_argument("--seq-len", type=int, help="perplexity window length")
+    p.add_argument("--max-windows", type=int, help="perplexity windows to score")
+    p.add_argument("--limit", type=int, help="HellaSwag items to score")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--checkpoints", help="save compressed models here and reuse them")
+    p.add_argument("--cache-dir", help="calibration statistics cache")
+    p.add_argument("--only", help="run only these methods (comma-separated)")
+    p.add_argument("--no-hellaswag", action="store_true", help="skip HellaSwag")
+    p.add_argument("--no-baseline", action="store_true", help="skip the uncompressed model")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their status")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``llm-adapter sweep`` from parsed arguments."""
+    config = load_config(args.config) if args.config else {}
+    config = apply_overrides(config, args, sys.stderr)
+    if not config.get("points") and not config.get("baseline", True):
+        raise AdapterError("no points: give a configuration with [[points]] or --methods")
+    only = [m.strip() for m in args.only.split(",")] if args.only else None
+    run_sweep(config, only_methods=only, dry_run=args.dry_run, progress=not args.no_progress)
+    return 0

@@ -1,0 +1,154 @@
+"""Calibration: hooked Grams against layer inputs computed independently, protocol, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llm_adapter import AdapterError, calibrate
+from llm_adapter.data import sample_windows, tokenize_text
+from llm_adapter.models import random_neox
+
+FEW_TOKENS = "ignore:.*calibration tokens are fewer:UserWarning"
+
+
+def _windows(n: int, T: int, vocab: int = 128, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(0, vocab, size=(n, T)))
+
+
+def _layer_inputs(model: torch.nn.Module, windows: torch.Tensor) -> list[torch.Tensor]:
+    """Inputs of every block, from output_hidden_states (no hooks)."""
+    with torch.no_grad():
+        out = model(input_ids=windows, output_hidden_states=True, use_cache=False)
+    return list(out.hidden_states[:-1])
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_grams_equal_independent_layer_inputs() -> None:
+    model = random_neox(num_hidden_layers=3, dtype=torch.float64)
+    windows = _windows(4, 16)
+    stats = calibrate(
+        model, None, ["attention.query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+        token_windows=windows, batch_size=3,
+    )
+    assert stats.tokens == 64
+    hidden = _layer_inputs(model, windows)
+    for l, layer in enumerate(model.gpt_neox.layers):
+        h = hidden[l].reshape(-1, 32)
+        with torch.no_grad():
+            x_qkv = layer.input_layernorm(h)
+            x_mlp = layer.post_attention_layernorm(h)  # parallel residual: MLP reads the block input
+            x_4h = layer.mlp.act(layer.mlp.dense_h_to_4h(x_mlp))
+        for family, x in (
+            ("attention.query_key_value", x_qkv),
+            ("mlp.dense_h_to_4h", x_mlp),
+            ("mlp.dense_4h_to_h", x_4h),
+        ):
+            ref = (x.T @ x / x.shape[0]).numpy()
+            # float64 forward passes in two batchings: roundoff ~1e-15 relative
+            np.testing.assert_allclose(stats.covariance(family)[l], ref, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_attention_dense_gram_from_its_inputs() -> None:
+    model = random_neox(dtype=torch.float64)
+    windows = _windows(2, 8, seed=1)
+    seen: list[torch.Tensor] = []
+    mod = model.gpt_neox.layers[1].attention.dense
+    handle = mod.register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, 32)))
+    with torch.no_grad():
+        model(input_ids=windows, use_cache=False)
+    handle.remove()
+    x = seen[0]
+    stats = calibrate(model, None, "attention.dense", token_windows=windows)
+    np.testing.assert_allclose(stats.covariance("attention.dense")[1], (x.T @ x / 16).numpy(), rtol=1e-12)
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_half_precision_model_gives_float64_psd() -> None:
+    model = random_neox(dtype=torch.bfloat16)
+    stats = calibrate(model, None, "all", token_windows=_windows(2, 32))
+    for C in stats.covariances.values():
+        assert C.dtype == np.float64
+        np.testing.assert_array_equal(C, np.swapaxes(C, -1, -2))
+        # PSD up to float64 roundoff of the accumulation
+        assert np.linalg.eigvalsh(C).min() >= -1e-12 * np.linalg.eigvalsh(C).max()
+
+
+def test_sampling_protocol_is_seeded() -> None:
+    ids = np.arange(1000)
+    a = sample_windows(ids, 5, 16, seed=3)
+    b = sample_windows(ids, 5, 16, seed=3)
+    c = sample_windows(ids, 5, 16, seed=4)
+    assert a.shape == (5, 16)
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    # windows are runs of consecutive tokens starting at the drawn offsets
+    offsets = np.random.default_rng(3).integers(0, 1000 - 16 + 1, size=5)
+    np.testing.assert_array_equal(a[:, 0].numpy(), offsets)
+    assert torch.all(a[:, 1:] - a[:, :-1] == 1)
+    with pytest.raises(AdapterError, match="fewer than --seq-len 2000"):
+        sample_windows(ids, 1, 2000, seed=0)
+
+
+def test_text_file_protocol_and_cache(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(127)} | {"[UNK]": 127}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    rng = np.random.default_rng(0)
+    text = "\n".join(" ".join(f"w{i}" for i in rng.integers(0, 127, 20)) for _ in range(30))
+    path = tmp_path / "calib.txt"
+    path.write_text(text)
+    ids = tokenize_text(text, tokenizer)
+    assert ids.size == 600
+
+    model = random_neox()
+    cache = tmp_path / "cache"
+    kw = {"text_path": path, "samples": 3, "seq_len": 40, "seed": 1, "cache_dir": cache}
+    first = calibrate(model, tokenizer, "attention.dense", **kw)  # type: ignore[arg-type]
+    assert not first.cached and first.tokens == 120
+    assert first.protocol["samples"] == 3 and first.protocol["seed"] == 1
+    assert first.protocol["windows_sha256"]
+    again = calibrate(model, tokenizer, "attention.dense", **kw)  # type: ignore[arg-type]
+    assert again.cached
+    np.testing.assert_array_equal(again.covariance("attention.dense"), first.covariance("attention.dense"))
+    # the same windows given directly hit the same cache entry
+    windows = sample_windows(ids, 3, 40, seed=1)
+    direct = calibrate(model, None, "attention.dense", token_windows=windows, cache_dir=cache)
+    assert direct.cached
+    # another seed is another entry
+    other = calibrate(model, tokenizer, "attention.dense", **{**kw, "seed": 2})  # type: ignore[arg-type]
+    assert not other.cached
+    # another model (different weights) is another entry
+    model2 = random_neox(seed=9)
+    assert not calibrate(model2, tokenizer, "attention.dense", **kw).cached  # type: ignore[arg-type]
+
+
+def test_fewer_tokens_than_dimension_warns() -> None:
+    model = random_neox()
+    with pytest.warns(UserWarning, match="16 calibration tokens are fewer than the input dimension 32"):
+        calibrate(model, None, "attention.dense", token_windows=_windows(2, 8))
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_bad_calibration_input(tmp_path: Path) -> None:
+    model = random_neox()
+    with pytest.raises(AdapterError, match="calibration file '.*missing.txt' does not exist"):
+        calibrate(model, None, "attention.dense", text_path=tmp_path / "missing.txt")
+    with pytest.raises(AdapterError, match="out of the model's vocabulary"):
+        calibrate(model, None, "attention.dense", token_windows=_windows(1, 4, vocab=1000))
+    with pytest.raises(AdapterError, match="no calibration data"):
+        calibrate(model, None, "attention.dense")
+    with pytest.raises(AdapterError, match="unknown family 'mlp'"):
+        calibrate(model, None, "mlp", token_windows=_windows(1, 4))
+    stats = calibrate(model, None, "attention.dense", token_windows=_windows(2, 32))
+    with pytest.raises(AdapterError, match="no calibration statistics for family 'mlp.dense_4h_to_h'"):
+        stats.covariance("mlp.dense_4h_to_h")

@@ -1,0 +1,257 @@
+"""Compression on tiny random GPT-NeoX models: ranks, methods, write-back, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import grassbundle.bundle as gbb
+from llm_adapter import (
+    AdapterError,
+    CompressionConfig,
+    LowRankLinear,
+    calibrate,
+    compress_model,
+    count_unique_parameters,
+    family_modules,
+    family_weights,
+    rank_for,
+)
+from llm_adapter.models import random_neox
+
+
+def _model(dtype: torch.dtype = torch.float64, layers: int = 4) -> torch.nn.Module:
+    return random_neox(num_hidden_layers=layers, dtype=dtype, seed=1)
+
+
+def _stats(model: torch.nn.Module, families: str = "all"):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    windows = torch.from_numpy(rng.integers(0, 128, size=(8, 32)))  # 256 tokens > n = 128
+    return calibrate(model, None, families, token_windows=windows)
+
+
+def _dense(mod: LowRankLinear) -> np.ndarray:
+    return (mod.left @ mod.right).detach().double().numpy()
+
+
+def _projector(U: np.ndarray) -> np.ndarray:
+    Q, _ = np.linalg.qr(U)
+    return Q @ Q.T
+
+
+# ---------------------------------------------------------------- ranks
+
+
+def test_rank_ratio_rounds_half_up() -> None:
+    for ratio, d in [(0.25, 8), (0.2, 6), (0.3, 10), (0.5, 16)]:  # D = 32: 8, 6.4, 9.6, 16
+        assert rank_for(CompressionConfig(method="svd", rank_ratio=ratio), 32, 32, 4) == d
+    assert rank_for(CompressionConfig(method="svd", rank_ratio=0.25), 96, 32, 4) == 24  # D = m
+
+
+def test_param_ratio_formulas() -> None:
+    # SVD-LLM: floor(p m n / (m + n)) per layer
+    assert rank_for(CompressionConfig(method="svd-llm", param_ratio=0.4), 32, 128, 4) == math.floor(
+        0.4 * 32 * 128 / 160
+    )
+    # tied groups of k: the shared U (m x d) counted once
+    cfg = CompressionConfig(method="bundle", param_ratio=0.4, tying=2)
+    assert rank_for(cfg, 32, 32, 4) == math.floor(0.4 * 2 * 32 * 32 / (32 + 2 * 32))
+    # input-side sharing: the shared right factor (d x n) counted once
+    cfg = CompressionConfig(method="basis-sharing", param_ratio=0.4, group_size=3)
+    assert rank_for(cfg, 32, 128, 4) == math.floor(0.4 * 3 * 32 * 128 / (128 + 3 * 32))
+
+
+def test_rank_out_of_range_is_named() -> None:
+    with pytest.raises(AdapterError, match=r"gives rank d = 0 .* need 1 <= d < D = 32"):
+        rank_for(CompressionConfig(method="svd", rank_ratio=0.01), 32, 32, 4)
+    with pytest.raises(AdapterError, match=r"gives rank d = 32"):
+        rank_for(CompressionConfig(method="svd", rank_ratio=0.99), 32, 32, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "pca"}, "unknown method 'pca'; valid methods: svd, svd-llm, basis-sharing, bundle"),
+        ({"families": ("attention.out",)}, "unknown family 'attention.out'"),
+        ({"metric": "kl"}, "unknown metric 'kl'"),
+        ({"rank_ratio": 0.0}, r"--rank-ratio 0.0"),
+        ({"rank_ratio": 1.0}, r"--rank-ratio 1.0"),
+        ({"param_ratio": 1.5}, r"--param-ratio 1.5"),
+        ({"lam": -1.0}, r"--lam -1.0"),
+        ({"tying": 0}, r"--tying 0"),
+        ({"coupling": 1.0, "method": "svd"}, "--coupling applies to --method bundle only"),
+    ],
+)
+def test_config_errors_name_the_value(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(AdapterError, match=match):
+        CompressionConfig(**{"method": "bundle", **kwargs})  # type: ignore[arg-type]
+
+
+def test_tying_larger_than_layers() -> None:
+    model = _model(layers=3)
+    with pytest.raises(AdapterError, match="tying degree 4 exceeds the number of layers L = 3"):
+        compress_model(model, CompressionConfig(method="bundle", tying=4))
+    with pytest.raises(AdapterError, match="group size 5 exceeds the number of layers L = 3"):
+        compress_model(model, CompressionConfig(method="basis-sharing", group_size=5), _stats(model))
+
+
+def test_methods_needing_calibration() -> None:
+    with pytest.raises(AdapterError, match="method 'svd-llm' needs calibration statistics"):
+        compress_model(_model(), CompressionConfig(method="svd-llm"))
+
+
+def test_non_finite_weights() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.gpt_neox.layers[1].attention.dense.weight[3, 3] = float("inf")
+    with pytest.raises(AdapterError, match=r"non-finite weights .* layers \[1\]"):
+        compress_model(model, CompressionConfig(method="svd"))
+
+
+# ---------------------------------------------------------------- methods
+
+
+def test_svd_is_truncated_svd() -> None:
+    model = _model()
+    W = family_weights(model, "attention.dense")
+    report = compress_model(model, CompressionConfig(method="svd", rank_ratio=0.25))
+    assert report.families["attention.dense"].activation_error is None  # no stats given
+    for l, mod in enumerate(family_modules(model, "attention.dense")):
+        assert isinstance(mod, LowRankLinear) and mod.rank == 8
+        U, s, Vt = np.linalg.svd(W[l])
+        ref = (U[:, :8] * s[:8]) @ Vt[:8]
+        # float64 model: eigh vs SVD routes agree to roundoff of ||W|| (~1e-14)
+        np.testing.assert_allclose(_dense(mod), ref, atol=1e-11 * np.abs(W[l]).max())
+        # Eckart-Young: the reported energy is the tail of the spectrum
+        np.testing.assert_allclose(
+            report.families["attention.dense"].frobenius_error[l], np.sum(s[8:] ** 2), rtol=1e-10
+        )
+
+
+def test_svd_llm_is_anchor_and_activation_optimal() -> None:
+    model = _model()
+    stats = _stats(model, "attention.dense")
+    W = family_weights(model, "attention.dense")
+    C = stats.covariance("attention.dense")
+    report = compress_model(model, CompressionConfig(method="svd-llm"), stats)
+    fam = report.families["attention.dense"]
+    for l, mod in enumerate(family_modules(model, "attention.dense")):
+        M = W[l] @ C[l] @ W[l].T
+        mu, V = np.linalg.eigh(M)
+        P = V[:, -8:] @ V[:, -8:].T
+        np.testing.assert_allclose(_dense(mod), P @ W[l], atol=1e-10 * np.abs(W[l]).max())
+        # Ky Fan: activation energy = sum of the m - d smallest eigenvalues of M
+        np.testing.assert_allclose(fam.activation_error[l], mu[:-8].sum(), rtol=1e-8)  # type: ignore[index]
+        np.testing.assert_allclose(fam.activation_fraction[l], mu[:-8].sum() / mu.sum(), rtol=1e-8)  # type: ignore[index]
+
+
+def test_bundle_corners() -> None:
+    """lam = 0 untied = plain SVD; lam = inf untied = SVD-LLM; activation metric untied = SVD-LLM."""
+    base = _model()
+    stats = _stats(base, "attention.dense")
+
+    def weights(config: CompressionConfig) -> list[np.ndarray]:
+        m = _model()
+        compress_model(m, config, stats)
+        return [_dense(mod) for mod in family_modules(m, "attention.dense")]
+
+    svd = weights(CompressionConfig(method="svd"))
+    svdllm = weights(CompressionConfig(method="svd-llm"))
+    for a, b in zip(weights(CompressionConfig(method="bundle", lam=0.0)), svd, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    for a, b in zip(weights(CompressionConfig(method="bundle", lam=math.inf)), svdllm, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    act = weights(CompressionConfig(method="bundle", metric="activation", lam=0.0))
+    for a, b in zip(act, svdllm, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+def test_tied_bundle_shares_one_parameter_and_counts() -> None:
+    model = _model()
+    before = count_unique_parameters(model)
+    stats = _stats(model, "attention.dense")
+    cfg = CompressionConfig(method="bundle", lam=0.5, tying=3, rank_ratio=0.25)
+    report = compress_model(model, cfg, stats)
+    fam = report.families["attention.dense"]
+    mods = family_modules(model, "attention.dense")
+    assert fam.groups == [0, 0, 0, 1]
+    assert mods[0].left is mods[1].left is mods[2].left
+    assert mods[3].left is not mods[0].left
+    assert all(m.right is not mods[0].right for m in mods[1:])
+    # 2 shared 32x8 bases + 4 right factors 8x32
+    assert fam.params_kept == 2 * 32 * 8 + 4 * 8 * 32
+    assert fam.params_dense == 4 * 32 * 32
+    assert before - count_unique_parameters(model) == fam.params_dense - fam.params_kept
+    assert fam.param_ratio == pytest.approx(fam.params_kept / fam.params_dense)
+    assert fam.rank_ratio == 0.25 and fam.D == 32
+    # errors equal grassbundle's energies for the same section
+    W = family_weights(_model(), "attention.dense")
+    problem = gbb.BundleProblem(W, stats.covariance("attention.dense"), rank=8)
+    section = gbb.solve(problem, 0.5, 3)
+    np.testing.assert_allclose(fam.frobenius_fraction, section.frobenius_error, rtol=1e-12)
+    np.testing.assert_allclose(fam.activation_fraction, section.activation_error, rtol=1e-12)  # type: ignore[arg-type]
+    # and the written-back weights are P_U W with that section's bases
+    for l, mod in enumerate(mods):
+        U = section.basis(l)
+        np.testing.assert_allclose(_dense(mod), U @ U.T @ W[l], atol=1e-12)
+        E = W[l] - _dense(mod)
+        np.testing.assert_allclose(fam.frobenius_error[l], np.sum(E * E), rtol=1e-9)
+
+
+def test_basis_sharing_shares_the_input_side() -> None:
+    model = _model()
+    stats = _stats(model, "mlp.dense_4h_to_h")
+    cfg = CompressionConfig(method="basis-sharing", group_size=2, families=("mlp.dense_4h_to_h",))
+    report = compress_model(model, cfg, stats)
+    fam = report.families["mlp.dense_4h_to_h"]
+    mods = family_modules(model, "mlp.dense_4h_to_h")
+    assert fam.shared == "right" and fam.rank == 8  # D = m = 32
+    assert mods[0].right is mods[1].right and mods[2].right is mods[3].right
+    assert mods[0].right is not mods[2].right
+    assert fam.params_kept == 2 * 8 * 128 + 4 * 32 * 8
+    C = stats.covariance("mlp.dense_4h_to_h")
+    W = family_weights(_model(), "mlp.dense_4h_to_h")
+    for l, mod in enumerate(mods):
+        E = W[l] - _dense(mod)
+        np.testing.assert_allclose(fam.activation_error[l], np.trace(E @ C[l] @ E.T), rtol=1e-8)  # type: ignore[index]
+
+
+def test_all_families_and_bias_kept() -> None:
+    model = _model(dtype=torch.float32)
+    biases = [m.bias for m in family_modules(model, "mlp.dense_h_to_4h")]
+    stats = _stats(model)
+    report = compress_model(model, CompressionConfig(method="svd-llm", families="all"), stats)
+    assert tuple(report.families) == (
+        "attention.query_key_value",
+        "attention.dense",
+        "mlp.dense_h_to_4h",
+        "mlp.dense_4h_to_h",
+    )
+    assert report.families["attention.query_key_value"].rank == 24  # 0.25 * 96
+    for b, m in zip(biases, family_modules(model, "mlp.dense_h_to_4h"), strict=True):
+        assert m.bias is b
+    assert set(report.timings) >= {"calibration", "factorisation", "write_back"}
+    table = report.summary_table()
+    assert "mlp.dense_4h_to_h" in table and "d/D" in table
+    assert report.to_dict()["config"]["families"] == list(report.families)
+
+
+def test_half_precision_write_back_keeps_dtype() -> None:
+    model = _model(dtype=torch.bfloat16)
+    stats = _stats(model, "attention.dense")
+    compress_model(model, CompressionConfig(method="bundle", tying=2, lam=1.0), stats)
+    mod = family_modules(model, "attention.dense")[0]
+    assert mod.left.dtype == torch.bfloat16 and mod.right.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = model(input_ids=torch.arange(10)[None]).logits
+    assert torch.isfinite(out).all()
+
+
+def test_already_compressed_family_is_refused() -> None:
+    model = _model()
+    compress_model(model, CompressionConfig(method="svd"))
+    with pytest.raises(AdapterError, match="already compressed"):
+        compress_model(model, CompressionConfig(method="svd"))
