@@ -92,12 +92,17 @@ def max_rss_mb() -> float:
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
 
 
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far (all its threads)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, Any]:
     """Load, calibrate (when the method needs it) and compress; return the measurements."""
+    import llm_adapter
     import numpy as np
     import torch
-
-    import llm_adapter
     from llm_adapter.data import sample_windows
 
     torch.manual_seed(seed)
@@ -106,6 +111,7 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
     t0 = time.perf_counter()
     if model_name == "neox-mini":
         model, tokenizer = llm_adapter.load_model(NEOX_MINI, device=device)
+        load_seconds = time.perf_counter() - t0
         ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     else:
         from tokenizers import Tokenizer
@@ -115,10 +121,11 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
             model = GPTNeoXForCausalLM(pythia_14b_config()).eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        load_seconds = time.perf_counter() - t0
         ids = np.asarray(Tokenizer.from_file(str(PYTHIA_TOKENIZER)).encode(text).ids)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    load_seconds = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
     windows = sample_windows(ids, proto["samples"], proto["seq_len"], seed)
     rss_loaded = max_rss_mb()
     if device.startswith("cuda"):
@@ -129,6 +136,7 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
         rank_ratio=RANK_RATIO, families=(FAMILY,), **METHODS[method]
     )
     t1 = time.perf_counter()
+    cpu0 = cpu_seconds()
     stats = None
     if config.needs_calibration:
         stats = llm_adapter.calibrate(model, None, [FAMILY], token_windows=windows, batch_size=4)
@@ -136,12 +144,13 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t1
+    cpu = cpu_seconds() - cpu0
     fam = report.families[FAMILY]
     out: dict[str, Any] = {
         "model": model_name,
         "method": method,
         "device": device,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
         "layers": fam.layers,
         "shape": [fam.m, fam.n],
         "rank": fam.rank,
@@ -151,6 +160,7 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
         "factorisation": report.timings["factorisation"],
         "write_back": report.timings["write_back"],
         "wall": wall,
+        "cpu": cpu,
         "rss_loaded_mb": rss_loaded,
         "rss_peak_mb": max_rss_mb(),
         "frobenius_fraction_mean": float(np.mean(fam.frobenius_fraction)),
@@ -175,7 +185,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     gpu = any("gpu_peak_mb" in r for r in rows)
     head = (
         f"{'model':<18} {'method':<17} {'calib s':>8} {'factor s':>9} {'write s':>8} "
-        f"{'total s':>8} {'RSS load MB':>12} {'RSS peak MB':>12} {'peak-load MB':>13}"
+        f"{'total s':>8} {'CPU s':>7} {'RSS load MB':>12} {'RSS peak MB':>12} {'peak-load MB':>13}"
     )
     if gpu:
         head += f" {'GPU peak MB':>12}"
@@ -184,7 +194,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         total = r["calibration"] + r["factorisation"] + r["write_back"]
         line = (
             f"{r['model']:<18} {r['method']:<17} {r['calibration']:>8.2f} "
-            f"{r['factorisation']:>9.2f} {r['write_back']:>8.2f} {total:>8.2f} "
+            f"{r['factorisation']:>9.2f} {r['write_back']:>8.2f} {total:>8.2f} {r['cpu']:>7.1f} "
             f"{r['rss_loaded_mb']:>12.0f} {r['rss_peak_mb']:>12.0f} "
             f"{r['rss_peak_mb'] - r['rss_loaded_mb']:>13.0f}"
         )
@@ -199,7 +209,8 @@ def environment(device: str) -> str:
     import torch
     import transformers
 
-    cpu = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads {torch.get_num_threads()}"
+    threads = torch.get_num_threads()
+    cpu = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads {threads}"
     if device.startswith("cuda"):
         cpu += f", GPU {torch.cuda.get_device_name(0)}"
     return (
@@ -230,11 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in models if m not in MODELS] + [m for m in methods if m not in METHODS]
     if unknown:
-        p.error(f"unknown model or method {unknown}; models: {list(MODELS)}, methods: {list(METHODS)}")
+        p.error(
+            f"unknown model or method {unknown}; models: {list(MODELS)}, methods: {list(METHODS)}"
+        )
     if not (NEOX_MINI / "config.json").is_file() or not WIKI_VALID.is_file():
         print(f"skipped: shared model or data not found under {SHARED}")
         return 0
 
+    load_before = os.getloadavg()[0]
     rows = []
     for model in models:
         for method in methods:
@@ -247,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"compress {FAMILY} at d/D = {RANK_RATIO} on {device}, one subprocess per row",
         environment(device),
+        f"machine load average (1 min) {load_before:.2f} before the runs, "
+        f"{os.getloadavg()[0]:.2f} after (others share these cores; "
+        "CPU s is the worker's own CPU time)",
     ]
     for model in models:
         r = next(x for x in rows if x["model"] == model)

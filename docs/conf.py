@@ -44,6 +44,8 @@ exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "**
 templates_path: list[str] = []
 nitpicky = False
 default_role = "math"
+# keep "--option" and quotes as typed (the CLI reference shows argparse text)
+smartquotes = False
 
 # -- autodoc / numpydoc --------------------------------------------------------
 autodoc_typehints = "none"  # the numpydoc "Parameters" lines carry types and shapes

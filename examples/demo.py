@@ -35,14 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llm_adapter
 import numpy as np
 import torch
-from safetensors import safe_open
-
-import llm_adapter
 from llm_adapter.assets import CALIBRATION_TOKENS, TINY_MODEL
 from llm_adapter.data import load_text, sample_windows, tokenize_text
 from llm_adapter.evaluate import perplexity
+from safetensors import safe_open
 
 FAMILY = "attention.dense"
 HUB_TRAIN = "wikitext:wikitext-2-raw-v1:train"
@@ -183,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{'mean':>5}  {mean['fs']:12.4f} {mean['fb']:12.4f} {mean['fb'] / mean['fs'] - 1:+8.1%}   "
         f"{mean['as']:12.4f} {mean['ab']:12.4f} {mean['ab'] / mean['as'] - 1:+8.1%}"
     )
-    wins = sum(fb < fs for fs, fb in zip(svdllm.frobenius_fraction, bundle.frobenius_fraction))
+    wins = sum(
+        fb < fs for fs, fb in zip(svdllm.frobenius_fraction, bundle.frobenius_fraction, strict=True)
+    )
     print(
         f"bundle (lam=0, untied) has the lower Frobenius error on {wins} of {bundle.layers} "
         "layers (Theorem B)"
@@ -201,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         f"perplexity on {held_out.shape[0]} held-out windows of {held_out.shape[1]} tokens "
         "(not used for calibration)"
     )
-    print(
-        f"  dense {ppl['dense']:.3f}   SVD-LLM {ppl['svd-llm']:.3f}   bundle {ppl['bundle']:.3f}"
-    )
+    print(f"  dense {ppl['dense']:.3f}   SVD-LLM {ppl['svd-llm']:.3f}   bundle {ppl['bundle']:.3f}")
 
     # Save the bundle-compressed model, reload it and compare logits.
     with tempfile.TemporaryDirectory(prefix="llm-adapter-demo-") as tmp:

@@ -23,10 +23,9 @@ package relies on:
 # A line is a unit vector up to sign, so Gr(1, 3) is the sphere with antipodal
 # points identified.  Its geodesics are great-circle arcs and the principal
 # angle between two lines is the (acute) angle between them.
+import grassbundle as gb
 import matplotlib.pyplot as plt
 import numpy as np
-
-import grassbundle as gb
 
 U = np.array([[1.0], [0.0], [0.0]])
 V = gb.as_point(np.array([[1.0], [1.0], [0.6]]), orthonormalize=True)
@@ -34,8 +33,10 @@ theta = gb.principal_angles(U, V)
 print(f"principal angle  = {theta[0]:.6f} rad = {np.degrees(theta[0]):.2f} deg")
 print(f"geodesic dist    = {gb.dist(U, V):.6f}  (= ||theta||_2)")
 print(f"chordal dist     = {gb.chordal_dist(U, V):.6f}  (= ||sin theta||_2)")
-print(f"||P_U - P_V||_F  = {np.linalg.norm(gb.projector(U) - gb.projector(V)):.6f}"
-      f"  (= sqrt(2) * chordal = {np.sqrt(2) * gb.chordal_dist(U, V):.6f})")
+print(
+    f"||P_U - P_V||_F  = {np.linalg.norm(gb.projector(U) - gb.projector(V)):.6f}"
+    f"  (= sqrt(2) * chordal = {np.sqrt(2) * gb.chordal_dist(U, V):.6f})"
+)
 
 # The same line in the other basis -V: nothing changes.
 print(f"dist(U, -V)      = {gb.dist(U, -V):.6f}")

@@ -24,10 +24,9 @@ They agree when the points are clustered and part ways as they spread.
 # angle of the average of the doubled-angle unit vectors, while the Karcher
 # mean is the arithmetic mean of the angles (for clustered lines).  Five
 # lines spread over 100 degrees make the difference visible.
+import grassbundle as gb
 import matplotlib.pyplot as plt
 import numpy as np
-
-import grassbundle as gb
 
 phi = np.radians([0.0, 10.0, 20.0, 30.0, 100.0])
 lines = np.stack([np.array([[np.cos(a)], [np.sin(a)]]) for a in phi])  # (5, 2, 1)
@@ -41,9 +40,11 @@ def angle(U):
 
 
 print(f"chordal mean line: {angle(chordal):.3f} deg")
-print(f"Karcher mean line: {angle(karcher.point):.3f} deg "
-      f"(arithmetic mean of the angles: {np.degrees(phi).mean():.3f} deg; "
-      f"converged={bool(karcher.converged)}, {int(karcher.iterations)} steps)")
+print(
+    f"Karcher mean line: {angle(karcher.point):.3f} deg "
+    f"(arithmetic mean of the angles: {np.degrees(phi).mean():.3f} deg; "
+    f"converged={bool(karcher.converged)}, {int(karcher.iterations)} steps)"
+)
 doubled = np.degrees(np.angle(np.exp(2j * phi).mean())) / 2 % 180
 print(f"half the angle of the mean doubled-angle vector: {doubled:.3f} deg")
 

@@ -22,10 +22,9 @@ seeded random family, draws it against the bound, and fits the slope.
 # A seeded random family: L = 6 layers of 24 x 20 weights, rank d = 4.
 import math
 
+import grassbundle as gb
 import matplotlib.pyplot as plt
 import numpy as np
-
-import grassbundle as gb
 from grassbundle import theorems
 
 problem = theorems.random_problem(6, 24, 20, 4, rng=np.random.default_rng(0))
@@ -75,5 +74,7 @@ plt.show()
 # solver returns it exactly.
 inf_sec = gb.solve(problem, math.inf, 1)
 anchor = gb.anchor_section(problem)
-print("k=1, lambda=inf vs SVD-LLM anchors: max sine =",
-      max(np.sin(gb.principal_angles(inf_sec.basis(l), anchor.basis(l))[-1]) for l in range(6)))
+print(
+    "k=1, lambda=inf vs SVD-LLM anchors: max sine =",
+    max(np.sin(gb.principal_angles(inf_sec.basis(l), anchor.basis(l))[-1]) for l in range(6)),
+)

@@ -23,10 +23,9 @@ checks the two-sided bound :math:`(\mu_d - \mu_{d+1}) \lVert \sin\Theta
 """
 
 # %%
+import grassbundle as gb
 import matplotlib.pyplot as plt
 import numpy as np
-
-import grassbundle as gb
 from grassbundle import theorems
 
 problem = theorems.random_problem(8, 32, 24, 5, rng=np.random.default_rng(3))
@@ -74,7 +73,7 @@ ax.set_yscale("log")
 ax.set_xticks(x)
 ax.set_xlabel("group g (k = 2)")
 ax.set_ylabel("weighted Frobenius energy")
-ax.legend(fontsize=8)
+ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 ax.set_title("Theorem B: tied frame vs Basis Sharing core")
 fig.tight_layout()
 plt.show()
@@ -92,7 +91,9 @@ for l in range(problem.L):
         f"{l:5d} | {tied.frobenius_error[l]:14.4f}  {core.frobenius_error[l]:13.4f} |"
         f" {untied.frobenius_error[l]:19.4f}  {svd_llm.frobenius_error[l]:7.4f}"
     )
-print(f"weight term, tied: lam=0 {tied.weight_term:.4f} vs Basis Sharing core {core.weight_term:.4f}")
+print(
+    f"weight term, tied: lam=0 {tied.weight_term:.4f} vs Basis Sharing core {core.weight_term:.4f}"
+)
 print(f"weight term, untied: lam=0 {untied.weight_term:.4f} vs SVD-LLM {svd_llm.weight_term:.4f}")
 assert np.all(untied.frobenius_error <= svd_llm.frobenius_error + 1e-12)
 

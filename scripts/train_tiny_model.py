@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -67,9 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -78,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-seq", type=int, default=128)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--rewrite-card",
+        action="store_true",
+        help="only re-render MODEL_CARD.md of --out from its TRAINING.json (no training)",
+    )
     return p.parse_args(argv)
 
 
@@ -226,8 +232,8 @@ MODEL_CARD = """\
 The default model of `make demo`, so that the demo runs offline on a fresh
 clone.  It is a real trained transformer with the Pythia architecture, scaled
 down; it is not Pythia and not a useful language model beyond this purpose.
-Rebuild it with `scripts/train_tiny_model.py` (the recipe below is its
-default; `TRAINING.json` records every value).
+Rebuild it with `scripts/train_tiny_model.py`; `TRAINING.json` records every
+option of the run (the script's defaults are this recipe) and the loss curve.
 
 - Architecture: `GPTNeoXForCausalLM`, {layers} layers, hidden {hidden}, {heads} heads
   (head dimension {head_dim}), intermediate {intermediate}, rotary embedding on 25% of each
@@ -264,8 +270,62 @@ default; `TRAINING.json` records every value).
 """
 
 
+def card_fields(folder: Path) -> dict[str, Any]:
+    """The model card's values, all read from ``TRAINING.json`` and the files."""
+    t = json.loads((folder / "TRAINING.json").read_text())
+    r = t["recipe"]
+    tokens_seen = r["steps"] * r["batch"] * r["seq"]
+    return {
+        "layers": r["layers"],
+        "hidden": r["hidden"],
+        "heads": r["heads"],
+        "head_dim": r["hidden"] // r["heads"],
+        "intermediate": 4 * r["hidden"],
+        "params": t["params"],
+        "model_bytes": (folder / "model.safetensors").stat().st_size,
+        "vocab": r["vocab"],
+        "train_tokens": t["train_tokens"],
+        "steps": r["steps"],
+        "wd": r["weight_decay"],
+        "batch": r["batch"],
+        "seq": r["seq"],
+        "tokens_seen": tokens_seen,
+        "epochs": tokens_seen / t["train_tokens"],
+        "lr": r["lr"],
+        "warmup": r["warmup"],
+        "dropout": r["dropout"],
+        "seed": r["seed"],
+        "threads": r["threads"],
+        "minutes": t["train_seconds"] / 60,
+        "machine": t.get("machine", "a shared CPU"),
+        "test_tokens": t["test_tokens"],
+        "test_windows": t["test_tokens"] // t["eval_seq"],
+        "test_ppl": math.exp(t["test_nll"]),
+        "test_nll": t["test_nll"],
+        "unigram_ppl": t["unigram_test_ppl"],
+        "train_ppl": t["train_ppl"],
+        "calib_windows": r["calib_windows"],
+        "calib_seq": r["calib_seq"],
+        "calib_seed": t["calibration_seed"],
+        "total_mb": 0.0,
+    }
+
+
+def write_card(folder: Path) -> None:
+    """Render ``MODEL_CARD.md`` from ``TRAINING.json`` (twice: the card counts in the size)."""
+    fields = card_fields(folder)
+    card = folder / "MODEL_CARD.md"
+    card.write_text(MODEL_CARD.format(**fields))
+    fields["total_mb"] = folder_bytes(folder) / 1e6
+    card.write_text(MODEL_CARD.format(**fields))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rewrite_card:
+        write_card(args.out)
+        print(f"rewrote {args.out / 'MODEL_CARD.md'}")
+        return 0
     for path in (args.train_text, args.test_text):
         if not path.is_file():
             print(f"error: text file {path} not found (pass --train-text/--test-text)")
@@ -343,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1),
             "calibration_seed": calib_seed,
+            "machine": f"a shared {platform.machine()} CPU ({os.cpu_count()} cores)",
             "versions": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,
@@ -351,44 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "log": log,
         }
         (tmp / "TRAINING.json").write_text(json.dumps(training, indent=1) + "\n")
-        fields = {
-            "layers": args.layers,
-            "hidden": args.hidden,
-            "heads": args.heads,
-            "head_dim": args.hidden // args.heads,
-            "intermediate": 4 * args.hidden,
-            "params": n_params,
-            "model_bytes": (tmp / "model.safetensors").stat().st_size,
-            "vocab": args.vocab,
-            "train_tokens": len(train_ids),
-            "steps": args.steps,
-            "wd": args.weight_decay,
-            "batch": args.batch,
-            "seq": args.seq,
-            "tokens_seen": args.steps * args.batch * args.seq,
-            "epochs": args.steps * args.batch * args.seq / len(train_ids),
-            "lr": args.lr,
-            "warmup": args.warmup,
-            "dropout": args.dropout,
-            "seed": args.seed,
-            "threads": args.threads,
-            "minutes": train_seconds / 60,
-            "machine": f"a shared {platform.machine()} CPU",
-            "test_tokens": len(test_ids),
-            "test_windows": len(test_ids) // args.seq,
-            "test_ppl": math.exp(test_nll),
-            "test_nll": test_nll,
-            "unigram_ppl": math.exp(uni_nll),
-            "train_ppl": math.exp(train_nll),
-            "calib_windows": args.calib_windows,
-            "calib_seq": args.calib_seq,
-            "calib_seed": calib_seed,
-            "total_mb": 0.0,
-        }
-        card = tmp / "MODEL_CARD.md"
-        card.write_text(MODEL_CARD.format(**fields))
-        fields["total_mb"] = folder_bytes(tmp) / 1e6
-        card.write_text(MODEL_CARD.format(**fields))
+        write_card(tmp)
         total = folder_bytes(tmp)
         if total > SIZE_CAP_BYTES:
             print(f"error: asset folder is {total} bytes, over the {SIZE_CAP_BYTES} cap")

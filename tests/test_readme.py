@@ -32,12 +32,16 @@ README = REPO / "README.md"
 DOC_PAGES = sorted((REPO / "docs").glob("*.rst")) + sorted((REPO / "docs" / "theory").glob("*.rst"))
 
 _MD_BLOCK = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
-_RST_BLOCK = re.compile(r"^\.\. code-block:: (\w+)[^\n]*\n((?:[ \t]*\n|[ \t]+[^\n]*\n)+)", re.MULTILINE)
+_RST_BLOCK = re.compile(
+    r"^\.\. code-block:: (\w+)[^\n]*\n((?:[ \t]*\n|[ \t]+[^\n]*\n)+)", re.MULTILINE
+)
 
 
 def _dedent(block: str) -> str:
     lines = block.splitlines()
-    indents = [len(x) - len(x.lstrip()) for x in lines if x.strip() and not x.lstrip().startswith(":")]
+    indents = [
+        len(x) - len(x.lstrip()) for x in lines if x.strip() and not x.lstrip().startswith(":")
+    ]
     cut = min(indents) if indents else 0
     return "\n".join(x[cut:] for x in lines if not x.lstrip().startswith(":")).strip("\n") + "\n"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -91,12 +91,16 @@ def _invocation(parser: argparse.ArgumentParser, action: argparse.Action) -> str
 
 
 def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
-    if not action.help or action.help == argparse.SUPPRESS:
+    if action.help == argparse.SUPPRESS:
         return ""
+    if not action.help:
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        return f"(default: {action.default})" if shown else ""
     formatter = parser._get_formatter()
     text = formatter._expand_help(action)
     show_default = (
         "%(default)" not in action.help
+        and "default" not in action.help.lower()
         and action.default is not None
         and action.default is not argparse.SUPPRESS
         and action.default is not False
@@ -119,7 +123,9 @@ def _paragraph(text: str) -> nodes.paragraph:
     return para
 
 
-def _argument_list(parser: argparse.ArgumentParser, title: str, positional: bool) -> list[nodes.Node]:
+def _argument_list(
+    parser: argparse.ArgumentParser, title: str, positional: bool
+) -> list[nodes.Node]:
     items = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -142,7 +148,10 @@ def _argument_list(parser: argparse.ArgumentParser, title: str, positional: bool
 class ArgparseDirective(SphinxDirective):
     required_arguments = 1
     has_content = False
-    option_spec = {"prog": directives.unchanged, "nosubcommands": directives.flag}
+    option_spec: ClassVar[dict[str, Any]] = {
+        "prog": directives.unchanged,
+        "nosubcommands": directives.flag,
+    }
 
     def run(self) -> list[nodes.Node]:
         try:
@@ -170,7 +179,7 @@ class ArgparseDirective(SphinxDirective):
             out.append(_paragraph(parser.epilog))
         if "nosubcommands" in self.options:
             return out
-        for name, sub, help_text in _subparsers(parser):
+        for _name, sub, help_text in _subparsers(parser):
             title = sub.prog
             section = nodes.section(ids=[make_id(self.env, self.state.document, "cli", title)])
             section += nodes.title(text=title)

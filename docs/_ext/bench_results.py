@@ -15,7 +15,7 @@ saying which command produces it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from sphinx.application import Sphinx
@@ -25,7 +25,7 @@ from sphinx.util.nodes import make_id
 
 class BenchmarkResults(SphinxDirective):
     has_content = True
-    option_spec = {"dir": str}
+    option_spec: ClassVar[dict[str, Any]] = {"dir": str}
 
     def run(self) -> list[nodes.Node]:
         src_dir = Path(self.env.srcdir)
@@ -44,10 +44,14 @@ class BenchmarkResults(SphinxDirective):
                 section += self._parse_markdown(path)
             else:
                 note = nodes.note()
-                note += nodes.paragraph(
-                    text=f"benchmarks/results/{stem}.md has not been produced yet; "
-                    f"run `make bench` (or `python benchmarks/run.py {stem}`)."
-                )
+                para = nodes.paragraph()
+                para += nodes.literal(text=f"benchmarks/results/{stem}.md")
+                para += nodes.Text(" has not been produced yet; run ")
+                para += nodes.literal(text="make bench")
+                para += nodes.Text(" (or ")
+                para += nodes.literal(text=f"python benchmarks/run.py {stem}")
+                para += nodes.Text(").")
+                note += para
                 section += note
             out.append(section)
         return out

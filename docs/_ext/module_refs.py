@@ -1,4 +1,6 @@
-"""Let a docstring cite a reference that its module's docstring defines.
+"""Docstring fixes before numpydoc parses them.
+
+1. Let a docstring cite a reference that its module's docstring defines.
 
 The package's modules list their references once, in the module docstring
 (``.. [EAS98] ...``), and the functions cite them (``[EAS98]_``).  autodoc
@@ -7,6 +9,9 @@ This extension copies each cited-but-undefined entry from the module
 docstring into the function's ``References`` section before numpydoc parses
 it (numpydoc then makes the label unique per docstring, as it does for every
 reference).
+
+2. Escape the unpacking star in shape specifications (``shape=[*batch, n,
+p]``), which reStructuredText would otherwise read as the start of emphasis.
 """
 
 from __future__ import annotations
@@ -43,6 +48,21 @@ def _module_definitions(module_doc: str) -> dict[str, list[str]]:
     return defs
 
 
+_SHAPE_STAR = re.compile(r"(shape=\[[^\]]*?)(?<!\\)\*(\w)")
+
+
+def escape_shape_stars(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Show ``shape=[*batch, n, p]`` literally: the star is Python's, not emphasis."""
+    for i, line in enumerate(lines):
+        if "shape=[" in line and "*" in line:
+            previous = None
+            while previous != line:
+                previous, line = line, _SHAPE_STAR.sub(r"\1\\*\2", line)
+            lines[i] = line
+
+
 def add_module_references(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
@@ -63,7 +83,11 @@ def add_module_references(
     if not extra:
         return
     for i, line in enumerate(lines):
-        if line.strip() == "References" and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+        if (
+            line.strip() == "References"
+            and i + 1 < len(lines)
+            and set(lines[i + 1].strip()) == {"-"}
+        ):
             lines[i + 2 : i + 2] = [*extra, ""]
             return
     while lines and not lines[-1].strip():
@@ -74,4 +98,5 @@ def add_module_references(
 def setup(app: Sphinx) -> dict[str, Any]:
     # before numpydoc (priority 500), which parses the References section
     app.connect("autodoc-process-docstring", add_module_references, priority=400)
+    app.connect("autodoc-process-docstring", escape_shape_stars, priority=400)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -111,7 +111,7 @@ def missing_docstrings(modules: tuple[str, ...] | list[str]) -> list[str]:
 
 def _check(app: Sphinx, env: BuildEnvironment) -> None:
     modules = app.config.public_api_modules
-    found, missing = public_names(modules)
+    _, missing = public_names(modules)
     for name in missing:
         logger.info("public_api: module %s does not import yet; not checked", name)
     documented = set(env.get_domain("py").objects)  # type: ignore[attr-defined]

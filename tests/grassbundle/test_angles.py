@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
+from grassbundle import principal_angles, random_point
 from hypothesis import given
 from hypothesis import strategies as st
-
-from grassbundle import principal_angles, random_point
 
 ATOL = 1e-13
 KNOWN = [0.0, 1e-12, 1e-8, 0.3, np.pi / 4, np.pi / 2 - 1e-9, np.pi / 2]
@@ -167,7 +166,9 @@ def test_batched_equals_looped_and_broadcasts() -> None:
     for i in range(2):
         for j in range(3):
             _, y, z = principal_angles(U[i, j], V[j], vectors=True)
+            # the same vectors up to sign (the angles here are distinct)
             np.testing.assert_allclose(np.abs(Y[i, j].T @ y), np.eye(3), atol=1e-8)
+            np.testing.assert_allclose(np.abs(Z[i, j].T @ z), np.eye(3), atol=1e-8)
 
 
 def test_float32_input_gives_float64() -> None:

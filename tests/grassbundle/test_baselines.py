@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 import scipy.linalg
-
 from grassbundle import basis_sharing_input
 from grassbundle.baselines import consecutive_groups
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from grassbundle import (
     binet_cauchy_dist,
     chordal_dist,
@@ -25,6 +22,8 @@ from grassbundle import (
     projector,
     random_point,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 ATOL = 1e-12
 SEEDS = st.integers(0, 2**32 - 1)
@@ -58,7 +57,7 @@ def with_angles(theta: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 @pytest.mark.parametrize("f", ALL)
-def test_same_subspace_in_two_bases_is_zero(f) -> None:  # type: ignore[no-untyped-def]
+def test_same_subspace_in_two_bases_is_zero(f) -> None:
     rng = np.random.default_rng(0)
     U = random_point(50, 8, rng=rng)
     Q = random_point(8, 8, rng=rng)
@@ -152,7 +151,7 @@ def test_scales_relate_through_the_angles(nm: tuple, seed: int) -> None:
 
 @pytest.mark.parametrize("f", ALL)
 @given(nm=dims(), seed=SEEDS)
-def test_symmetric_and_invariant(f, nm: tuple, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_symmetric_and_invariant(f, nm: tuple, seed: int) -> None:
     n, p = nm
     rng = np.random.default_rng(seed)
     U, V = pair(n, p, seed)
@@ -166,7 +165,7 @@ def test_symmetric_and_invariant(f, nm: tuple, seed: int) -> None:  # type: igno
 
 @pytest.mark.parametrize("f", [dist, chordal_dist, projection_dist, procrustes_dist])
 @given(nm=dims(), seed=SEEDS)
-def test_triangle_inequality(f, nm: tuple, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_triangle_inequality(f, nm: tuple, seed: int) -> None:
     n, p = nm
     rng = np.random.default_rng(seed)
     U, V, W = (random_point(n, p, rng=rng) for _ in range(3))
@@ -183,7 +182,7 @@ def test_triangle_inequality_is_tight_on_a_geodesic() -> None:
 
 
 @pytest.mark.parametrize("f", ALL)
-def test_batched_equals_looped_and_dtype(f) -> None:  # type: ignore[no-untyped-def]
+def test_batched_equals_looped_and_dtype(f) -> None:
     U, V = pair(9, 3, seed=5, batch=(2, 3))
     V[0, 0] = U[0, 0] @ random_point(3, 3, rng=0)  # a zero distance inside the batch
     d = f(U, V)
@@ -192,11 +191,13 @@ def test_batched_equals_looped_and_dtype(f) -> None:  # type: ignore[no-untyped-
     np.testing.assert_allclose(d, looped, atol=1e-15)
     assert f(U[..., 0, 0, :, :].astype(np.float32), V[0, 0].astype(np.float32)).dtype == np.float64
     # broadcasting one point against a batch
-    np.testing.assert_allclose(f(U[0, 1], V[0]), [f(U[0, 1], V[0, j]) for j in range(3)], atol=1e-15)
+    np.testing.assert_allclose(
+        f(U[0, 1], V[0]), [f(U[0, 1], V[0, j]) for j in range(3)], atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("f", ALL)
-def test_bad_input(f) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input(f) -> None:
     U = random_point(6, 2, rng=6)
     with pytest.raises(ValueError, match="same Gr"):
         f(U, random_point(6, 3, rng=6))
@@ -209,4 +210,4 @@ def test_bad_input(f) -> None:  # type: ignore[no-untyped-def]
 def test_projection_dist_rejects_unknown_ord() -> None:
     U = random_point(6, 2, rng=7)
     with pytest.raises(ValueError, match="ord"):
-        projection_dist(U, U, ord=1)  # type: ignore[arg-type]
+        projection_dist(U, U, ord=1)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from grassbundle import (
     as_point,
     dist,
@@ -28,6 +25,8 @@ from grassbundle import (
     random_point,
     retraction,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 ATOL = 1e-12
 SEEDS = st.integers(0, 2**32 - 1)
@@ -354,9 +353,7 @@ def test_parallel_transport_carries_log_to_minus_log(nm: tuple, seed: int) -> No
     rng = np.random.default_rng(seed)
     U = random_point(n, p, rng=rng)
     V = random_point(n, p, rng=rng)
-    np.testing.assert_allclose(
-        parallel_transport(U, V, log(U, V)), -log(V, U), atol=1e-10
-    )
+    np.testing.assert_allclose(parallel_transport(U, V, log(U, V)), -log(V, U), atol=1e-10)
 
 
 def test_parallel_transport_composes_along_a_geodesic() -> None:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from grassbundle import (
     KarcherMeanResult,
     chordal_mean,
@@ -26,6 +23,8 @@ from grassbundle import (
     projector,
     random_point,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -50,7 +49,9 @@ def max_angle(U: np.ndarray, V: np.ndarray) -> float:
 
 
 @given(st.integers(3, 12), st.integers(1, 6), SEEDS)
-def test_chordal_mean_is_top_eigenspace_of_weighted_projector_sum(n: int, k: int, seed: int) -> None:
+def test_chordal_mean_is_top_eigenspace_of_weighted_projector_sum(
+    n: int, k: int, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     p = int(rng.integers(1, n))
     pts = random_point(n, p, rng=rng, batch=k)

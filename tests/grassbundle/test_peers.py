@@ -23,9 +23,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given
-from hypothesis import strategies as st
-
 from grassbundle import (
     dist,
     exp,
@@ -37,6 +34,8 @@ from grassbundle import (
     random_point,
     retraction,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -87,7 +86,7 @@ def test_scipy_agrees_on_random_pairs(nm: tuple, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def geomstats_grassmannian():  # type: ignore[no-untyped-def]
+def geomstats_grassmannian():
     import warnings
 
     with warnings.catch_warnings():
@@ -97,7 +96,7 @@ def geomstats_grassmannian():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("n", "p"), [(4, 1), (6, 3), (7, 6), (9, 4)])
-def test_geomstats_distance_is_sqrt2_times_ours(geomstats_grassmannian, n: int, p: int) -> None:  # type: ignore[no-untyped-def]
+def test_geomstats_distance_is_sqrt2_times_ours(geomstats_grassmannian, n: int, p: int) -> None:
     G = geomstats_grassmannian(n, p)
     rng = np.random.default_rng(n * 10 + p)
     U = random_point(n, p, rng=rng, batch=3)
@@ -107,7 +106,9 @@ def test_geomstats_distance_is_sqrt2_times_ours(geomstats_grassmannian, n: int, 
 
 
 @pytest.mark.parametrize(("n", "p"), [(5, 2), (8, 3), (6, 5)])
-def test_geomstats_exp_log_transport_in_projector_form(geomstats_grassmannian, n: int, p: int) -> None:  # type: ignore[no-untyped-def]
+def test_geomstats_exp_log_transport_in_projector_form(
+    geomstats_grassmannian, n: int, p: int
+) -> None:
     G = geomstats_grassmannian(n, p)
     rng = np.random.default_rng(n + p)
     U = random_point(n, p, rng=rng)

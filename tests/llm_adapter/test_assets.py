@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from llm_adapter.assets import CALIBRATION_TOKENS, TINY_MODEL
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
-
-from llm_adapter.assets import CALIBRATION_TOKENS, TINY_MODEL
 
 #: the issue's cap on the shipped checkpoint: "at most about 10 MB"
 SIZE_CAP_BYTES = 10_000_000

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from llm_adapter import AdapterError, calibrate
 from llm_adapter.data import sample_windows, tokenize_text
 from llm_adapter.models import random_neox
@@ -32,8 +31,11 @@ def test_grams_equal_independent_layer_inputs() -> None:
     model = random_neox(num_hidden_layers=3, dtype=torch.float64)
     windows = _windows(4, 16)
     stats = calibrate(
-        model, None, ["attention.query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
-        token_windows=windows, batch_size=3,
+        model,
+        None,
+        ["attention.query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+        token_windows=windows,
+        batch_size=3,
     )
     assert stats.tokens == 64
     hidden = _layer_inputs(model, windows)
@@ -41,7 +43,9 @@ def test_grams_equal_independent_layer_inputs() -> None:
         h = hidden[l].reshape(-1, 32)
         with torch.no_grad():
             x_qkv = layer.input_layernorm(h)
-            x_mlp = layer.post_attention_layernorm(h)  # parallel residual: MLP reads the block input
+            x_mlp = layer.post_attention_layernorm(
+                h
+            )  # parallel residual: MLP reads the block input
             x_4h = layer.mlp.act(layer.mlp.dense_h_to_4h(x_mlp))
         for family, x in (
             ("attention.query_key_value", x_qkv),
@@ -65,7 +69,9 @@ def test_attention_dense_gram_from_its_inputs() -> None:
     handle.remove()
     x = seen[0]
     stats = calibrate(model, None, "attention.dense", token_windows=windows)
-    np.testing.assert_allclose(stats.covariance("attention.dense")[1], (x.T @ x / 16).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        stats.covariance("attention.dense")[1], (x.T @ x / 16).numpy(), rtol=1e-12
+    )
 
 
 @pytest.mark.filterwarnings(FEW_TOKENS)
@@ -119,7 +125,9 @@ def test_text_file_protocol_and_cache(tmp_path: Path) -> None:
     assert first.protocol["windows_sha256"]
     again = calibrate(model, tokenizer, "attention.dense", **kw)  # type: ignore[arg-type]
     assert again.cached
-    np.testing.assert_array_equal(again.covariance("attention.dense"), first.covariance("attention.dense"))
+    np.testing.assert_array_equal(
+        again.covariance("attention.dense"), first.covariance("attention.dense")
+    )
     # the same windows given directly hit the same cache entry
     windows = sample_windows(ids, 3, 40, seed=1)
     direct = calibrate(model, None, "attention.dense", token_windows=windows, cache_dir=cache)
@@ -134,14 +142,16 @@ def test_text_file_protocol_and_cache(tmp_path: Path) -> None:
 
 def test_fewer_tokens_than_dimension_warns() -> None:
     model = random_neox()
-    with pytest.warns(UserWarning, match="16 calibration tokens are fewer than the input dimension 32"):
+    with pytest.warns(
+        UserWarning, match="16 calibration tokens are fewer than the input dimension 32"
+    ):
         calibrate(model, None, "attention.dense", token_windows=_windows(2, 8))
 
 
 @pytest.mark.filterwarnings(FEW_TOKENS)
 def test_bad_calibration_input(tmp_path: Path) -> None:
     model = random_neox()
-    with pytest.raises(AdapterError, match="calibration file '.*missing.txt' does not exist"):
+    with pytest.raises(AdapterError, match=r"calibration file '.*missing.txt' does not exist"):
         calibrate(model, None, "attention.dense", text_path=tmp_path / "missing.txt")
     with pytest.raises(AdapterError, match="out of the model's vocabulary"):
         calibrate(model, None, "attention.dense", token_windows=_windows(1, 4, vocab=1000))
@@ -150,5 +160,7 @@ def test_bad_calibration_input(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match="unknown family 'mlp'"):
         calibrate(model, None, "mlp", token_windows=_windows(1, 4))
     stats = calibrate(model, None, "attention.dense", token_windows=_windows(2, 32))
-    with pytest.raises(AdapterError, match="no calibration statistics for family 'mlp.dense_4h_to_h'"):
+    with pytest.raises(
+        AdapterError, match=r"no calibration statistics for family 'mlp.dense_4h_to_h'"
+    ):
         stats.covariance("mlp.dense_4h_to_h")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
+import grassbundle.bundle as gbb
 import numpy as np
 import pytest
 import torch
-
-import grassbundle.bundle as gbb
 from llm_adapter import (
     AdapterError,
     CompressionConfig,
@@ -74,7 +73,10 @@ def test_rank_out_of_range_is_named() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"method": "pca"}, "unknown method 'pca'; valid methods: svd, svd-llm, basis-sharing, bundle"),
+        (
+            {"method": "pca"},
+            "unknown method 'pca'; valid methods: svd, svd-llm, basis-sharing, bundle",
+        ),
         ({"families": ("attention.out",)}, "unknown family 'attention.out'"),
         ({"metric": "kl"}, "unknown metric 'kl'"),
         ({"rank_ratio": 0.0}, r"--rank-ratio 0.0"),
@@ -95,7 +97,9 @@ def test_tying_larger_than_layers() -> None:
     with pytest.raises(AdapterError, match="tying degree 4 exceeds the number of layers L = 3"):
         compress_model(model, CompressionConfig(method="bundle", tying=4))
     with pytest.raises(AdapterError, match="group size 5 exceeds the number of layers L = 3"):
-        compress_model(model, CompressionConfig(method="basis-sharing", group_size=5), _stats(model))
+        compress_model(
+            model, CompressionConfig(method="basis-sharing", group_size=5), _stats(model)
+        )
 
 
 def test_methods_needing_calibration() -> None:
@@ -149,7 +153,7 @@ def test_svd_llm_is_anchor_and_activation_optimal() -> None:
 
 
 def test_bundle_corners() -> None:
-    """lam = 0 untied = plain SVD; lam = inf untied = SVD-LLM; activation metric untied = SVD-LLM."""
+    """lam = 0 untied = SVD; lam = inf untied = SVD-LLM; activation metric untied = SVD-LLM."""
     base = _model()
     stats = _stats(base, "attention.dense")
 

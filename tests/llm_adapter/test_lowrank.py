@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from llm_adapter import LowRankLinear, count_unique_parameters
+from torch import nn
 
 
 def _param(*shape: int, seed: int) -> nn.Parameter:

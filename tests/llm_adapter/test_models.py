@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from llm_adapter import AdapterError, family_modules, family_weights, load_model
 from llm_adapter.models import (
     ARCHITECTURES,
@@ -84,7 +83,9 @@ def test_resolve_families() -> None:
 def test_unsupported_architecture_lists_supported() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16)
+    )
     with pytest.raises(AdapterError, match=r"unsupported architecture 'gpt2'; supported: gpt_neox"):
         family_weights(model, "attention.dense")
 
@@ -93,7 +94,9 @@ def test_non_finite_weights_named() -> None:
     model = random_neox()
     with torch.no_grad():
         model.gpt_neox.layers[2].attention.dense.weight[0, 0] = float("nan")
-    with pytest.raises(AdapterError, match=r"non-finite weights .* attention\.dense of layers \[2\]"):
+    with pytest.raises(
+        AdapterError, match=r"non-finite weights .* attention\.dense of layers \[2\]"
+    ):
         family_weights(model, "attention.dense")
 
 
@@ -105,7 +108,7 @@ def test_dtype_and_device_names() -> None:
         resolve_dtype("int8")
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(AdapterError, match="unknown device 'tpu'|unsupported device 'tpu'"):
+    with pytest.raises(AdapterError, match=r"unknown device 'tpu'|unsupported device 'tpu'"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(AdapterError, match="CUDA is not available"):
@@ -121,12 +124,14 @@ def test_load_local_dir(tmp_path: Path, dtype: str) -> None:
     assert loaded.gpt_neox.layers[0].attention.dense.weight.dtype == resolve_dtype(dtype)
     assert not loaded.training
     ref = model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.to(resolve_dtype(dtype))
-    torch.testing.assert_close(loaded.gpt_neox.layers[1].mlp.dense_4h_to_h.weight, ref, rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded.gpt_neox.layers[1].mlp.dense_4h_to_h.weight, ref, rtol=0, atol=0
+    )
     assert tok("w1 w2")["input_ids"] == [1, 2]
 
 
 def test_missing_local_dir() -> None:
-    with pytest.raises(AdapterError, match="model directory './nowhere/model' does not exist"):
+    with pytest.raises(AdapterError, match=r"model directory './nowhere/model' does not exist"):
         load_model("./nowhere/model")
 
 

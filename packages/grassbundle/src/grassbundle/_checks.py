@@ -15,9 +15,11 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "as_float64",
+    "broadcast_batch",
     "check_np",
     "check_point",
     "check_same_ambient",
+    "check_same_point_shape",
     "check_tangent_shape",
     "default_orthonormality_tol",
 ]

@@ -118,7 +118,10 @@ def _principal_angles(
         U64, V64 = V64, U64
     Ut = np.swapaxes(U64, -1, -2)
     M = Ut @ V64  # (..., p, q), p >= q
-    Yc, cos, Zct = np.linalg.svd(M, full_matrices=False)  # cos descending
+    if vectors:
+        Yc, cos, Zct = np.linalg.svd(M, full_matrices=False)  # cos descending
+    else:
+        cos = np.linalg.svd(M, compute_uv=False)
     cos = np.clip(cos, 0.0, 1.0)
     theta = np.arccos(cos)  # ascending; accurate where cos <= 1/sqrt(2)
     small = theta < _QUARTER_PI

@@ -119,7 +119,10 @@ def basis_sharing_input(W: ArrayLike, C: ArrayLike, rank: int, group_size: int) 
     -----
     RuntimeWarning
         When a group's summed Gram is numerically singular; the right factor
-        is then built on its range only (see the module docstring).
+        is then built on its range only (see the module docstring).  When
+        its numerical rank ``r`` is below ``d``, the whole range is kept and
+        the last ``d - r`` rows of the right factor (columns of the left
+        factors) are zero.
     """
     W64 = np.asarray(W, dtype=np.float64)
     C64 = np.asarray(C, dtype=np.float64)
@@ -153,20 +156,19 @@ def basis_sharing_input(W: ArrayLike, C: ArrayLike, rank: int, group_size: int) 
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if r < d:
-            raise ValueError(
-                f"rank d = {d} exceeds the numerical rank {r} of group {g}'s calibration "
-                "Gram; use more calibration tokens or a smaller rank"
-            )
         root = np.sqrt(evals[keep])  # Lambda_r^{1/2}
         S = Q[:, keep] * root  # (n, r), S S^T = C_g on its range
         stacked = np.concatenate([W64[l] @ S for l in members], axis=0)  # (k m, r)
         _, _, Vt = scipy.linalg.svd(stacked, full_matrices=False, lapack_driver="gesdd")
-        Vd = Vt[:d].T  # (r, d)
+        # with d > r the whole range is kept and the extra factor rows are zero
+        e = min(d, Vt.shape[0])
+        Vd = Vt[:e].T  # (r, e)
         # B_g = V_d^T S^+ with S^+ = Lambda_r^{-1/2} Q_r^T (range only)
-        right[g] = (Vd.T / root) @ Q[:, keep].T
+        right[g] = 0.0
+        right[g, :e] = (Vd.T / root) @ Q[:, keep].T
         for l in members:
-            left[l] = W64[l] @ S @ Vd
+            left[l] = 0.0
+            left[l, :, :e] = W64[l] @ S @ Vd
     frob = np.empty(L)
     act = np.empty(L)
     for l in range(L):

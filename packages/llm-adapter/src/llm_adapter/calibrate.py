@@ -104,7 +104,7 @@ def _accumulate(
     for family in families:
         grams[family] = []
         for module in family_modules(model, family):
-            n = module.in_features
+            n = int(module.in_features)  # type: ignore[arg-type]
             weight = next(module.parameters())
             dev = weight.device if weight.device.type != "meta" else model_device(model)
             gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
@@ -188,7 +188,8 @@ def calibrate(
     else:
         if text_path is None and dataset is None:
             raise AdapterError(
-                "no calibration data: give a text file (--calib-text) or a dataset (--calib-dataset)"
+                "no calibration data: give a text file (--calib-text) or a dataset "
+                "(--calib-dataset)"
             )
         text, source = load_text(text_path, dataset)
         if tokenizer is None:

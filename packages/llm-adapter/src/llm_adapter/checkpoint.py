@@ -74,7 +74,13 @@ def _dedupe(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise AdapterError(
                 f"{key} is offloaded (meta device); save a model whose weights are in memory"
             )
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        ident = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
         if t.numel() > 0 and ident in seen:
             aliases[key] = seen[ident]
             continue
@@ -114,7 +120,9 @@ def save(
 
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise AdapterError(f"output directory {str(out)!r} exists; pass overwrite=True (--overwrite) to replace it")
+        raise AdapterError(
+            f"output directory {str(out)!r} exists; pass overwrite=True (--overwrite) to replace it"
+        )
     if out.exists() and not out.is_dir():
         raise AdapterError(f"output path {str(out)!r} exists and is not a directory")
     spec = get_arch(model)
@@ -131,7 +139,7 @@ def save(
             for a, c in aliases.items()
         }
         save_file(file_tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        config = model.config  # type: ignore[union-attr]
+        config: Any = model.config
         config.save_pretrained(str(tmp))
         gen = getattr(model, "generation_config", None)
         if gen is not None:
@@ -200,7 +208,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not Path(path).is_dir():
         raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
     if not file.is_file():
-        raise AdapterError(f"{str(path)!r} has no {MANIFEST}; not a checkpoint written by llm-adapter")
+        raise AdapterError(
+            f"{str(path)!r} has no {MANIFEST}; not a checkpoint written by llm-adapter"
+        )
     data: dict[str, Any] = json.loads(file.read_text())
     return data
 
@@ -243,7 +253,8 @@ def load(
     ck = manifest.get("checkpoint", {})
     if ck.get("format_version") != FORMAT_VERSION:
         raise AdapterError(
-            f"{str(path)!r} has checkpoint format {ck.get('format_version')!r}; this llm-adapter reads {FORMAT_VERSION}"
+            f"{str(path)!r} has checkpoint format {ck.get('format_version')!r}; "
+            f"this llm-adapter reads {FORMAT_VERSION}"
         )
     config = AutoConfig.from_pretrained(str(root))
     stored = load_file(str(root / ck.get("weights", WEIGHTS)))
@@ -271,7 +282,10 @@ def load(
             ),
         )
     model_keys = set(model.state_dict(keep_vars=True).keys())
-    renamed = {_from_file_key(k, spec.file_renames, model_keys): v for k, v in stored.items()}
+    # clone: fresh aligned allocations, independent of the file's layout
+    renamed = {
+        _from_file_key(k, spec.file_renames, model_keys): v.clone() for k, v in stored.items()
+    }
     unexpected = sorted(set(renamed) - model_keys)
     if unexpected:
         raise AdapterError(f"{str(path)!r} holds tensors the model does not have: {unexpected[:5]}")
@@ -285,13 +299,15 @@ def load(
         if target is None:
             raise AdapterError(f"{str(path)!r}: alias {alias} points at missing tensor {canonical}")
         setattr(owner, attr, target)
-    missing = [k for k, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
+    missing = [
+        k for k, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"
+    ]
     if missing:
         raise AdapterError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
     for p in model.parameters():
         p.requires_grad_(False)
     torch_dtype = resolve_dtype(dtype)
-    model.to(device=resolve_device(device), dtype=torch_dtype)  # type: ignore[call-overload]
+    model.to(device=resolve_device(device), dtype=torch_dtype)
     model.eval()
     tokenizer = None
     if (root / "tokenizer_config.json").is_file() or (root / "tokenizer.json").is_file():
@@ -330,11 +346,17 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  model: {manifest.get('model') or '?'}")
     print(f"  parameters: {ck.get('parameters')}  ({', '.join(ck.get('dtype', []))})")
     print(f"  {WEIGHTS}: {size} bytes")
-    print(f"  low-rank modules: {len(ck.get('lowrank_modules', {}))}, shared tensors stored once: {len(ck.get('aliases', {}))}")
+    print(
+        f"  low-rank modules: {len(ck.get('lowrank_modules', {}))}, "
+        f"shared tensors stored once: {len(ck.get('aliases', {}))}"
+    )
     cal = manifest.get("calibration")
     if cal:
         src = cal.get("text_path") or cal.get("dataset") or "token windows"
-        print(f"  calibration: {src}, {cal.get('samples')} x {cal.get('seq_len')} tokens, seed {cal.get('seed')}")
+        print(
+            f"  calibration: {src}, {cal.get('samples')} x {cal.get('seq_len')} tokens, "
+            f"seed {cal.get('seed')}"
+        )
     if manifest.get("method") is None:
         print("  plain (uncompressed) checkpoint")
         return 0

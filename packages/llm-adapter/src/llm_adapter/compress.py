@@ -67,6 +67,7 @@ __all__ = [
     "CompressionConfig",
     "CompressionReport",
     "FamilyReport",
+    "check_config",
     "compress_model",
     "rank_for",
 ]
@@ -112,14 +113,22 @@ class CompressionConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise AdapterError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+            raise AdapterError(
+                f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}"
+            )
         if self.metric not in METRICS:
-            raise AdapterError(f"unknown metric {self.metric!r}; valid metrics: {', '.join(METRICS)}")
+            raise AdapterError(
+                f"unknown metric {self.metric!r}; valid metrics: {', '.join(METRICS)}"
+            )
         if self.param_ratio is None:
             if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
-                raise AdapterError(f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}")
+                raise AdapterError(
+                    f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}"
+                )
         elif not (isinstance(self.param_ratio, int | float) and 0 < self.param_ratio < 1):
-            raise AdapterError(f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}")
+            raise AdapterError(
+                f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}"
+            )
         if isinstance(self.families, str):
             names = [f.strip() for f in self.families.split(",") if f.strip()]
             object.__setattr__(self, "families", tuple(names))
@@ -131,20 +140,27 @@ class CompressionConfig:
                     f"unknown family {f!r}; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
                 )
         if not len(self.families):
-            raise AdapterError(f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')")
+            raise AdapterError(
+                f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
+            )
         if math.isnan(self.lam) or self.lam < 0:
             raise AdapterError(f"anchor strength must be >= 0 (inf allowed); got --lam {self.lam}")
         if not isinstance(self.tying, int) or self.tying < 1:
             raise AdapterError(f"tying degree must be an integer >= 1; got --tying {self.tying}")
         if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise AdapterError(f"group size must be an integer >= 1; got --group-size {self.group_size}")
+            raise AdapterError(
+                f"group size must be an integer >= 1; got --group-size {self.group_size}"
+            )
         if not (math.isfinite(self.coupling) and self.coupling >= 0):
             raise AdapterError(f"coupling must be finite and >= 0; got --coupling {self.coupling}")
         if self.coupling > 0 and self.method != "bundle":
-            raise AdapterError(f"--coupling applies to --method bundle only; got --method {self.method}")
+            raise AdapterError(
+                f"--coupling applies to --method bundle only; got --method {self.method}"
+            )
         if self.coupling > 0 and self.tying != 1:
             raise AdapterError(
-                f"soft coupling couples untied sections: use --tying 1 with --coupling; got --tying {self.tying}"
+                "soft coupling couples untied sections: use --tying 1 with --coupling; "
+                f"got --tying {self.tying}"
             )
 
     @property
@@ -377,9 +393,54 @@ def _coupled_section(problem: Any, config: CompressionConfig) -> Any:
         from grassbundle import coupling as gbc
     except ImportError:
         raise AdapterError(
-            "soft coupling (--coupling > 0) needs grassbundle.coupling, which this grassbundle lacks"
+            "soft coupling (--coupling > 0) needs grassbundle.coupling, "
+            "which this grassbundle lacks"
         ) from None
     return gbc.solve_coupled(problem, float(config.lam), float(config.coupling))
+
+
+def check_config(
+    model: nn.Module, config: CompressionConfig, families: Sequence[str]
+) -> dict[str, int]:
+    """Check ``config`` against the model's families before any work; return the ranks.
+
+    Raises :class:`AdapterError` for a tying degree or group size above the
+    number of layers, a rank out of range, or a family already compressed.
+    """
+    ranks = {}
+    for family in families:
+        modules = family_modules(model, family)
+        L = len(modules)
+        first = modules[0]
+        if not isinstance(first, nn.Linear):
+            raise AdapterError(
+                f"{family} is {type(first).__name__}, not a dense nn.Linear (already "
+                "compressed?); load the uncompressed model"
+            )
+        m, n = first.out_features, first.in_features
+        if config.method == "bundle" and config.tying > L:
+            raise AdapterError(
+                f"tying degree {config.tying} exceeds the number of layers L = {L}; "
+                f"use --tying <= {L}"
+            )
+        if config.method == "basis-sharing" and config.group_size > L:
+            raise AdapterError(
+                f"group size {config.group_size} exceeds the number of layers L = {L}; "
+                f"use --group-size <= {L}"
+            )
+        d = rank_for(config, m, n, L)
+        if config.method != "basis-sharing" and d > n:
+            raise AdapterError(
+                f"rank d = {d} exceeds the input dimension n = {n} of {family} ({m}x{n}): "
+                f"a rank-d projection needs d <= n; use a smaller ratio"
+            )
+        if config.method == "basis-sharing" and d > n:
+            raise AdapterError(
+                f"rank d = {d} exceeds the input dimension n = {n} of {family}: "
+                "basis sharing needs d <= n; use a smaller ratio"
+            )
+        ranks[family] = d
+    return ranks
 
 
 def _floats(a: NDArray[np.float64] | None) -> list[float] | None:
@@ -418,6 +479,7 @@ def compress_model(
             f"method {config.method!r} needs calibration statistics: pass stats from "
             "llm_adapter.calibrate (or --calib-text / --calib-dataset)"
         )
+    ranks = check_config(model, config, families)
     reports: dict[str, FamilyReport] = {}
     t_fact = 0.0
     t_write = 0.0
@@ -425,15 +487,7 @@ def compress_model(
         t0 = time.perf_counter()
         W = family_weights(model, family)
         L, m, n = W.shape
-        if config.method == "bundle" and config.tying > L:
-            raise AdapterError(
-                f"tying degree {config.tying} exceeds the number of layers L = {L}; use --tying <= {L}"
-            )
-        if config.method == "basis-sharing" and config.group_size > L:
-            raise AdapterError(
-                f"group size {config.group_size} exceeds the number of layers L = {L}; use --group-size <= {L}"
-            )
-        d = rank_for(config, m, n, L)
+        d = ranks[family]
         C = stats.covariance(family) if stats is not None else None
         if C is not None and C.shape != (L, n, n):
             raise AdapterError(
@@ -444,11 +498,6 @@ def compress_model(
             import grassbundle as gb
 
             assert C is not None
-            if d > n:
-                raise AdapterError(
-                    f"rank d = {d} exceeds the input dimension n = {n} of {family}: "
-                    "basis sharing needs d <= n"
-                )
             try:
                 share = gb.basis_sharing_input(W, C, d, config.group_size)
             except ValueError as exc:
@@ -484,9 +533,13 @@ def compress_model(
             dtype, device = old.weight.dtype, old.weight.device
             g = int(groups[l])
 
-            def param(a: NDArray[np.float64], dtype: torch.dtype = dtype, device: Any = device) -> nn.Parameter:
+            def param(
+                a: NDArray[np.float64], dtype: torch.dtype = dtype, device: Any = device
+            ) -> nn.Parameter:
+                # a fresh torch allocation (not numpy's memory): the same alignment as
+                # tensors loaded back from disk, so BLAS takes the same kernels
                 return nn.Parameter(
-                    torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype),
+                    torch.tensor(np.ascontiguousarray(a), dtype=dtype, device=device),
                     requires_grad=False,
                 )
 
@@ -559,12 +612,23 @@ def register(subparsers: Any) -> None:
         description="Calibrate, compress the chosen families with one method, and save the "
         "compressed model with a compression.json manifest.",
     )
-    p.add_argument("--model", required=True, help="local directory or hub id (e.g. EleutherAI/pythia-70m)")
+    p.add_argument(
+        "--model", required=True, help="local directory or hub id (e.g. EleutherAI/pythia-70m)"
+    )
     p.add_argument("--method", required=True, choices=METHODS)
     rank = p.add_mutually_exclusive_group()
-    rank.add_argument("--rank-ratio", type=float, default=None, help="d/D, D = output dimension (default 0.25)")
-    rank.add_argument("--param-ratio", type=float, default=None, help="fraction of the family's weights kept")
-    p.add_argument("--families", type=_families_arg, default=("attention.dense",), help="comma-separated families, or 'all' (default attention.dense)")
+    rank.add_argument(
+        "--rank-ratio", type=float, default=None, help="d/D, D = output dimension (default 0.25)"
+    )
+    rank.add_argument(
+        "--param-ratio", type=float, default=None, help="fraction of the family's weights kept"
+    )
+    p.add_argument(
+        "--families",
+        type=_families_arg,
+        default=("attention.dense",),
+        help="comma-separated families, or 'all' (default attention.dense)",
+    )
     p.add_argument("--lam", type=float, default=0.0, help="bundle anchor strength (inf allowed)")
     p.add_argument("--tying", type=int, default=1, help="bundle section-tying degree k")
     p.add_argument("--metric", choices=METRICS, default="weight", help="bundle energy")
@@ -578,9 +642,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     p.add_argument("--cache-dir", default=None, help="calibration statistics cache")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto takes the GPU when there is one)")
-    p.add_argument("--device-map", default=None, choices=["auto"], help="let accelerate place the model")
-    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)")
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda (auto takes the GPU when there is one)"
+    )
+    p.add_argument(
+        "--device-map", default=None, choices=["auto"], help="let accelerate place the model"
+    )
+    p.add_argument(
+        "--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -615,12 +685,14 @@ def run_compress(args: argparse.Namespace) -> int:
     has_data = args.calib_text is not None or args.calib_dataset is not None
     if config.needs_calibration and not has_data:
         raise AdapterError(
-            f"method {config.method!r} needs calibration data: pass --calib-text PATH or --calib-dataset NAME"
+            f"method {config.method!r} needs calibration data: pass --calib-text PATH "
+            "or --calib-dataset NAME"
         )
     model, tokenizer = load_model(
         args.model, device=args.device, dtype=args.dtype, device_map=args.device_map
     )
     families: Sequence[str] = resolve_families(model, list(config.families))
+    check_config(model, config, families)
     stats = None
     if has_data:
         stats = calibrate(

@@ -612,13 +612,13 @@ def _loglikelihoods(
         idx = order[b0 : b0 + batch_size]
         width = max(len(seqs[i][0]) for i in idx) - 1
         inputs = torch.zeros((len(idx), width), dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
         for r, i in enumerate(idx):
             n_in = len(seqs[i][0]) - 1
-            inputs[r, :n_in] = torch.tensor(seqs[i][0][:-1])  # right padding: causal-safe
-            mask[r, :n_in] = 1
+            inputs[r, :n_in] = torch.tensor(seqs[i][0][:-1])
             passed += n_in
-        logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
+        # right padding needs no attention mask: under causal attention a position
+        # never sees the padding after it, and positions ids start at 0 in every row
+        logits = model(input_ids=inputs.to(device)).logits
         for r, i in enumerate(idx):
             full, n_cont = seqs[i]
             n_in = len(full) - 1

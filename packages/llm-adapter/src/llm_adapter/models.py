@@ -153,9 +153,7 @@ def family_modules(model: nn.Module, family: str) -> list[nn.Module]:
     """
     spec = get_arch(model)
     if family not in spec.families:
-        raise AdapterError(
-            f"unknown family {family!r}; valid families: {', '.join(spec.families)}"
-        )
+        raise AdapterError(f"unknown family {family!r}; valid families: {', '.join(spec.families)}")
     return [layer.get_submodule(spec.families[family]) for layer in _layers(model)]
 
 
@@ -199,7 +197,8 @@ def family_weights(model: nn.Module, family: str) -> NDArray[np.float64]:
     if not np.all(np.isfinite(W)):
         bad = sorted({int(i) for i in np.argwhere(~np.isfinite(W))[:, 0]})
         raise AdapterError(
-            f"non-finite weights (NaN or inf) in {family} of layers {bad}; the checkpoint is corrupt"
+            f"non-finite weights (NaN or inf) in {family} of layers {bad}; "
+            "the checkpoint is corrupt"
         )
     return W
 
@@ -249,7 +248,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError:
         raise AdapterError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AdapterError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+        raise AdapterError(
+            f"device {device!r} asked for but CUDA is not available; use --device cpu"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise AdapterError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N")
     return dev
@@ -350,7 +351,11 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        where = "local directory" if local else "hub id (the hub could not be reached or has no such model)"
+        where = (
+            "local directory"
+            if local
+            else "hub id (the hub could not be reached or has no such model)"
+        )
         raise AdapterError(f"cannot load model {source!r} as a {where}: {_one_line(exc)}") from None
     if config.model_type not in ARCHITECTURES:
         raise AdapterError(
@@ -367,7 +372,7 @@ def load_model(
             ) from None
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model: nn.Module = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise AdapterError(f"cannot load the weights of {source!r}: {_one_line(exc)}") from None
     if device_map is None:
@@ -396,7 +401,7 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
     cfg = json.loads(config.to_json_string()) if config is not None else {}
     for volatile in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
         cfg.pop(volatile, None)
-    sums = []
+    sums: list[tuple[Any, ...]] = []
     with torch.no_grad():
         for pname, p in model.state_dict().items():
             if p.device.type == "meta" or not p.is_floating_point():
@@ -460,7 +465,7 @@ def random_neox(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GPTNeoXForCausalLM(config)
+        model: nn.Module = GPTNeoXForCausalLM(config)
     model.to(dtype)
     model.eval()
     return model

@@ -1,5 +1,360 @@
+"""Reports: a Markdown table and figures from sweep results.
+
+``llm-adapter report RESULTS.jsonl --out DIR`` writes
+
+``DIR/results.md``
+    One row per point: errors, perplexity, HellaSwag, parameters kept, and the
+    two quantities the paper argues about, both against SVD-LLM on the same
+    model, families and d/D: the **Frobenius reduction**
+    ``1 - frob(point) / frob(SVD-LLM)`` and the **perplexity ratio**
+    ``ppl(point) / ppl(SVD-LLM)``.
+``DIR/phase_diagram.png``
+    The ``(lambda, k)`` phase diagram of the weight-metric bundle: one heat map
+    per measured quantity.
+``DIR/frobenius_vs_perplexity.png``
+    Frobenius reduction against perplexity ratio (the paper's central figure),
+    with the paper's Pythia-1.4B lambda = 0 corner drawn for reference.
+``DIR/per_layer_errors.png``
+    Per-layer Frobenius and activation error fractions of every point.
+
+Figures are drawn with matplotlib's Agg backend (no display needed).
+"""
+
 from __future__ import annotations
 
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-def register(subparsers):  # placeholder until written
-    return None
+from .errors import AdapterError
+from .sweep import read_results
+
+__all__ = ["frobenius_reduction_rows", "markdown_table", "register", "write_report"]
+
+#: the paper's Pythia-1.4B figures at d/D = 0.25 (lambda = 0 corner against SVD-LLM)
+PAPER_PYTHIA_1B4 = {"frobenius_reduction": 0.372, "ppl": 159.14, "ppl_svd_llm": 50.17}
+
+
+def _group(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        row.get("sweep"),
+        row.get("model"),
+        tuple(row.get("families", ())),
+        row.get("rank_ratio"),
+    )
+
+
+def frobenius_reduction_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with ``frobenius_reduction`` and ``ppl_ratio`` against SVD-LLM added.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Sweep rows (see :mod:`llm_adapter.sweep`).
+
+    Returns
+    -------
+    list of dict
+        Copies of the rows; the two keys are None where the group (sweep, model,
+        families, d/D) has no SVD-LLM row or a value is missing. The dense
+        baseline's perplexity ratio is against SVD-LLM of the first group of its sweep.
+    """
+    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    by_sweep: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("method") == "svd-llm":
+            refs.setdefault(_group(r), r)
+            by_sweep.setdefault(r.get("sweep"), r)
+    out = []
+    for r in rows:
+        r = dict(r)
+        ref = refs.get(_group(r)) or (
+            by_sweep.get(r.get("sweep")) if r["method"] == "dense" else None
+        )
+        red = ratio = None
+        if ref is not None:
+            f, f0 = r.get("frobenius_fraction"), ref.get("frobenius_fraction")
+            if f is not None and f0:
+                red = 1.0 - f / f0
+            p, p0 = r.get("ppl"), ref.get("ppl")
+            if p is not None and p0:
+                ratio = p / p0
+        r["frobenius_reduction"] = red
+        r["ppl_ratio"] = ratio
+        out.append(r)
+    return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The results as a Markdown table (one row per point, in file order).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+
+    Returns
+    -------
+    str
+    """
+    rows = frobenius_reduction_rows(rows)
+    head = [
+        "point", "families", "d/D", "params kept", "Frob err", "Frob reduction vs SVD-LLM",
+        "act err (calib)", "act err (held-out)", "perplexity", "ppl ratio vs SVD-LLM",
+        "HellaSwag acc", "acc_norm",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        fams = ", ".join(r.get("families") or []) or "(none)"
+        kept = "-" if not r.get("params_dense") else f"{r['param_ratio']:.3f}"
+        red = r["frobenius_reduction"]
+        cells = [
+            r.get("label", r["method"]),
+            fams,
+            "1" if r["method"] == "dense" else _fmt(r.get("rank_ratio"), ".3g"),
+            kept,
+            _fmt(r.get("frobenius_fraction"), ".4f"),
+            "-" if red is None else f"{100 * red:+.1f}%",
+            _fmt(r.get("activation_fraction"), ".4f"),
+            _fmt(r.get("activation_fraction_heldout"), ".4f"),
+            _fmt(r.get("ppl"), ".2f"),
+            _fmt(r.get("ppl_ratio"), ".3f"),
+            _fmt(r.get("hellaswag_acc"), ".3f"),
+            _fmt(r.get("hellaswag_acc_norm"), ".3f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise AdapterError(
+            "the report's figures need matplotlib: pip install 'llm-adapter[report]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _lam_value(value: Any) -> float:
+    return math.inf if value == "inf" else float(value)
+
+
+def _phase_diagram(rows: Sequence[dict[str, Any]], path: Path) -> bool:
+    plt = _pyplot()
+    import numpy as np
+
+    grid = [
+        r
+        for r in rows
+        if r["method"] == "bundle" and r.get("metric") == "weight" and not r.get("coupling")
+    ]
+    if not grid:
+        return False
+    lams = sorted({_lam_value(r["lam"]) for r in grid})
+    ks = sorted({int(r["tying"]) for r in grid})
+    quantities = [
+        ("frobenius_fraction", "Frobenius error fraction"),
+        ("activation_fraction_heldout", "activation error fraction (held-out)"),
+        ("ppl", "perplexity"),
+        ("hellaswag_acc", "HellaSwag acc"),
+    ]
+    quantities = [q for q in quantities if any(r.get(q[0]) is not None for r in grid)]
+    fig, axes = plt.subplots(
+        1, len(quantities), figsize=(4.2 * len(quantities), 3.6), squeeze=False
+    )
+    for ax, (key, title) in zip(axes[0], quantities, strict=True):
+        Z = np.full((len(ks), len(lams)), np.nan)
+        for r in grid:
+            if r.get(key) is not None:
+                Z[ks.index(int(r["tying"])), lams.index(_lam_value(r["lam"]))] = r[key]
+        im = ax.imshow(Z, origin="lower", aspect="auto", cmap="viridis")
+        for (i, j), v in np.ndenumerate(Z):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(len(lams)), [("inf" if math.isinf(v) else f"{v:g}") for v in lams])
+        ax.set_yticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_xlabel("anchor strength lambda")
+        ax.set_ylabel("tying degree k")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"(lambda, k) phase diagram: {grid[0].get('sweep', '')}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _central(rows: Sequence[dict[str, Any]], path: Path) -> bool:
+    plt = _pyplot()
+    pts = [
+        r
+        for r in frobenius_reduction_rows(rows)
+        if r["method"] != "dense" and r["frobenius_reduction"] is not None and r["ppl_ratio"]
+    ]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    markers = {"svd": "s", "svd-llm": "*", "basis-sharing": "D", "bundle": "o"}
+    for r in pts:
+        colour = "tab:red" if r.get("metric") == "activation" else "tab:blue"
+        if r["method"] != "bundle":
+            colour = "black"
+        ax.scatter(
+            100 * r["frobenius_reduction"], r["ppl_ratio"],
+            marker=markers.get(r["method"], "o"), color=colour, s=40, zorder=3,
+        )  # fmt: skip
+        ax.annotate(r.get("label", r["method"]), (100 * r["frobenius_reduction"], r["ppl_ratio"]),
+                    fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    paper = PAPER_PYTHIA_1B4
+    ax.scatter(
+        100 * paper["frobenius_reduction"], paper["ppl"] / paper["ppl_svd_llm"],
+        marker="X", color="tab:orange", s=80, zorder=3,
+        label="paper, Pythia-1.4B lambda=0 corner (37.2%, 159.14/50.17)",
+    )  # fmt: skip
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("Frobenius error reduction vs SVD-LLM (%)")
+    ax.set_ylabel("perplexity / perplexity of SVD-LLM (log)")
+    ax.set_title(
+        f"Weight-space gain vs language-model loss: {pts[0].get('sweep', '')}", fontsize=10
+    )
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _per_layer(rows: Sequence[dict[str, Any]], path: Path) -> bool:
+    plt = _pyplot()
+    pts = [r for r in rows if r.get("per_layer")]
+    if not pts:
+        return False
+    families = list(dict.fromkeys(f for r in pts for f in r["per_layer"]))
+    kinds = [("frobenius_fraction", "Frobenius error fraction"),
+             ("activation_fraction_heldout", "activation error fraction (held-out)")]  # fmt: skip
+    if not any(r["per_layer"][f].get(kinds[1][0]) for r in pts for f in r["per_layer"]):
+        kinds[1] = ("activation_fraction", "activation error fraction (calibration)")
+    fig, axes = plt.subplots(
+        len(families), 2, figsize=(11, 3.2 * len(families)), squeeze=False, sharex=True
+    )
+    cmap = plt.get_cmap("tab20")
+    for i, f in enumerate(families):
+        for j, (key, title) in enumerate(kinds):
+            ax = axes[i][j]
+            for c, r in enumerate(pts):
+                values = r["per_layer"].get(f, {}).get(key)
+                if values:
+                    style = "-" if r["method"] != "bundle" else "--"
+                    ax.plot(range(len(values)), values, style, marker=".", color=cmap(c % 20),
+                            label=r.get("label", r["method"]))  # fmt: skip
+            ax.set_title(f"{f}: {title}", fontsize=9)
+            ax.set_xlabel("layer")
+            ax.set_yscale("log")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(
+    results: str | Path | Sequence[str | Path], out_dir: str | Path, *, title: str | None = None
+) -> dict[str, Path]:
+    """Write the Markdown table and the figures for one or more results files.
+
+    Parameters
+    ----------
+    results : str or Path or sequence of them
+        JSONL files written by ``llm-adapter sweep``.
+    out_dir : str or Path
+        Created if needed.
+    title : str, optional
+        Heading of ``results.md``.
+
+    Returns
+    -------
+    dict of str to Path
+        ``table`` and each figure written (``phase_diagram``,
+        ``frobenius_vs_perplexity``, ``per_layer_errors``).
+    """
+    files = [results] if isinstance(results, str | Path) else list(results)
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        if not Path(f).is_file():
+            raise AdapterError(f"results file {str(f)!r} does not exist; run llm-adapter sweep")
+        rows += read_results(f)
+    if not rows:
+        raise AdapterError(f"no rows in {', '.join(map(str, files))}; run llm-adapter sweep first")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    figures = {
+        "phase_diagram": _phase_diagram,
+        "frobenius_vs_perplexity": _central,
+        "per_layer_errors": _per_layer,
+    }
+    for name, draw in figures.items():
+        if draw(rows, out / f"{name}.png"):
+            written[name] = out / f"{name}.png"
+    first = rows[0]
+    proto = first.get("protocol", {})
+    ev = proto.get("evaluation", {})
+    lines = [
+        f"# {title or first.get('sweep', 'Sweep results')}",
+        "",
+        f"Model `{first.get('model')}`; results from {', '.join(f'`{f}`' for f in files)} "
+        f"({len(rows)} rows).",
+        f"Perplexity: WikiText-2 `{ev.get('wikitext')}`, windows of {ev.get('seq_len')} tokens"
+        + (f", first {ev['max_windows']} windows" if ev.get("max_windows") else "")
+        + f"; HellaSwag: `{ev.get('hellaswag')}`"
+        + (f", first {ev['limit']} items" if ev.get("limit") else "")
+        + ".",
+        "Errors are means over the compressed layers of ||W - W'||_F^2 / ||W||_F^2 (Frob) and "
+        "tr((W - W') C (W - W')^T) / tr(W C W^T) (act; C from calibration or held-out tokens).",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    for name, path in written.items():
+        lines += [f"![{name}]({path.name})", ""]
+    table = out / "results.md"
+    table.write_text("\n".join(lines))
+    written["table"] = table
+    return written
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to ``subparsers``."""
+    p = subparsers.add_parser(
+        "report",
+        help="Markdown table and figures from sweep results",
+        description="Write results.md and the figures (phase diagram, Frobenius reduction vs "
+        "perplexity ratio, per-layer errors) for one or more sweep JSONL files.",
+    )
+    p.add_argument("results", metavar="RESULTS", nargs="+", help="sweep JSONL file(s)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--title", default=None, help="heading of results.md")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``llm-adapter report``."""
+    written = write_report(args.results, args.out, title=args.title)
+    for name, path in written.items():
+        print(f"{name:26s} {path}")
+    return 0
