@@ -71,7 +71,7 @@ MODELS: dict[str, dict[str, int]] = {
 def pythia_14b_config() -> Any:
     from transformers import GPTNeoXConfig
 
-    return GPTNeoXConfig(
+    return GPTNeoXConfig(  # type: ignore[call-arg]  # rotary_pct: 4.x name, mapped by 5.x
         vocab_size=50304,
         hidden_size=2048,
         num_hidden_layers=24,
@@ -98,7 +98,7 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, Any]:
+def worker(model_name: str, method: str, device: str, seed: int, threads: int) -> dict[str, Any]:
     """Load, calibrate (when the method needs it) and compress; return the measurements."""
     import llm_adapter
     import numpy as np
@@ -106,6 +106,8 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
     from llm_adapter.data import sample_windows
 
     torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
     proto = MODELS[model_name]
     text = WIKI_VALID.read_text(encoding="utf-8")
     t0 = time.perf_counter()
@@ -150,6 +152,7 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
         "model": model_name,
         "method": method,
         "device": device,
+        "threads": torch.get_num_threads(),
         "params": params,
         "layers": fam.layers,
         "shape": [fam.m, fam.n],
@@ -171,9 +174,9 @@ def worker(model_name: str, method: str, device: str, seed: int) -> dict[str, An
     return out
 
 
-def run_one(model: str, method: str, device: str, seed: int) -> dict[str, Any]:
+def run_one(model: str, method: str, device: str, seed: int, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", model, method, "--device", device]
-    cmd += ["--seed", str(seed)]
+    cmd += ["--seed", str(seed), "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{model} / {method} failed:\n{proc.stderr[-3000:]}")
@@ -204,12 +207,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def environment(device: str) -> str:
+def environment(device: str, threads: int) -> str:
     import numpy
     import torch
     import transformers
 
-    threads = torch.get_num_threads()
     cpu = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads {threads}"
     if device.startswith("cuda"):
         cpu += f", GPU {torch.cuda.get_device_name(0)}"
@@ -226,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated method labels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=None, help="results file (default: results/)")
     args = p.parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.device, args.seed)))
+        print(
+            json.dumps(worker(args.worker[0], args.worker[1], args.device, args.seed, args.threads))
+        )
         return 0
 
     import torch
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in models:
         for method in methods:
-            r = run_one(model, method, device, args.seed)
+            r = run_one(model, method, device, args.seed, args.threads)
             print(
                 f"  {model} / {method}: {r['wall']:.1f} s, peak RSS {r['rss_peak_mb']:.0f} MB",
                 flush=True,
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
     lines = [
         f"compress {FAMILY} at d/D = {RANK_RATIO} on {device}, one subprocess per row",
-        environment(device),
+        environment(device, rows[0]["threads"]),
         f"machine load average (1 min) {load_before:.2f} before the runs, "
         f"{os.getloadavg()[0]:.2f} after (others share these cores; "
         "CPU s is the worker's own CPU time)",

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     windows = 64 if args.quick else 256
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    model, tokenizer = ev.load_for_eval(MODEL, device="cpu")
+    _, tokenizer = ev.load_for_eval(MODEL, device="cpu")
     ids = ev._tokenize(tokenizer, ev.read_wikitext(WIKI))
     all_items = ev.read_hellaswag(HELLASWAG)
     sample = all_items[:n_items]

@@ -9,7 +9,8 @@ Usage::
 Each content line is a results file stem and a title.  A file that exists is
 parsed with MyST and placed under its title, so the page always shows the
 figures of the latest ``make bench``; one that does not exist yet gets a note
-saying which command produces it.
+saying which command produces it.  Results files that the list does not name
+follow, titled by their file name.
 """
 
 from __future__ import annotations
@@ -31,16 +32,24 @@ class BenchmarkResults(SphinxDirective):
         src_dir = Path(self.env.srcdir)
         results = (src_dir / self.options.get("dir", "../benchmarks/results")).resolve()
         out: list[nodes.Node] = []
+        entries = []
         for line in self.content:
-            if not line.strip():
-                continue
-            stem, _, title = line.strip().partition(" ")
-            title = title.strip() or stem
+            if line.strip():
+                stem, _, title = line.strip().partition(" ")
+                entries.append((stem, title.strip() or stem))
+        # results files the page does not list yet are shown too, after the others
+        listed = {stem for stem, _ in entries}
+        if results.is_dir():
+            extra = sorted(p.stem for p in results.glob("*.md"))
+            entries += [(stem, stem) for stem in extra if stem not in listed]
+        for stem, title in entries:
             path = results / f"{stem}.md"
             section = nodes.section(ids=[make_id(self.env, self.state.document, "bench", stem)])
             section += nodes.title(text=title)
+            # a dependency also when missing: Sphinx re-reads this page on every
+            # build until the file exists, then whenever it changes
+            self.env.note_dependency(str(path))
             if path.is_file():
-                self.env.note_dependency(str(path))
                 section += self._parse_markdown(path)
             else:
                 note = nodes.note()
@@ -64,14 +73,15 @@ class BenchmarkResults(SphinxDirective):
         settings = self.state.document.settings
         doc = new_document(str(path), settings)
         MystParser().parse(text, doc)
-        # Demote the file's own headings to rubrics: the page supplies the title.
+        # Demote the file's own headings to rubrics; the file's top heading is
+        # dropped, since the page supplies the section title.
         children: list[nodes.Node] = []
 
-        def flatten(node: nodes.Node) -> None:
+        def flatten(node: nodes.Node, depth: int) -> None:
             for child in list(node.children):
                 if isinstance(child, nodes.section):
                     title = child.next_node(nodes.title)
-                    if title is not None:
+                    if title is not None and depth > 0:
                         children.append(nodes.rubric(text=title.astext()))
                     for sub in child.children:
                         if isinstance(sub, nodes.title):
@@ -79,13 +89,13 @@ class BenchmarkResults(SphinxDirective):
                         if isinstance(sub, nodes.section):
                             wrapper = nodes.container()
                             wrapper += sub
-                            flatten(wrapper)
+                            flatten(wrapper, depth + 1)
                         else:
                             children.append(sub)
                 else:
                     children.append(child)
 
-        flatten(doc)
+        flatten(doc, 0)
         return children
 
 

@@ -151,6 +151,29 @@ def test_principal_vectors_for_tiny_angles() -> None:
     np.testing.assert_allclose(U.T @ Qv, 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "theta",
+    [
+        [np.pi / 4] * 4,  # one cluster exactly at the pi/4 switch of the angle formula
+        [np.pi / 4 - 1e-12, np.pi / 4 + 1e-12, np.pi / 4, 0.1, 1.5],
+        [np.pi / 6] * 3 + [np.pi / 3] * 3,
+        list(np.linspace(np.pi / 6, np.pi / 3, 8)),
+        [np.pi / 2 - 1e-8, np.pi / 2 - 2e-8, 1e-9, 2e-9],
+    ],
+)
+def test_principal_vectors_for_clusters_of_equal_angles(theta: list[float]) -> None:
+    """Sine- and cosine-branch vectors come from two SVDs; a cluster of equal
+    angles must not be split between them (it would get two unrelated bases
+    of its subspace, and Y would not be orthonormal: O(1) errors)."""
+    U, V = with_angles(np.array(theta), 2 * len(theta) + 3, np.random.default_rng(6))
+    t, Y, Z = principal_angles(U, V, vectors=True)
+    r = len(theta)
+    np.testing.assert_allclose(t, np.sort(theta), rtol=0, atol=2e-15)
+    np.testing.assert_allclose(Y.T @ Y, np.eye(r), atol=1e-13)
+    np.testing.assert_allclose(Z.T @ Z, np.eye(r), atol=1e-13)
+    np.testing.assert_allclose(Y.T @ Z, np.diag(np.cos(t)), atol=1e-13)
+
+
 def test_batched_equals_looped_and_broadcasts() -> None:
     rng = np.random.default_rng(4)
     U = random_point(10, 3, rng=rng, batch=(2, 3))

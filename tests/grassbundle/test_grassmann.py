@@ -275,6 +275,29 @@ def test_log_at_known_angles_up_to_the_cut_locus(t: float) -> None:
     assert max_angle(exp(U, X), V) < 1e-15 * 8
 
 
+@pytest.mark.parametrize(
+    "theta",
+    [
+        [np.pi / 4] * 4,
+        [np.pi / 6] * 3 + [np.pi / 3] * 3,
+        [np.pi / 2 - 1e-8, np.pi / 2 - 2e-8, np.pi / 2 - 1e-9],
+        [1e-9, 2e-9, 0.3],
+    ],
+)
+def test_log_with_clusters_of_equal_angles(theta: list[float]) -> None:
+    """||log||_F = ||theta|| and exp(log) spans V, to roundoff, for repeated
+    angles at the branch switch and clustered angles near 0 and near pi/2."""
+    p = len(theta)
+    O = random_point(2 * p + 2, 2 * p + 2, rng=21)
+    U = O[:, :p]
+    V = O[:, :p] * np.cos(theta) + O[:, p : 2 * p] * np.sin(theta)
+    X = log(U, V)
+    np.testing.assert_allclose(
+        np.sort(np.linalg.svd(X, compute_uv=False)), np.sort(theta), rtol=0, atol=1e-14
+    )
+    assert max_angle(exp(U, X), V) < 1e-13
+
+
 def test_log_at_cut_locus_is_a_shortest_geodesic() -> None:
     """All angles pi/2: the result is finite, has norm ||theta||, and exp hits V."""
     U = np.eye(6)[:, :3]
@@ -289,6 +312,15 @@ def test_log_of_same_subspace_in_another_basis_is_zero() -> None:
     U = random_point(30, 5, rng=12)
     Q = random_point(5, 5, rng=13)
     assert np.abs(log(U, U @ Q)).max() < 1e-14
+
+
+def test_exp_stays_orthonormal_for_long_tangent_vectors() -> None:
+    """Long geodesics wind around Gr(p, n); exp stays orthonormal however long."""
+    rng = np.random.default_rng(20)
+    U = random_point(9, 3, rng=rng)
+    for r in (3.0, 30.0, 300.0):
+        E = exp(U, tangent(U, rng, norm2=r))
+        assert orth_err(E) < 1e-13
 
 
 def test_exp_discards_the_vertical_component() -> None:

@@ -164,3 +164,16 @@ def test_bad_calibration_input(tmp_path: Path) -> None:
         AdapterError, match=r"no calibration statistics for family 'mlp.dense_4h_to_h'"
     ):
         stats.covariance("mlp.dense_4h_to_h")
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_layerwise_equals_full_forward() -> None:
+    model = random_neox(num_hidden_layers=3, dtype=torch.float64)
+    windows = _windows(5, 16, seed=2)
+    full = calibrate(model, None, "all", token_windows=windows, batch_size=2)
+    lw = calibrate(model, None, "all", token_windows=windows, batch_size=2, layerwise=True)
+    for f in full.families:
+        # same float64 arithmetic block by block: equal to roundoff
+        np.testing.assert_allclose(lw.covariance(f), full.covariance(f), rtol=1e-12, atol=1e-15)
+    # the model is left as it was: every block back on its device, no catcher left
+    assert type(model.gpt_neox.layers[0]).__name__ == "GPTNeoXLayer"

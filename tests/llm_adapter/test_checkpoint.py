@@ -185,3 +185,29 @@ def test_header_parser_reads_safetensors(tmp_path: Path) -> None:
     raw = (tmp_path / "x").read_bytes()
     (header_len,) = struct.unpack("<Q", raw[:8])
     assert len(raw) == 8 + header_len + 3 * 5 * 4 + 7 * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compress_save_reload(tmp_path: Path) -> None:
+    model = random_neox(num_hidden_layers=4, seed=2).to("cuda")
+    windows = torch.from_numpy(np.random.default_rng(0).integers(0, 128, size=(8, 32)))
+    stats = calibrate(model, None, "attention.dense", token_windows=windows)
+    report = compress_model(model, CompressionConfig(method="bundle", tying=2, lam=0.3), stats)
+    mods = family_modules(model, "attention.dense")
+    assert mods[0].left.device.type == "cuda" and mods[0].left is mods[1].left
+    save(model, None, report, tmp_path / "ck")
+    loaded, _ = load(tmp_path / "ck", device="cuda")
+    ids = IDS.to("cuda")
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+    # layer-wise calibration of a CPU-resident model on the GPU gives the same Grams
+    cpu_model = random_neox(num_hidden_layers=4, seed=2)
+    lw = calibrate(
+        cpu_model, None, "attention.dense", token_windows=windows, layerwise=True, device="cuda"
+    )
+    assert next(cpu_model.parameters()).device.type == "cpu"
+    # float32 forward passes on two devices: ~1e-6 relative
+    np.testing.assert_allclose(
+        lw.covariance("attention.dense"), stats.covariance("attention.dense"), rtol=1e-4, atol=1e-8
+    )

@@ -259,3 +259,35 @@ def test_already_compressed_family_is_refused() -> None:
     compress_model(model, CompressionConfig(method="svd"))
     with pytest.raises(AdapterError, match="already compressed"):
         compress_model(model, CompressionConfig(method="svd"))
+
+
+def test_soft_coupling_uses_grassbundle_coupling() -> None:
+    from grassbundle.coupling import solve_coupled
+
+    model = _model()
+    stats = _stats(model, "attention.dense")
+    W = family_weights(model, "attention.dense")
+    cfg = CompressionConfig(method="bundle", lam=0.5, coupling=2.0)
+    report = compress_model(model, cfg, stats)
+    fam = report.families["attention.dense"]
+    assert fam.groups == [0, 1, 2, 3]  # untied: one basis per layer
+    problem = gbb.BundleProblem(W, stats.covariance("attention.dense"), rank=8)
+    ref = solve_coupled(problem, 0.5, 2.0)
+    energies = problem.layer_energies(ref.bases)
+    np.testing.assert_allclose(fam.frobenius_error, energies["frobenius"], rtol=1e-10)
+    for l, mod in enumerate(family_modules(model, "attention.dense")):
+        np.testing.assert_allclose(_dense(mod), _projector(ref.bases[l]) @ W[l], atol=1e-12)
+    # coupling pulls adjacent subspaces together compared with mu = 0
+    free = gbb.solve(problem, 0.5, 1).layer_bases
+
+    def spread(B: np.ndarray) -> float:
+        return sum(np.linalg.norm(_projector(B[l]) - _projector(B[l + 1])) for l in range(3))
+
+    assert spread(ref.bases) < spread(free)
+
+
+def test_soft_coupling_needs_finite_lam() -> None:
+    with pytest.raises(AdapterError, match="finite anchor strength"):
+        CompressionConfig(method="bundle", lam=math.inf, coupling=1.0)
+    with pytest.raises(AdapterError, match="use --tying 1 with --coupling"):
+        CompressionConfig(method="bundle", tying=2, coupling=1.0)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo.py"
 
 
-def run_demo(tmp_path: Path, *extra: str) -> tuple[str, dict]:  # type: ignore[type-arg]
+def run_demo(tmp_path: Path, *extra: str) -> tuple[str, dict[str, Any]]:
     out_json = tmp_path / "demo.json"
     env = {**os.environ, "MODEL": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
@@ -30,7 +31,7 @@ def run_demo(tmp_path: Path, *extra: str) -> tuple[str, dict]:  # type: ignore[t
     return proc.stdout, json.loads(out_json.read_text())
 
 
-def check_result(stdout: str, result: dict, layers: int) -> None:  # type: ignore[type-arg]
+def check_result(stdout: str, result: dict[str, Any], layers: int) -> None:
     # the printed comparison
     assert "per-layer error fractions" in stdout
     assert "frob SVD-LLM" in stdout and "frob bundle" in stdout

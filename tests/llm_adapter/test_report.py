@@ -80,12 +80,20 @@ def test_write_report_files(tmp_path: Path) -> None:
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     written = rp.write_report(results, tmp_path / "out")
-    assert set(written) == {"table", "phase_diagram", "frobenius_vs_perplexity", "per_layer_errors"}
+    assert set(written) == {
+        "table",
+        "csv",
+        "phase_diagram",
+        "frobenius_vs_perplexity",
+        "per_layer_errors",
+    }
     for name, path in written.items():
-        if name != "table":
+        if name not in ("table", "csv"):
             assert path.read_bytes()[:8] == PNG
     md = written["table"].read_text()
     assert "![phase_diagram](phase_diagram.png)" in md and "+50.0%" in md
+    csv_lines = written["csv"].read_text().splitlines()
+    assert len(csv_lines) == 1 + len(ROWS) and csv_lines[0].startswith("point,families,d/D")
 
 
 def test_report_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

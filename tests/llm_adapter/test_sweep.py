@@ -263,3 +263,16 @@ def test_cli_dry_run_lists_points(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "--limit 7 overrides evaluation.limit = '<unset>'" in err
     assert "3 points, 0 done" in err and err.count("[todo]") == 3
+
+
+@pytest.mark.parametrize("name", ["neox_mini.toml", "neox_mini_all.toml", "pythia.toml"])
+def test_experiment_configs_parse(name: str) -> None:
+    """The shipped experiment configurations are valid and expand to the documented grid."""
+    path = Path(__file__).resolve().parents[2] / "experiments" / name
+    config = sw.load_config(path)
+    points = sw.expand_points(config)
+    methods = {p.method for p in points}
+    assert {"dense", "svd", "svd-llm", "basis-sharing", "bundle"} <= methods
+    assert all(p.rank_ratio == 0.25 for p in points if p.method != "dense")
+    keys = [sw.point_key(p, {"x": 1}) for p in points]
+    assert len(set(keys)) == len(keys)

@@ -116,52 +116,88 @@ def _principal_angles(
     swapped = U64.shape[-1] < V64.shape[-1]
     if swapped:  # make U the larger basis, so that (I - U U^T) V has min(p, q) columns
         U64, V64 = V64, U64
-    Ut = np.swapaxes(U64, -1, -2)
-    M = Ut @ V64  # (..., p, q), p >= q
     if vectors:
-        Yc, cos, Zct = np.linalg.svd(M, full_matrices=False)  # cos descending
-    else:
-        cos = np.linalg.svd(M, compute_uv=False)
-    cos = np.clip(cos, 0.0, 1.0)
+        theta, Ycoef, Zcoef, _ = _principal_frames(U64, V64)
+        Yvec = U64 @ Ycoef
+        Zvec = V64 @ Zcoef
+        if swapped:
+            return theta, Zvec, Yvec
+        return theta, Yvec, Zvec
+    M = np.swapaxes(U64, -1, -2) @ V64  # (..., p, q), p >= q
+    cos = np.clip(np.linalg.svd(M, compute_uv=False), 0.0, 1.0)  # descending
     theta = np.arccos(cos)  # ascending; accurate where cos <= 1/sqrt(2)
     small = theta < _QUARTER_PI
-    if not vectors:
-        # The sine branch only for the batch entries that have a small angle.
-        rows = np.any(small, axis=-1)
-        if not rows.any():
-            return theta
-        if rows.all():
-            B = V64 - U64 @ M  # (I - U U^T) V
-            sin = np.linalg.svd(B, compute_uv=False)  # descending
-        else:
-            batch = M.shape[:-2]
-            Ub = np.broadcast_to(U64, (*batch, *U64.shape[-2:]))[rows]
-            Vb = np.broadcast_to(V64, (*batch, *V64.shape[-2:]))[rows]
-            sin = np.linalg.svd(Vb - Ub @ M[rows], compute_uv=False)
-            theta = theta.copy()
-            small = small[rows]
-        sin_asc = np.clip(sin[..., ::-1], 0.0, 1.0)
-        if rows.all():
-            return np.where(small, np.arcsin(sin_asc), theta)
-        theta[rows] = np.where(small, np.arcsin(sin_asc), theta[rows])
+    # The sine branch only for the batch entries that have a small angle.
+    rows = np.any(small, axis=-1)
+    if not rows.any():
         return theta
+    if rows.all():
+        sin = np.linalg.svd(V64 - U64 @ M, compute_uv=False)  # (I - U U^T) V; descending
+        return np.where(small, np.arcsin(np.clip(sin[..., ::-1], 0.0, 1.0)), theta)
+    batch = M.shape[:-2]
+    Ub = np.broadcast_to(U64, (*batch, *U64.shape[-2:]))[rows]
+    Vb = np.broadcast_to(V64, (*batch, *V64.shape[-2:]))[rows]
+    sin = np.linalg.svd(Vb - Ub @ M[rows], compute_uv=False)
+    theta = theta.copy()
+    theta[rows] = np.where(small[rows], np.arcsin(np.clip(sin[..., ::-1], 0.0, 1.0)), theta[rows])
+    return theta
+
+
+def _sine_branch(theta: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Which angles (ascending, last axis) to take from the sine branch, for vectors.
+
+    Angles alone may switch branches at pi/4.  Principal *vectors* come from
+    two different SVDs, and a cluster of (nearly) equal angles split between
+    them would get two unrelated bases of its subspace.  So the switch is put
+    in the widest gap between consecutive angles at which both branches are
+    still accurate: between pi/6 and pi/3 (there ``1 / sin`` and ``1 / cos``,
+    the error amplification of arccos and arcsin, are at most 2).
+    """
+    q = theta.shape[-1]
+    pad = np.full((*theta.shape[:-1], 1), np.inf)
+    below = np.concatenate([-pad, theta], axis=-1)  # the last sine-branch angle
+    above = np.concatenate([theta, pad], axis=-1)  # the first cosine-branch angle
+    ok = (above >= np.pi / 6) & (below <= np.pi / 3)
+    k = np.argmax(np.where(ok, above - below, -1.0), axis=-1)
+    return np.arange(q) < k[..., None]
+
+
+def _principal_frames(
+    U64: NDArray[np.float64], V64: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Angles and principal frames of bases with ``p >= q`` (no checks).
+
+    Returns ``theta`` (ascending, shape ``(..., q)``), ``Ycoef`` (``p x q``)
+    and ``Zcoef`` (``q x q``) with the principal vectors ``Y = U Ycoef`` and
+    ``Z = V Zcoef``, and ``Q`` (``n x q``), unit vectors orthogonal to
+    ``span(U)`` with ``Z = Y cos(theta) + Q sin(theta)`` column by column.
+    For the sine-branch angles ``Q`` and ``Z`` are the singular vectors of
+    ``(I - U U^T) V``, so they are accurate for tiny angles, and
+    ``Q diag(theta) Ycoef^T`` is the logarithm ``log_U(V)`` when ``p = q``.
+    """
+    M = np.swapaxes(U64, -1, -2) @ V64  # (..., p, q), p >= q
+    Yc, cos, Zct = np.linalg.svd(M, full_matrices=False)  # cos descending
+    theta = np.arccos(np.clip(cos, 0.0, 1.0))  # ascending
+    small = _sine_branch(theta)
     B = V64 - U64 @ M  # (I - U U^T) V
-    _, sin, Zst = np.linalg.svd(B, full_matrices=False)  # sin descending
+    Qs, sin, Zst = np.linalg.svd(B, full_matrices=False)  # sin descending
+    Qs = Qs[..., ::-1]  # ascending sine order
+    Zs = np.swapaxes(Zst, -1, -2)[..., ::-1]
     sin_asc = np.clip(sin[..., ::-1], 0.0, 1.0)
     theta = np.where(small, np.arcsin(sin_asc), theta)
-    # Principal vectors in span(V): right singular vectors of B for the small
-    # angles, of M for the others.  Both are eigenvectors of the same
-    # symmetric matrix V^T (I - U U^T) V, so the two sets are orthogonal.
+    # In span(V): right singular vectors of B for the sine-branch angles, of
+    # M for the others (eigenvectors of the same symmetric V^T (I - U U^T) V).
     Zc = np.swapaxes(Zct, -1, -2)
-    Zs = np.swapaxes(Zst, -1, -2)[..., ::-1]  # ascending sine order
-    Zcoef = np.where(small[..., None, :], Zs, Zc)
-    Zvec = V64 @ Zcoef
-    # In span(U): for a small angle, U U^T z / cos is well conditioned
-    # (cos >= 1/sqrt(2)); for a large one take the left singular vectors of M.
+    mask = small[..., None, :]
+    Zcoef = np.where(mask, Zs, Zc)
+    # In span(U): for a sine-branch angle (below pi/3), M z / cos is well
+    # conditioned (cos >= 1/2); for the others, the left singular vectors of M.
     with np.errstate(divide="ignore", invalid="ignore"):
         Yproj = (M @ Zcoef) / np.where(small, np.cos(theta), 1.0)[..., None, :]
-    Ycoef = np.where(small[..., None, :], Yproj, Yc)
-    Yvec = U64 @ Ycoef
-    if swapped:
-        return theta, Zvec, Yvec
-    return theta, Yvec, Zvec
+    Ycoef = np.where(mask, Yproj, Yc)
+    # Orthogonal to span(U): left singular vectors of B for the sine branch;
+    # for the others (angles above pi/6, so |B z| >= 1/2) B z normalised.
+    BZ = B @ Zc
+    norm = np.sqrt(np.sum(BZ * BZ, axis=-2, keepdims=True))
+    Q = np.where(mask, Qs, BZ / np.where(norm > 0, norm, 1.0))
+    return theta, Ycoef, Zcoef, Q

@@ -8,7 +8,8 @@ axes, ``(..., n, p)``, which broadcast against each other.
 Tangent vectors at ``U`` are ``n x p`` matrices ``X`` with ``U^T X = 0`` (the
 horizontal space of the quotient Stiefel(n, p) / O(p)); the metric is
 ``<X, Y> = tr(X^T Y)``, under which the geodesic distance is the 2-norm of the
-principal angles (:func:`grassbundle.dist`).  A tangent vector belongs to the
+principal angles (:func:`grassbundle.dist`).  The formulas follow [EAS98]_ and
+[BZA24]_.  A tangent vector belongs to the
 basis it was built on: the same direction at ``U Q`` is ``X Q``.
 
 All arithmetic is in float64 whatever the input dtype (float16, float32,
@@ -39,6 +40,7 @@ from ._checks import (
     check_same_point_shape,
     check_tangent_shape,
 )
+from .angles import _principal_frames
 
 __all__ = [
     "as_point",
@@ -290,18 +292,21 @@ def _exp(U: F64, X: F64) -> F64:
 def log(U: ArrayLike, V: ArrayLike) -> F64:
     """Riemannian logarithm: the shortest tangent vector at ``U`` pointing to ``span(V)``.
 
-    The construction [BZA24]_ (Algorithm 5.3) uses SVDs only, never a solve
-    with the possibly singular ``U^T V``:
+    Built from the principal angles and vectors, with SVDs only, never a
+    solve with the possibly singular ``U^T V`` (compare [BZA24]_, Algorithm
+    5.3).  With principal vectors ``Y = U Ycoef`` in ``span(U)`` and ``Z`` in
+    ``span(V)``, write ``Z = Y cos(theta) + Q sin(theta)`` with ``Q``
+    orthonormal and orthogonal to ``span(U)``; then
 
-    1. align ``V``: with the SVD ``U^T V = A diag(c) B^T``, ``Y = V B A^T`` spans
-       ``V`` and ``U^T Y = A diag(c) A^T`` is symmetric positive semi-definite;
-    2. the thin SVD ``(I - U U^T) Y = Q diag(s) R^T`` gives the sines ``s`` and
-       the directions ``Q`` (the sine-branch principal vectors: accurate for
-       tiny angles);
-    3. the cosines in the same basis, ``c_R = diag(R^T U^T Y R)``, and the
-       angles ``theta = arctan2(s, c_R)``: accurate to roundoff in absolute
-       terms both near 0 (from ``s``) and near pi/2 (from ``c_R``);
-    4. ``log_U(V) = Q diag(theta) R^T``.
+        ``log_U(V) = Q diag(theta) Ycoef^T``.
+
+    ``Q`` is never obtained by dividing by a small sine: for the small angles
+    (sine branch) ``Q`` and ``Z`` are the singular vectors of
+    ``(I - U U^T) V``, whose singular values are the sines; for the others
+    ``Q = (I - U U^T) Z / sin(theta)`` with ``sin(theta) >= 1/2``.  The angles
+    are those of :func:`grassbundle.principal_angles` (absolute accuracy about
+    1e-15 near 0 and near pi/2), and the two branches meet in the widest gap
+    between pi/6 and pi/3 so that no cluster of equal angles is split.
 
     Parameters
     ----------
@@ -329,14 +334,8 @@ def log(U: ArrayLike, V: ArrayLike) -> F64:
 
 
 def _log(U: F64, V: F64) -> F64:
-    A, c, Bt = np.linalg.svd(_T(U) @ V)
-    At = _T(A)
-    Y = V @ (_T(Bt) @ At)
-    S = (A * c[..., None, :]) @ At  # U^T Y, symmetric PSD
-    Q, s, Rt = np.linalg.svd(Y - U @ S, full_matrices=False)
-    c_R = np.einsum("...ij,...jk,...ik->...i", Rt, S, Rt)
-    theta = np.arctan2(s, np.clip(c_R, 0.0, None))
-    return (Q * theta[..., None, :]) @ Rt
+    theta, Ycoef, _, Q = _principal_frames(U, V)
+    return (Q * theta[..., None, :]) @ _T(Ycoef)
 
 
 def geodesic(U: ArrayLike, V: ArrayLike, t: ArrayLike) -> F64:
@@ -379,7 +378,8 @@ def geodesic(U: ArrayLike, V: ArrayLike, t: ArrayLike) -> F64:
 def parallel_transport(U: ArrayLike, V: ArrayLike, X: ArrayLike) -> F64:
     """Parallel transport of the tangent vector ``X`` at ``U`` to ``V`` along the shortest geodesic.
 
-    With the direction ``H = log_U(V) = W diag(s) Z^T`` (thin SVD), the
+    With the direction ``H = log_U(V) = W diag(s) Z^T`` (in SVD form, as
+    :func:`log` builds it: ``s`` the principal angles), the
     Levi-Civita transport along ``t -> exp_U(t H)`` is [EAS98]_ (Theorem 2.4)
 
         ``tau X = (-U Z diag(sin s) W^T + W diag(cos s) W^T + I - W W^T) X``,
@@ -413,8 +413,9 @@ def parallel_transport(U: ArrayLike, V: ArrayLike, X: ArrayLike) -> F64:
     check_tangent_shape(U64, X64, "U", "X")
     broadcast_batch(U64, V64, X64, names=("U", "V", "X"))
     X64 = _project_tangent(U64, X64)
-    H = _log(U64, V64)
-    W, s, Zt = np.linalg.svd(H, full_matrices=False)
+    # log_U(V) = W diag(s) Z^T in SVD form straight from the principal frames
+    s, Z, _, W = _principal_frames(U64, V64)
+    Zt = _T(Z)
     sin = np.sin(s)[..., None, :]
     cos = np.cos(s)[..., None, :]
     WtX = _T(W) @ X64

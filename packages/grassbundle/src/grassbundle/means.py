@@ -4,8 +4,9 @@
   projectors ``P`` of rank ``p``, i.e. the top-``p`` eigenspace of
   ``sum_i w_i P_i`` (Ky Fan).  Closed form, one SVD.
 - :func:`karcher_mean`: the minimiser of ``(1/2) sum_i w_i dist(U, U_i)^2``
-  (intrinsic, geodesic distance), by Riemannian gradient descent from the
-  chordal mean, with a result object that reports convergence.
+  (intrinsic, geodesic distance) [Kar77]_, by Riemannian gradient descent
+  with Armijo backtracking [AMS08]_ from the chordal mean, with a result
+  object that reports convergence.
 
 Points are stacked along the axis before the matrix axes: ``(..., k, n, p)``
 for ``k`` points, with optional leading batch axes.  All arithmetic is float64

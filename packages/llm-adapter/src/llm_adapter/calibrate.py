@@ -126,6 +126,99 @@ def _accumulate(
     return grams
 
 
+class _Stop(Exception):
+    """Raised by the catcher once the first block's inputs are captured."""
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_move(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _accumulate_layerwise(
+    model: nn.Module,
+    families: Sequence[str],
+    windows: torch.Tensor,
+    batch_size: int,
+    progress: bool,
+    device: torch.device,
+) -> dict[str, list[torch.Tensor]]:
+    """SVD-LLM's low-resource mode: one block at a time on ``device``.
+
+    The inputs of the first block are captured once (embedding forward only),
+    then each block in turn is moved to ``device``, run on every batch with
+    hooks on its targeted maps, and moved back; its outputs are the next
+    block's inputs.  Only one block's weights and Grams are on ``device`` at
+    a time.
+    """
+    from .models import _layers
+
+    layers = _layers(model)
+    spec_paths = {f: family_modules(model, f) for f in families}
+    captured: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]] = []
+    first = layers[0]
+
+    class Catcher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_type = getattr(first, "attention_type", None)
+
+        def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            captured.append((hidden.to(device), _move(args, device), _move(kwargs, device)))
+            raise _Stop
+
+    layers[0] = Catcher()
+    try:
+        with torch.no_grad():
+            for s in range(0, windows.shape[0], batch_size):
+                batch = windows[s : s + batch_size].to(model_device(model))
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        layers[0] = first
+    grams: dict[str, list[torch.Tensor]] = {f: [] for f in families}
+    home = [next(layer.parameters()).device for layer in layers]
+    for i in tqdm(
+        range(len(layers)), desc="calibration (layer-wise)", unit="layer", disable=not progress
+    ):
+        layer = layers[i]
+        layer.to(device)
+        handles = []
+        local: dict[str, torch.Tensor] = {}
+        for f in families:
+            module = spec_paths[f][i]
+            n = int(module.in_features)
+            gram = torch.zeros(n, n, dtype=torch.float64, device=device)
+            local[f] = gram
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], gram: torch.Tensor = gram) -> None:
+                x2 = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+                gram.addmm_(x2.T, x2)
+
+            handles.append(module.register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                for j, (hidden, args, kwargs) in enumerate(captured):
+                    out = layer(hidden, *args, **kwargs)
+                    captured[j] = (out[0] if isinstance(out, tuple) else out, args, kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+            layer.to(home[i])
+        for f in families:
+            grams[f].append(local[f].cpu())
+    return grams
+
+
 def calibrate(
     model: nn.Module,
     tokenizer: Any,
@@ -140,6 +233,8 @@ def calibrate(
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    layerwise: bool = False,
+    device: str | torch.device | None = None,
 ) -> CalibrationStats:
     """Input covariances of the targeted maps on calibration text.
 
@@ -164,6 +259,12 @@ def calibrate(
         Windows per forward pass.
     progress : bool
         Show a tqdm progress bar.
+    layerwise : bool, default False
+        SVD-LLM's low-resource mode: run one transformer block at a time on
+        ``device`` (the model may stay on the CPU), holding one block's
+        weights and Grams there at a time.  Not with ``device_map`` models.
+    device : str or torch.device, optional
+        Where the layer-wise pass runs; default the model's device.
 
     Returns
     -------
@@ -228,7 +329,15 @@ def calibrate(
     seconds = 0.0
     if missing:
         t0 = time.perf_counter()
-        grams = _accumulate(model, missing, windows, batch_size, progress)
+        if layerwise:
+            from .models import resolve_device
+
+            run_on = resolve_device(device) if device is not None else model_device(model)
+            if getattr(model, "hf_device_map", None):
+                raise AdapterError("layer-wise calibration does not combine with --device-map")
+            grams = _accumulate_layerwise(model, missing, windows, batch_size, progress, run_on)
+        else:
+            grams = _accumulate(model, missing, windows, batch_size, progress)
         for f in missing:
             C = torch.stack([g.cpu() for g in grams[f]]).numpy() / tokens
             if not np.all(np.isfinite(C)):

@@ -157,6 +157,10 @@ class CompressionConfig:
             raise AdapterError(
                 f"--coupling applies to --method bundle only; got --method {self.method}"
             )
+        if self.coupling > 0 and math.isinf(self.lam):
+            raise AdapterError(
+                "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
+            )
         if self.coupling > 0 and self.tying != 1:
             raise AdapterError(
                 "soft coupling couples untied sections: use --tying 1 with --coupling; "
@@ -364,7 +368,11 @@ def _output_side_section(
         elif config.method == "svd-llm":
             section = gbb.anchor_section(problem)
         elif config.coupling > 0:
-            section = _coupled_section(problem, config)
+            coupled = _coupled_section(problem, config)
+            # per-layer bases (L, m, d): evaluated as an untied section
+            section = gbb.evaluate_section(
+                problem, coupled.bases, np.arange(problem.L), lam=float(config.lam)
+            )
         else:
             section = gbb.solve(problem, float(config.lam), int(config.tying))
     except ValueError as exc:
@@ -389,14 +397,10 @@ def _output_side_section(
 
 
 def _coupled_section(problem: Any, config: CompressionConfig) -> Any:
-    try:
-        from grassbundle import coupling as gbc
-    except ImportError:
-        raise AdapterError(
-            "soft coupling (--coupling > 0) needs grassbundle.coupling, "
-            "which this grassbundle lacks"
-        ) from None
-    return gbc.solve_coupled(problem, float(config.lam), float(config.coupling))
+    """Soft-coupled untied section (block-coordinate eigen-steps, grassbundle.coupling)."""
+    from grassbundle.coupling import solve_coupled
+
+    return solve_coupled(problem, float(config.lam), float(config.coupling))
 
 
 def check_config(
@@ -643,6 +647,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     p.add_argument("--cache-dir", default=None, help="calibration statistics cache")
     p.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="low-resource mode: keep the model on the CPU and calibrate one block at a "
+        "time on --device",
+    )
+    p.add_argument(
         "--device", default="auto", help="auto | cpu | cuda (auto takes the GPU when there is one)"
     )
     p.add_argument(
@@ -688,8 +698,13 @@ def run_compress(args: argparse.Namespace) -> int:
             f"method {config.method!r} needs calibration data: pass --calib-text PATH "
             "or --calib-dataset NAME"
         )
+    if args.layerwise and args.device_map is not None:
+        raise AdapterError("--layerwise and --device-map are alternatives; pass one of them")
     model, tokenizer = load_model(
-        args.model, device=args.device, dtype=args.dtype, device_map=args.device_map
+        args.model,
+        device="cpu" if args.layerwise else args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
     )
     families: Sequence[str] = resolve_families(model, list(config.families))
     check_config(model, config, families)
@@ -707,6 +722,8 @@ def run_compress(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             batch_size=args.batch_size,
             progress=not args.json,
+            layerwise=args.layerwise,
+            device=args.device if args.layerwise else None,
         )
     report = compress_model(model, config, stats, progress=not args.json)
     report.model = str(args.model)

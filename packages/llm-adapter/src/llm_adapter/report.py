@@ -2,7 +2,7 @@
 
 ``llm-adapter report RESULTS.jsonl --out DIR`` writes
 
-``DIR/results.md``
+``DIR/results.md`` (and the same table as ``DIR/results.csv``)
     One row per point: errors, perplexity, HellaSwag, parameters kept, and the
     two quantities the paper argues about, both against SVD-LLM on the same
     model, families and d/D: the **Frobenius reduction**
@@ -31,7 +31,14 @@ from typing import Any
 from .errors import AdapterError
 from .sweep import read_results
 
-__all__ = ["frobenius_reduction_rows", "markdown_table", "register", "write_report"]
+__all__ = [
+    "csv_table",
+    "frobenius_reduction_rows",
+    "markdown_table",
+    "register",
+    "table_cells",
+    "write_report",
+]
 
 #: the paper's Pythia-1.4B figures at d/D = 0.25 (lambda = 0 corner against SVD-LLM)
 PAPER_PYTHIA_1B4 = {"frobenius_reduction": 0.372, "ppl": 159.14, "ppl_svd_llm": 50.17}
@@ -93,8 +100,50 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The results table as a header and formatted cells (one row per point, in file order).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+
+    Returns
+    -------
+    head : list of str
+    cells : list of list of str
+    """
+    rows = frobenius_reduction_rows(rows)
+    head = [
+        "point", "families", "d/D", "params kept", "Frob err", "Frob reduction vs SVD-LLM",
+        "act err (calib)", "act err (held-out)", "perplexity", "ppl ratio vs SVD-LLM",
+        "HellaSwag acc", "acc_norm",
+    ]  # fmt: skip
+    body = []
+    for r in rows:
+        fams = ", ".join(r.get("families") or []) or "(none)"
+        kept = "-" if not r.get("params_dense") else f"{r['param_ratio']:.3f}"
+        red = r["frobenius_reduction"]
+        body.append(
+            [
+                r.get("label", r["method"]),
+                fams,
+                "1" if r["method"] == "dense" else _fmt(r.get("rank_ratio"), ".3g"),
+                kept,
+                _fmt(r.get("frobenius_fraction"), ".4f"),
+                "-" if red is None else f"{100 * red:+.1f}%",
+                _fmt(r.get("activation_fraction"), ".4f"),
+                _fmt(r.get("activation_fraction_heldout"), ".4f"),
+                _fmt(r.get("ppl"), ".2f"),
+                _fmt(r.get("ppl_ratio"), ".3f"),
+                _fmt(r.get("hellaswag_acc"), ".3f"),
+                _fmt(r.get("hellaswag_acc_norm"), ".3f"),
+            ]
+        )
+    return head, body
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The results as a Markdown table (one row per point, in file order).
+    """The results as a Markdown table (see :func:`table_cells`).
 
     Parameters
     ----------
@@ -104,33 +153,32 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     -------
     str
     """
-    rows = frobenius_reduction_rows(rows)
-    head = [
-        "point", "families", "d/D", "params kept", "Frob err", "Frob reduction vs SVD-LLM",
-        "act err (calib)", "act err (held-out)", "perplexity", "ppl ratio vs SVD-LLM",
-        "HellaSwag acc", "acc_norm",
-    ]  # fmt: skip
+    head, body = table_cells(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        fams = ", ".join(r.get("families") or []) or "(none)"
-        kept = "-" if not r.get("params_dense") else f"{r['param_ratio']:.3f}"
-        red = r["frobenius_reduction"]
-        cells = [
-            r.get("label", r["method"]),
-            fams,
-            "1" if r["method"] == "dense" else _fmt(r.get("rank_ratio"), ".3g"),
-            kept,
-            _fmt(r.get("frobenius_fraction"), ".4f"),
-            "-" if red is None else f"{100 * red:+.1f}%",
-            _fmt(r.get("activation_fraction"), ".4f"),
-            _fmt(r.get("activation_fraction_heldout"), ".4f"),
-            _fmt(r.get("ppl"), ".2f"),
-            _fmt(r.get("ppl_ratio"), ".3f"),
-            _fmt(r.get("hellaswag_acc"), ".3f"),
-            _fmt(r.get("hellaswag_acc_norm"), ".3f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def csv_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The results as CSV (see :func:`table_cells`), e.g. for Sphinx's ``csv-table``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+
+    Returns
+    -------
+    str
+    """
+    import csv
+    import io
+
+    head, body = table_cells(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(head)
+    writer.writerows(body)
+    return buf.getvalue()
 
 
 def _pyplot() -> Any:
@@ -288,7 +336,7 @@ def write_report(
     Returns
     -------
     dict of str to Path
-        ``table`` and each figure written (``phase_diagram``,
+        ``table`` (Markdown), ``csv`` and each figure written (``phase_diagram``,
         ``frobenius_vs_perplexity``, ``per_layer_errors``).
     """
     files = [results] if isinstance(results, str | Path) else list(results)
@@ -334,6 +382,8 @@ def write_report(
     table = out / "results.md"
     table.write_text("\n".join(lines))
     written["table"] = table
+    written["csv"] = out / "results.csv"
+    written["csv"].write_text(csv_table(rows))
     return written
 
 

@@ -18,7 +18,7 @@ directory, where the command is run)::
     rank_ratios = [0.25]            # d/D values
 
     [calibration]                   # SVD-LLM protocol: seeded random windows
-    text = "../shared/data/wikitext-2/wiki.valid.tokens"
+    text = "../shared/data/wikitext-2/wiki.valid.tokens"   # or dataset = "NAME:CONFIG:SPLIT"
     samples = 256
     seq_len = 128
     seed = 0
@@ -29,7 +29,7 @@ directory, where the command is run)::
     seq_len = 128
     seed = 1
 
-    [evaluation]
+    [evaluation]                    # "hub" reads the hub datasets (needs `datasets`)
     wikitext = "../shared/data/wikitext-2/wiki.test.tokens"
     hellaswag = "../shared/data/hellaswag/hellaswag_val_full.txt.bz2"
     seq_len = 128
@@ -116,8 +116,8 @@ TOP_KEYS = {
     "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir",
 }  # fmt: skip
 SECTION_KEYS = {
-    "calibration": {"text", "samples", "seq_len", "seed", "batch_size"},
-    "heldout": {"text", "samples", "seq_len", "seed", "batch_size"},
+    "calibration": {"text", "dataset", "samples", "seq_len", "seed", "batch_size"},
+    "heldout": {"text", "dataset", "samples", "seq_len", "seed", "batch_size"},
     "evaluation": {
         "wikitext",
         "hellaswag",
@@ -479,7 +479,7 @@ def run_sweep(
     for section, key in (("calibration", "text"), ("heldout", "text"), ("evaluation", "wikitext"),
                          ("evaluation", "hellaswag")):  # fmt: skip
         value = (config.get(section) or {}).get(key)
-        if value is not None and not Path(value).is_file():
+        if value is not None and value != "hub" and not Path(value).is_file():
             raise AdapterError(f"[{section}] {key} = {value!r} is not a file")
     points = expand_points(config)
     if only_methods is not None:
@@ -515,18 +515,22 @@ def run_sweep(
     seq = int(calib.get("seq_len", 2048))
     stats = None
     if families_all:
-        if "text" not in calib:
-            raise AdapterError("[calibration] text is required (a local calibration text file)")
+        if ("text" in calib) == ("dataset" in calib):
+            raise AdapterError(
+                "[calibration] needs exactly one of text (a local file) or dataset "
+                "(hub NAME:CONFIG:SPLIT, e.g. wikitext:wikitext-2-raw-v1:train)"
+            )
         stats = calibrate(
-            base, tokenizer, families_all, text_path=calib["text"],
+            base, tokenizer, families_all,
+            text_path=calib.get("text"), dataset=calib.get("dataset"),
             samples=int(calib.get("samples", 256)), seq_len=seq, seed=int(calib.get("seed", 0)),
             cache_dir=config.get("cache_dir", _default_cache()),
             batch_size=int(calib.get("batch_size", 8)), progress=progress,
         )  # fmt: skip
     held_C: dict[str, np.ndarray] | None = None
-    if families_all and held.get("text"):
+    if families_all and (held.get("text") or held.get("dataset")):
         hstats = calibrate(
-            base, tokenizer, families_all, text_path=held["text"],
+            base, tokenizer, families_all, text_path=held.get("text"), dataset=held.get("dataset"),
             samples=int(held.get("samples", 64)), seq_len=int(held.get("seq_len", seq)),
             seed=int(held.get("seed", 1)), cache_dir=config.get("cache_dir", _default_cache()),
             batch_size=int(held.get("batch_size", 8)), progress=progress,
@@ -535,11 +539,13 @@ def run_sweep(
     dense_W = {f: family_weights(base, f) for f in families_all}
     dense_params = count_unique_parameters(base)
     wiki_ids = None
-    if evaluation.get("wikitext"):
-        wiki_ids = _tokenize(tokenizer, read_wikitext(evaluation["wikitext"]))
+    if evaluation.get("wikitext"):  # "hub": wikitext-2-raw-v1 test through `datasets`
+        source = None if evaluation["wikitext"] == "hub" else evaluation["wikitext"]
+        wiki_ids = _tokenize(tokenizer, read_wikitext(source))
     hs_items = None
-    if evaluation.get("hellaswag"):
-        hs_items = read_hellaswag(evaluation["hellaswag"], limit=evaluation.get("limit"))
+    if evaluation.get("hellaswag"):  # "hub": Rowan/hellaswag validation through `datasets`
+        source = None if evaluation["hellaswag"] == "hub" else evaluation["hellaswag"]
+        hs_items = read_hellaswag(source, limit=evaluation.get("limit"))
     checkpoints = Path(config["checkpoints"]) if config.get("checkpoints") else None
 
     rows = []
