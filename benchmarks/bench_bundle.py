@@ -29,10 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+import grassbundle as gb
 import numpy as np
 import scipy
-
-import grassbundle as gb
 
 HERE = Path(__file__).resolve().parent
 LAMS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, math.inf]
@@ -48,7 +47,10 @@ def haar(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def family(L: int, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """W_l = P diag(s) Q^T, s_i = (1 + i)^-0.6 times a layer scale; C_l = V diag(c) V^T, c_j = (1+j)^-1."""
+    """``W_l = P diag(s) Q^T``, ``s_i = (1 + i)^-0.6`` times a layer scale; ``C_l = V diag(c) V^T``.
+
+    ``c_j = (1 + j)^-1``; ``P, Q, V`` Haar-random.
+    """
     W = np.empty((L, m, m))
     C = np.empty((L, m, m))
     idx = np.arange(m)
@@ -113,7 +115,10 @@ def run_family(name: str, L: int, m: int, d: int, tr_points: int, out: list[str]
     say()
     # trust regions at sample points, and the closed form solved per point
     pts = [(k, lam) for k, lam in TR_POINTS if k <= L][:tr_points]
-    say("Trust regions (pymanopt, exact Euclidean gradient and Hessian, random start) at sample points:")
+    say(
+        "Trust regions (pymanopt, exact Euclidean gradient and Hessian, random start) "
+        "at sample points:"
+    )
     say()
     say(
         "| k | lambda | groups | J closed form | J trust regions | relative difference "

@@ -6,6 +6,8 @@
   signature.  The same check also runs inside the Sphinx build (the
   ``public_api`` extension), where it is an error under ``-W``.
 * Every gallery script ``examples/plot_*.py`` runs to completion.
+* The objective written on docs/theory/formulation.rst, evaluated
+  independently, equals what the code computes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grassbundle as gb
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,4 +189,55 @@ def test_gallery_script_runs(script: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, (
         f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+
+
+# -- the theory pages state the objective exactly as the code computes it -------
+
+
+def test_documented_objective_matches_the_code() -> None:
+    """docs/theory/formulation.rst, evaluated independently, equals ``Section``.
+
+    The page defines omega_l = 1 / ||W_l||_F^2, the anchors as the top-d
+    eigenspaces of M_l = W_l C_l W_l^T, J = sum_l omega_l F_l(U_l) + lam sum_l
+    ||P_U - P_A||_F^2 / (2d), the error fractions, and the minimiser as the
+    top-d eigenspace of K_g(lam) = sum_{l in g} [omega_l N_l + (lam/d) P_{A_l}].
+    All quantities are O(1); 1e-10 relative is far above float64 roundoff in
+    these sums of traces (about 1e-14) and far below any wrong definition
+    (a missing factor of 2 or d changes them by O(1)).
+    """
+    rng = np.random.default_rng(7)
+    L, m, n, d, k, lam = 5, 12, 10, 3, 2, 0.7
+    W = rng.standard_normal((L, m, n))
+    X = rng.standard_normal((L, n, 3 * n))
+    C = X @ np.swapaxes(X, -1, -2) / (3 * n)
+    sec = gb.solve(gb.BundleProblem(W, C, rank=d), lam, k)
+
+    def top(K: np.ndarray) -> np.ndarray:
+        return np.linalg.eigh(K)[1][:, ::-1][:, :d]
+
+    omega = 1.0 / np.einsum("lij,lij->l", W, W)
+    N = W @ np.swapaxes(W, -1, -2)
+    M = W @ C @ np.swapaxes(W, -1, -2)
+    P_A = np.stack([top(M[l]) @ top(M[l]).T for l in range(L)])
+    groups = np.arange(L) // k
+    for g in range(groups.max() + 1):
+        layers = np.flatnonzero(groups == g)
+        K = sum(omega[l] * N[l] + (lam / d) * P_A[l] for l in layers)
+        assert np.max(gb.principal_angles(top(K), sec.bases[g])) < 1e-8
+    U = sec.layer_bases
+    P_U = U @ np.swapaxes(U, -1, -2)
+    F = np.array([np.linalg.norm(W[l] - P_U[l] @ W[l]) ** 2 for l in range(L)])
+    A = np.array(
+        [np.trace((W[l] - P_U[l] @ W[l]) @ C[l] @ (W[l] - P_U[l] @ W[l]).T) for l in range(L)]
+    )
+    anchor_dist = np.array([np.linalg.norm(P_U[l] - P_A[l]) ** 2 / (2 * d) for l in range(L)])
+    rtol = 1e-10
+    np.testing.assert_allclose(sec.frobenius_error, F * omega, rtol=rtol)
+    np.testing.assert_allclose(sec.activation_error, A / np.trace(M, axis1=1, axis2=2), rtol=rtol)
+    np.testing.assert_allclose(sec.anchor_distance, anchor_dist, rtol=rtol)
+    np.testing.assert_allclose(sec.weight_term, np.sum(omega * F), rtol=rtol)
+    np.testing.assert_allclose(sec.anchor_term, lam * np.sum(anchor_dist), rtol=rtol)
+    np.testing.assert_allclose(
+        sec.objective, np.sum(omega * F) + lam * np.sum(anchor_dist), rtol=rtol
     )

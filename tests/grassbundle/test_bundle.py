@@ -345,18 +345,25 @@ def test_phase_diagram_equals_pointwise_solve(prob):
     assert again.objective == pytest.approx(pd.objective[1, 2], rel=1e-14)
 
 
-def test_phase_diagram_dense_route_and_torch_path():
+@pytest.mark.parametrize("metric", ["weight", "activation"])
+def test_phase_diagram_dense_route_and_torch_path(metric):
     pytest.importorskip("torch")
-    W, C = family(4, 12, 12, np.random.default_rng(12))  # n >= m: dense route
-    p = BundleProblem(W, C, rank=3)
+    W, C = family(4, 12, 12, np.random.default_rng(12))  # n >= m: projector route
+    p = BundleProblem(W, C, rank=3, metric=metric)
     lams, ks = [0.0, 0.5, 4.0], [1, 2, 4]
     ref = gb.phase_diagram(p, lams, ks)
     via_torch = gb.phase_diagram(p, lams, ks, device="cpu")
     np.testing.assert_allclose(via_torch.objective, ref.objective, rtol=OBJ_RTOL)
     for qi, k in enumerate(ks):
         for pi, lam in enumerate(lams):
-            assert ref.objective[qi, pi] == pytest.approx(
-                gb.solve(p, lam, k).objective, rel=OBJ_RTOL
+            sec = gb.solve(p, lam, k)
+            assert ref.objective[qi, pi] == pytest.approx(sec.objective, rel=OBJ_RTOL)
+            np.testing.assert_allclose(ref.frobenius_error[qi, pi], sec.frobenius_error, rtol=1e-9)
+            np.testing.assert_allclose(
+                ref.activation_error[qi, pi], sec.activation_error, rtol=1e-9
+            )
+            np.testing.assert_allclose(
+                ref.anchor_distance[qi, pi], sec.anchor_distance, rtol=1e-8, atol=1e-13
             )
 
 

@@ -107,6 +107,18 @@ def test_as_point_validates_and_converts() -> None:
     assert as_point(V, atol=1e-7).shape == (8, 3)
 
 
+@pytest.mark.parametrize(("dtype", "n"), [(np.float32, 2048), (np.float16, 64)])
+def test_default_tolerance_admits_rounded_low_precision_bases(dtype: type, n: int) -> None:
+    """A float64 basis rounded to float32/float16 is accepted as it is (the
+    default tolerance scales with the dtype's eps), and converted to float64."""
+    U = random_point(n, 16, rng=22).astype(dtype)
+    out = as_point(U)
+    assert out.dtype == np.float64
+    # ...while a genuinely non-orthonormal one of the same dtype is not
+    with pytest.raises(ValueError, match="not an orthonormal basis"):
+        as_point((1.05 * U.astype(np.float64)).astype(dtype))
+
+
 def test_as_point_orthonormalize_keeps_span_and_is_closest() -> None:
     rng = np.random.default_rng(3)
     X = rng.standard_normal((2, 9, 4))

@@ -74,8 +74,11 @@ def test_config_is_gpt_neox_with_pythia_features(model: GPTNeoXForCausalLM) -> N
     assert cfg.hidden_size % cfg.num_attention_heads == 0
     assert cfg.intermediate_size == 4 * cfg.hidden_size
     # untied embeddings: two distinct tensors with different values
-    params = dict(model.named_parameters(remove_duplicate=False))
-    emb_in, emb_out = params["gpt_neox.embed_in.weight"], params["embed_out.weight"]
+    # (the output head is `embed_out` in the file, `lm_head` in transformers 5)
+    lm: Any = model
+    emb_in = lm.get_input_embeddings().weight
+    emb_out = lm.get_output_embeddings().weight
+    assert emb_in.shape == emb_out.shape == (cfg.vocab_size, cfg.hidden_size)
     assert emb_in.data_ptr() != emb_out.data_ptr()
     assert not torch.equal(emb_in, emb_out)
     assert emb_in.dtype == torch.float32
@@ -153,16 +156,15 @@ def test_reported_test_perplexity_reproduces(
     """
     with (shared_data / "wikitext-2" / "wiki.test.tokens").open(encoding="utf-8") as f:
         lines = f.readlines()
-    ids: list[int] = []
-    for line in lines:
-        ids.extend(tokenizer(line, add_special_tokens=False)["input_ids"])
+    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
+    ids = [i for line_ids in encoded for i in line_ids]
     assert len(ids) == training["test_tokens"]
     seq = training["eval_seq"]
     n = len(ids) // seq
     windows = torch.tensor(ids[: n * seq]).reshape(n, seq)
     losses = []
-    with torch.no_grad():
-        for chunk in windows.split(64):
+    with torch.inference_mode():
+        for chunk in windows.split(128):
             logits = model(input_ids=chunk).logits[:, :-1].double()
             nll = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), chunk[:, 1:], reduction="none"

@@ -272,7 +272,8 @@ def test_experiment_configs_parse(name: str) -> None:
     config = sw.load_config(path)
     points = sw.expand_points(config)
     methods = {p.method for p in points}
-    assert {"dense", "svd", "svd-llm", "basis-sharing", "bundle"} <= methods
+    assert {"svd", "svd-llm", "basis-sharing", "bundle"} <= methods
+    assert ("dense" in methods) == config.get("baseline", True)
     assert all(p.rank_ratio == 0.25 for p in points if p.method != "dense")
     keys = [sw.point_key(p, {"x": 1}) for p in points]
     assert len(set(keys)) == len(keys)

@@ -7,6 +7,9 @@ are the singular values of ``U^T V`` and the sines the singular values of
 angle near pi/2, so each angle is taken from whichever of the two is small:
 the sine below pi/4 and the cosine above.  Both branches are accurate to a
 few units of roundoff in absolute terms, about 1e-15 for float64 input.
+Principal vectors come from the same two SVDs; for them the switch moves to
+the widest gap between consecutive angles in [pi/6, pi/3], so that a cluster
+of equal angles is never split between two unrelated bases.
 
 All arithmetic is done in float64 whatever the input dtype; the angles are
 returned as float64.

@@ -276,7 +276,7 @@ class BundleProblem:
 
     # -- factors ---------------------------------------------------------
     def energy_factor(self, l: int) -> F64:
-        """Factor ``X_l`` with ``X_l X_l^T = E_l``: ``W_l`` or ``W_l C_l^{1/2}`` (activation).
+        """Factor ``X_l`` with ``X_l X_l^T = E_l``: ``W_l``, or ``W_l R_l`` (``R_l R_l^T = C_l``).
 
         Parameters
         ----------
@@ -399,6 +399,8 @@ class Section:
     activation_error : ndarray, shape=[L], or None
         ``A_l(U_l) / tr(M_l)``, the activation error fraction (squared-norm
         ratio); None when the problem has no covariances.
+    info : dict
+        Free-form details (empty from the closed-form solvers).
     """
 
     bases: F64

@@ -439,6 +439,14 @@ def theorem_b(
 ) -> TheoremReport:
     """Theorem B: the ``lam = 0`` tied frame minimises the group energy over shared frames.
 
+    Proof: a shared frame ``U`` gives the group the energy ``sum_{l in g}
+    omega_l E_l(U) = tr K_g - tr(U^T K_g U)``, minimised by the top-``d``
+    eigenspace of ``K_g`` (Ky Fan), which is what the ``lam = 0`` closed form
+    returns; the Basis Sharing frame is one shared frame, so it cannot do
+    better, and by the principal-angle expansion it does worse by at least
+    ``(mu_d - mu_{d+1}) ||sin Theta||_F^2 > 0`` whenever it differs and the
+    eigengap is positive.
+
     For each consecutive group ``g`` with ``K_g = sum_{l in g} omega_l E_l``
     and group energy ``E_g(U) = tr K_g - tr(U^T K_g U) = sum_{l in g} omega_l
     E_l(U)``, the frame ``U_g = solver(problem, 0, k)`` must
@@ -567,6 +575,15 @@ def principal_angle_expansion(
 
         E(U) - E(U*) = sum_i sin^2(theta_i) (r_i^T K r_i - q_i^T K q_i)
         (mu_d - mu_{d+1}) ||sin Theta||_F^2 <= E(U) - E(U*) <= (mu_1 - mu_m) ||sin Theta||_F^2
+
+    Proof: the principal vectors of ``U`` are ``u_i = cos(theta_i) r_i +
+    sin(theta_i) q_i`` with ``q_i`` orthonormal and orthogonal to ``U*``;
+    ``r_i^T K q_j = 0`` because ``K`` maps ``U*`` into itself, so
+    ``tr(U^T K U) = sum_i [cos^2 r_i^T K r_i + sin^2 q_i^T K q_i]``, while
+    ``tr(U*^T K U*) = sum_i r_i^T K r_i`` (the ``r_i`` are an orthonormal basis
+    of ``U*``); subtracting gives the expansion.  With ``U*`` the top-``d``
+    eigenspace, ``r_i^T K r_i >= mu_d`` and ``q_i^T K q_i <= mu_{d+1}`` (and
+    both lie in ``[mu_m, mu_1]``), which gives the bounds.
 
     The left side is computed from the traces, the right side from the
     principal vectors.  Relative errors are reported for the frames whose gap
