@@ -67,7 +67,9 @@ def fmt_s(x: float) -> str:
     return f"{x:.2f} s" if x >= 0.1 else f"{1e3 * x:.1f} ms"
 
 
-def run_family(name: str, L: int, m: int, d: int, tr_points: int, out: list[str]) -> None:
+def run_family(
+    name: str, L: int, m: int, d: int, tr_points: int, out: list[str], device: str | None = None
+) -> None:
     def say(line: str = "") -> None:
         print(line, flush=True)
         out.append(line)
@@ -82,7 +84,7 @@ def run_family(name: str, L: int, m: int, d: int, tr_points: int, out: list[str]
     t_setup = time.perf_counter() - t0
     ks = [k for k in KS if k <= L]
     t0 = time.perf_counter()
-    pd = gb.phase_diagram(problem, LAMS, ks, return_bases=False)
+    pd = gb.phase_diagram(problem, LAMS, ks, return_bases=False, device=device)
     t_pd = time.perf_counter() - t0
     npts = len(LAMS) * len(ks)
     ngroups = sum(math.ceil(L / k) for k in ks)
@@ -92,7 +94,8 @@ def run_family(name: str, L: int, m: int, d: int, tr_points: int, out: list[str]
     say(f"- problem set-up (covariance factors + {L} SVD-LLM anchors): {fmt_s(t_setup)}")
     say(
         f"- phase diagram: {len(LAMS)} lambdas x {len(ks)} k = {npts} grid points "
-        f"({ngroups * len(LAMS)} group eigenproblems): **{fmt_s(t_pd)}** "
+        f"({ngroups * len(LAMS)} group eigenproblems, device {device or 'numpy'}): "
+        f"**{fmt_s(t_pd)}** "
         f"({fmt_s(t_pd / npts)} per grid point)"
     )
     say()
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         help="1.4B-shaped family at 1024 x 1024, d = 256 (or GRASSBUNDLE_BENCH_REDUCED=1)",
     )
     ap.add_argument("--tr-points", type=int, default=3)
+    ap.add_argument("--device", default=None, help="torch device for the eigensolves, e.g. cuda")
     ap.add_argument("--out", default=str(HERE / "results" / "bundle.md"))
     args = ap.parse_args(argv)
     out: list[str] = []
@@ -186,19 +190,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min; the cores are shared); "
         f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}; "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}. "
-        "No GPU: the `device=` torch path of `phase_diagram` is not measured here."
+        + (
+            f"Eigensolves on torch device {args.device}."
+            if args.device
+            else "No GPU used: the `device=` torch path of `phase_diagram` is not measured here."
+        )
     )
     out.append("")
     for line in out:
         print(line, flush=True)
     t_all = time.perf_counter()
     if args.family in ("70m", "all"):
-        run_family("70M-shaped", 6, 512, 128, args.tr_points, out)
+        run_family("70M-shaped", 6, 512, 128, args.tr_points, out, args.device)
     if args.family in ("1.4b", "all"):
         if args.reduced:
-            run_family("1.4B-shaped, reduced to 1024", 24, 1024, 256, args.tr_points, out)
+            run_family(
+                "1.4B-shaped, reduced to 1024", 24, 1024, 256, args.tr_points, out, args.device
+            )
         else:
-            run_family("1.4B-shaped", 24, 2048, 512, args.tr_points, out)
+            run_family("1.4B-shaped", 24, 2048, 512, args.tr_points, out, args.device)
     load = os.getloadavg()
     tail = (
         f"Total {fmt_s(time.perf_counter() - t_all)}; load average at end "

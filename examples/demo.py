@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     svdllm = reports["svd-llm"].families[FAMILY]
     bundle = reports["bundle"].families[FAMILY]
     cfg: Any = dense.config
-    print(f"llm-adapter demo: {name}")
+    shown = "neox-tiny (shipped with llm-adapter)" if args.model is None else name
+    print(f"llm-adapter demo: {shown}")
     print(
         f"  GPT-NeoX, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"{sum(p.numel() for p in dense.parameters()):,} parameters"
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         "layers (Theorem B)"
     )
     print()
-    print("parameters kept in the family")
+    print(
+        f"parameters kept in the family (a rank-d factorisation of an m x n map keeps "
+        f"d(m+n)/(mn) = {svdllm.rank * (svdllm.m + svdllm.n) / (svdllm.m * svdllm.n):.3f})"
+    )
     for key, r in (("SVD-LLM", svdllm), ("bundle", bundle)):
         print(f"  {key:<8} {r.params_kept:,} of {r.params_dense:,} ({r.param_ratio:.3f})")
 

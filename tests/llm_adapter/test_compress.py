@@ -291,3 +291,12 @@ def test_soft_coupling_needs_finite_lam() -> None:
         CompressionConfig(method="bundle", lam=math.inf, coupling=1.0)
     with pytest.raises(AdapterError, match="use --tying 1 with --coupling"):
         CompressionConfig(method="bundle", tying=2, coupling=1.0)
+
+
+def test_no_saving_warns() -> None:
+    # attention.query_key_value is 96 x 32: d = 24 keeps 24 * 128 = 3072 = 96 * 32 weights
+    model = _model()
+    with pytest.warns(UserWarning, match="no smaller than the dense maps"):
+        compress_model(
+            model, CompressionConfig(method="svd", families=("attention.query_key_value",))
+        )

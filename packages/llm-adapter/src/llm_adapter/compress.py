@@ -38,6 +38,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -528,6 +529,13 @@ def compress_model(
             side = "left"
             G = int(groups.max()) + 1
             params_kept = G * m * d + L * d * n
+        if params_kept >= L * m * n:
+            warnings.warn(
+                f"rank d = {d} keeps {params_kept} of {L * m * n} weights of {family} "
+                f"({m}x{n}): the factors are no smaller than the dense maps; use a smaller ratio",
+                UserWarning,
+                stacklevel=2,
+            )
         t1 = time.perf_counter()
         modules = family_modules(model, family)
         names = family_module_names(model, family)

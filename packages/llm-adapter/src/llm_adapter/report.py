@@ -133,7 +133,7 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
                 "-" if red is None else f"{100 * red:+.1f}%",
                 _fmt(r.get("activation_fraction"), ".4f"),
                 _fmt(r.get("activation_fraction_heldout"), ".4f"),
-                _fmt(r.get("ppl"), ".2f"),
+                _fmt(r.get("ppl"), ".3f"),
                 _fmt(r.get("ppl_ratio"), ".3f"),
                 _fmt(r.get("hellaswag_acc"), ".3f"),
                 _fmt(r.get("hellaswag_acc_norm"), ".3f"),
