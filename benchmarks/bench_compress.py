@@ -64,7 +64,7 @@ METHODS: dict[str, dict[str, Any]] = {
 #: model label -> calibration protocol (windows x tokens); kept short on CPU
 MODELS: dict[str, dict[str, int]] = {
     "neox-mini": {"samples": 64, "seq_len": 256},
-    "pythia-1.4b-shape": {"samples": 4, "seq_len": 256},
+    "pythia-1.4b-shape": {"samples": 2, "seq_len": 256},
 }
 
 
@@ -177,7 +177,11 @@ def worker(model_name: str, method: str, device: str, seed: int, threads: int) -
 def run_one(model: str, method: str, device: str, seed: int, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", model, method, "--device", device]
     cmd += ["--seed", str(seed), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+    env = dict(os.environ)
+    if threads > 0:  # the BLAS under numpy / scipy too, not only torch's own threads
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{model} / {method} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -228,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated method labels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch and BLAS threads per worker (0: defaults)"
+    )
     p.add_argument("--out", type=Path, default=None, help="results file (default: results/)")
     args = p.parse_args(argv)
     if args.worker is not None:

@@ -116,7 +116,7 @@ plt.show()
 # Along lambda, untied (k = 1) and fully tied (k = L).  Untied, the path runs
 # from plain SVD (lambda = 0) to SVD-LLM (lambda = inf): the Frobenius error
 # rises and the activation error falls.  Fully tied, pulling the one shared
-# frame towards the L2 core (the chordal mean of the six SVD-LLM subspaces)
+# frame towards the L2 core (the chordal mean of the L SVD-LLM subspaces)
 # raises *both*: the mean of the anchors is a good frame for none of them.
 # Path monotonicity guarantees only the first curve's direction (the weighted
 # Frobenius term never decreases in lambda).  lambda = 0 and lambda = inf are

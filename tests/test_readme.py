@@ -3,7 +3,8 @@
 * Python code blocks (```` ```python ```` in README.md, ``.. code-block::
   python`` in docs/*.rst and docs/theory/*.rst) run to completion, each in a
   fresh interpreter.
-* Shell code blocks: ``llm-adapter ...`` and ``python -m grassbundle ...``
+* Shell code blocks (and, in reStructuredText, ``::`` literal blocks that
+  start with a command): ``llm-adapter ...`` and ``python -m grassbundle ...``
   lines must parse with the real argument parsers, ``make <target>`` lines
   must name a target of the Makefile, ``python <script>`` lines must name a
   file that exists.  A shell line of any other kind fails the test, so that
@@ -46,12 +47,58 @@ def _dedent(block: str) -> str:
     return "\n".join(x[cut:] for x in lines if not x.lstrip().startswith(":")).strip("\n") + "\n"
 
 
+_SHELL_START = ("llm-adapter", ".venv/bin/", "python ", "python3 ", "make ", "grassbundle ")
+
+
+def _rst_literal_blocks(text: str) -> list[str]:
+    """Literal blocks introduced by a paragraph ending in ``::`` (not directives)."""
+    lines = text.splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if not line.rstrip().endswith("::") or re.match(r"\s*\.\. ", line):
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        body = []
+        while j < len(lines) and (not lines[j].strip() or lines[j][:1] in " \t"):
+            body.append(lines[j])
+            j += 1
+        if body:
+            blocks.append(_dedent("\n".join(body)))
+    return blocks
+
+
 def code_blocks(path: Path) -> list[tuple[str, str]]:
-    """``[(language, code)]`` of one Markdown or reStructuredText file."""
+    """``[(language, code)]`` of one Markdown or reStructuredText file.
+
+    In reStructuredText a plain literal block (after ``::``) whose first line
+    is a command (``llm-adapter``, ``make``, ``python``, ...) counts as shell.
+    """
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".md":
         return [(lang, code) for lang, code in _MD_BLOCK.findall(text)]
-    return [(lang, _dedent(code)) for lang, code in _RST_BLOCK.findall(text)]
+    blocks = [(lang, _dedent(code)) for lang, code in _RST_BLOCK.findall(text)]
+    for code in _rst_literal_blocks(text):
+        if code.lstrip().startswith(_SHELL_START):
+            blocks.append(("bash", code))
+    return blocks
+
+
+def _logical_lines(code: str) -> list[str]:
+    """Shell lines with backslash continuations joined."""
+    out: list[str] = []
+    pending = ""
+    for line in code.splitlines():
+        stripped = line.strip()
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        out.append(pending + stripped)
+        pending = ""
+    if pending:
+        out.append(pending)
+    return out
 
 
 def _blocks(lang: set[str]) -> list[tuple[str, str]]:
@@ -120,13 +167,18 @@ def check_shell_line(line: str) -> None:
     # VAR=value prefixes
     while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):
         argv = argv[1:]
-    head = argv[0]
+    head = argv[0].removeprefix(".venv/bin/")
+    argv = [head, *argv[1:]]
     if head == "make":
         targets = [a for a in argv[1:] if "=" not in a and not a.startswith("-")]
         unknown = set(targets) - _makefile_targets()
         assert not unknown, f"{line!r}: no Makefile target {sorted(unknown)}"
     elif head == "llm-adapter":
         _parses("llm_adapter.cli:build_parser", argv[1:])
+        # configuration files of the repository that a line names must exist
+        for arg in argv[1:]:
+            if arg.endswith(".toml") and not arg.startswith("-"):
+                assert (REPO / arg).is_file(), f"{line!r}: {arg} does not exist"
     elif head in ("grassbundle",) or argv[:3] in (["python", "-m", "grassbundle"],):
         rest = argv[1:] if head == "grassbundle" else argv[3:]
         _parses("grassbundle.__main__:main", rest)
@@ -138,8 +190,8 @@ def check_shell_line(line: str) -> None:
 
 @pytest.mark.parametrize(("where", "code"), SHELL_BLOCKS, ids=[k for k, _ in SHELL_BLOCKS])
 def test_shell_block_parses(where: str, code: str) -> None:
-    for line in code.splitlines():
-        check_shell_line(line.strip())
+    for line in _logical_lines(code):
+        check_shell_line(line)
 
 
 def test_shell_check_can_fail() -> None:

@@ -64,11 +64,18 @@ def public_names(
 def accepted_targets(module: str, name: str) -> list[str]:
     """Fully qualified names under which ``module.name`` counts as documented.
 
-    A function of ``grassbundle.theorems`` that the package re-exports counts
-    as documented whether the page names it ``grassbundle.theorems.f`` or
+    A re-exported function or class counts as documented under the public
+    name (``llm_adapter.load_model``) and under its defining module's name
+    (``llm_adapter.models.load_model``); a function of
+    ``grassbundle.theorems`` that the package re-exports also counts under
     ``grassbundle.f``.
     """
     targets = [f"{module}.{name}"]
+    obj = getattr(importlib.import_module(module), name)
+    home = getattr(obj, "__module__", None)
+    if home and (inspect.isfunction(obj) or inspect.isclass(obj)):
+        # documented under its defining module (``llm_adapter.models.load_model``)
+        targets.append(f"{home}.{obj.__qualname__}")
     if "." in module:
         top = importlib.import_module(module.split(".")[0])
         if getattr(top, name, None) is getattr(importlib.import_module(module), name):

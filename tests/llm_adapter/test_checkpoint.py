@@ -43,6 +43,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore:basis sharing.*numerical rank:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:rank d = .* no smaller than the dense maps:UserWarning")
 @pytest.mark.parametrize(
     "kw",
     [

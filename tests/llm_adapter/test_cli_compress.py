@@ -175,3 +175,17 @@ def test_logits_of_saved_model_match_in_memory(tiny: dict[str, Path], tmp_path: 
     ids = torch.arange(20)[None]
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+
+
+def test_info_json_and_plain_dir(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tiny["model"])]) == 0
+    out = capsys.readouterr().out
+    assert "plain Hugging Face checkpoint" in out and "model_type: gpt_neox, layers: 3" in out
+    ck = tmp_path / "ck"
+    assert main(_args(tiny, ck, "--method", "svd")) == 0
+    capsys.readouterr()
+    assert main(["info", str(ck), "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["method"] == "svd" and manifest["checkpoint"]["format_version"] == 1

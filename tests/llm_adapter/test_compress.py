@@ -223,6 +223,7 @@ def test_basis_sharing_shares_the_input_side() -> None:
         np.testing.assert_allclose(fam.activation_error[l], np.trace(E @ C[l] @ E.T), rtol=1e-8)  # type: ignore[index]
 
 
+@pytest.mark.filterwarnings("ignore:rank d = .* no smaller than the dense maps:UserWarning")
 def test_all_families_and_bias_kept() -> None:
     model = _model(dtype=torch.float32)
     biases = [m.bias for m in family_modules(model, "mlp.dense_h_to_4h")]
@@ -300,3 +301,13 @@ def test_no_saving_warns() -> None:
         compress_model(
             model, CompressionConfig(method="svd", families=("attention.query_key_value",))
         )
+
+
+def test_rank_above_input_dimension() -> None:
+    # attention.query_key_value is 96 x 32: d/D = 0.5 gives d = 48 > n = 32
+    cfg = CompressionConfig(method="svd", rank_ratio=0.5, families=("attention.query_key_value",))
+    model = _model()
+    with pytest.raises(AdapterError, match=r"rank d = 48 exceeds the input dimension n = 32"):
+        compress_model(model, cfg)
+    # nothing was written back
+    assert isinstance(family_modules(model, "attention.query_key_value")[0], torch.nn.Linear)

@@ -331,10 +331,28 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_info)
 
 
+def _info_plain(root: Path) -> int:
+    """Describe a plain Hugging Face checkpoint (no compression manifest)."""
+    config = json.loads((root / "config.json").read_text())
+    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
+    print(f"checkpoint {root}")
+    print("  plain Hugging Face checkpoint (no compression.json)")
+    print(
+        f"  model_type: {config.get('model_type')}, layers: {config.get('num_hidden_layers')}, "
+        f"hidden: {config.get('hidden_size')}, intermediate: {config.get('intermediate_size')}"
+    )
+    for file in files:
+        print(f"  {file.name}: {file.stat().st_size} bytes")
+    return 0
+
+
 def run_info(args: argparse.Namespace) -> int:
     """The ``info`` subcommand."""
     from .compress import CompressionReport
 
+    root = Path(args.dir)
+    if root.is_dir() and not (root / MANIFEST).is_file() and (root / "config.json").is_file():
+        return _info_plain(root)
     manifest = read_manifest(args.dir)
     if args.json:
         print(json.dumps(manifest, indent=2))

@@ -409,8 +409,23 @@ def check_config(
 ) -> dict[str, int]:
     """Check ``config`` against the model's families before any work; return the ranks.
 
-    Raises :class:`AdapterError` for a tying degree or group size above the
-    number of layers, a rank out of range, or a family already compressed.
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    config : CompressionConfig
+    families : sequence of str
+        Validated family names.
+
+    Returns
+    -------
+    dict of str to int
+        The rank ``d`` of each family.
+
+    Raises
+    ------
+    AdapterError
+        For a tying degree or group size above the number of layers, a rank
+        out of range, or a family already compressed.
     """
     ranks = {}
     for family in families:
@@ -434,15 +449,10 @@ def check_config(
                 f"use --group-size <= {L}"
             )
         d = rank_for(config, m, n, L)
-        if config.method != "basis-sharing" and d > n:
+        if d > n:  # W_l has rank <= n: a larger d has no unique best subspace
             raise AdapterError(
                 f"rank d = {d} exceeds the input dimension n = {n} of {family} ({m}x{n}): "
-                f"a rank-d projection needs d <= n; use a smaller ratio"
-            )
-        if config.method == "basis-sharing" and d > n:
-            raise AdapterError(
-                f"rank d = {d} exceeds the input dimension n = {n} of {family}: "
-                "basis sharing needs d <= n; use a smaller ratio"
+                "a rank-d factorisation needs d <= n; use a smaller ratio"
             )
         ranks[family] = d
     return ranks
@@ -493,7 +503,12 @@ def compress_model(
         W = family_weights(model, family)
         L, m, n = W.shape
         d = ranks[family]
-        C = stats.covariance(family) if stats is not None else None
+        if stats is None:
+            C = None
+        elif config.needs_calibration:
+            C = stats.covariance(family)
+        else:  # optional: only for reporting activation errors
+            C = stats.covariances.get(family)
         if C is not None and C.shape != (L, n, n):
             raise AdapterError(
                 f"calibration statistics of {family} have shape {C.shape}, the model needs "

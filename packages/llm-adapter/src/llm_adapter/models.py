@@ -413,7 +413,7 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
                     pname,
                     list(p.shape),
                     str(p.dtype),
-                    float(flat.double().sum()),
+                    float(flat.sum(dtype=torch.float64)),
                     float(flat[:64].double().abs().sum()),
                 )
             )

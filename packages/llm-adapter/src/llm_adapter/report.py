@@ -252,33 +252,34 @@ def _central(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     ]
     if not pts:
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    markers = {"svd": "s", "svd-llm": "*", "basis-sharing": "D", "bundle": "o"}
-    for r in pts:
-        colour = "tab:red" if r.get("metric") == "activation" else "tab:blue"
-        if r["method"] != "bundle":
-            colour = "black"
-        ax.scatter(
-            100 * r["frobenius_reduction"], r["ppl_ratio"],
-            marker=markers.get(r["method"], "o"), color=colour, s=40, zorder=3,
-        )  # fmt: skip
-        ax.annotate(r.get("label", r["method"]), (100 * r["frobenius_reduction"], r["ppl_ratio"]),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
     paper = PAPER_PYTHIA_1B4
-    ax.scatter(
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    markers = {"svd": "s", "svd-llm": "*", "basis-sharing": "D", "bundle": "o"}
+    cmap = plt.get_cmap("tab20")
+    for panel, ax in enumerate(axes):
+        for c, r in enumerate(pts):
+            ax.scatter(
+                100 * r["frobenius_reduction"], r["ppl_ratio"],
+                marker=markers.get(r["method"], "o"), color=cmap(c % 20), s=45, zorder=3,
+                label=r.get("label", r["method"]) if panel == 1 else None,
+            )  # fmt: skip
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("Frobenius error reduction vs SVD-LLM (%)")
+    axes[0].scatter(
         100 * paper["frobenius_reduction"], paper["ppl"] / paper["ppl_svd_llm"],
-        marker="X", color="tab:orange", s=80, zorder=3,
-        label="paper, Pythia-1.4B lambda=0 corner (37.2%, 159.14/50.17)",
+        marker="X", color="tab:orange", s=90, zorder=3,
+        label="paper: Pythia-1.4B lambda=0 corner\n(37.2%, 159.14 / 50.17)",
     )  # fmt: skip
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_xlabel("Frobenius error reduction vs SVD-LLM (%)")
-    ax.set_ylabel("perplexity / perplexity of SVD-LLM (log)")
-    ax.set_title(
-        f"Weight-space gain vs language-model loss: {pts[0].get('sweep', '')}", fontsize=10
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("perplexity / perplexity of SVD-LLM")
+    axes[0].set_title("with the paper's Pythia-1.4B point (log scale)", fontsize=10)
+    axes[0].legend(fontsize=8, loc="center left")
+    axes[1].set_title("this sweep only (linear scale)", fontsize=10)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(
+        f"Weight-space gain vs language-model loss: {pts[0].get('sweep', '')}", fontsize=11
     )
-    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
