@@ -292,11 +292,35 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or HERE / "results" / ("compress.md" if device == "cpu" else "compress-cuda.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "benchmarks/bench_compress.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    notes = [
+        "- Columns: calibration, factorisation and write-back as `compress_model` reports "
+        "them; total s is their sum; CPU s is the worker's user + system CPU time over the "
+        "same span; RSS figures are the worker's peak resident set after loading the model "
+        "and at the end (`ru_maxrss`), and their difference.",
+        "- `svd` and the lambda = 0 bundle with the weight metric need no calibration "
+        "statistics, so they run without them (calibration 0).",
+    ]
+    if "pythia-1.4b-shape" in models:
+        proto = MODELS["pythia-1.4b-shape"]
+        notes.append(
+            f"- pythia-1.4b-shape is calibrated on {proto['samples']} windows x "
+            f"{proto['seq_len']} tokens only (fewer tokens than the hidden size 2048, so its "
+            "covariances are singular, which the projection form allows): a forward pass of "
+            "the full model is slow on a shared 2-core CPU; calibration time grows linearly "
+            "in the token count."
+        )
+    if device == "cpu" and not torch.cuda.is_available():
+        notes.append(
+            "- No GPU on the machine that wrote this file: the CUDA path (`--device cuda`, "
+            "peak `torch.cuda.max_memory_allocated` in an extra column, results in "
+            "`compress-cuda.md`) exists but was not run."
+        )
     out.write_text(
         "# compress: wall time and peak memory per method\n\n"
         f"Written by `{command.strip()}` (see its docstring for what is measured).\n\n"
-        f"```\n{text}\n```\n"
+        f"```\n{text}\n```\n\n" + "\n".join(notes) + "\n"
     )
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -260,4 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except llm_adapter.AdapterError as exc:  # bad input: one line, no traceback
+        print(f"demo: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -92,6 +92,9 @@ def test_write_report_files(tmp_path: Path) -> None:
             assert path.read_bytes()[:8] == PNG
     md = written["table"].read_text()
     assert "![phase_diagram](phase_diagram.png)" in md and "+50.0%" in md
+    # by hand: ppl ranks (svd-llm, k=1, inf, k=6) = 1, 4, 2, 3; Frob ranks = 2, 1, 3, 4;
+    # squared rank differences sum to 12, rho = 1 - 6 * 12 / (4 * 15) = -0.2
+    assert "perplexity vs Frobenius error: Spearman rho = -0.200" in md
     csv_lines = written["csv"].read_text().splitlines()
     assert len(csv_lines) == 1 + len(ROWS) and csv_lines[0].startswith("point,families,d/D")
 

@@ -35,6 +35,7 @@ __all__ = [
     "csv_table",
     "frobenius_reduction_rows",
     "markdown_table",
+    "rank_correlations",
     "register",
     "table_cells",
     "write_report",
@@ -179,6 +180,38 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     writer.writerow(head)
     writer.writerows(body)
     return buf.getvalue()
+
+
+def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Spearman rank correlation of perplexity with each error, over the compressed rows.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+
+    Returns
+    -------
+    list of str
+        One Markdown bullet per error measure (empty with fewer than 3 rows).
+    """
+    from scipy.stats import spearmanr
+
+    pts = [r for r in rows if r["method"] != "dense" and r.get("ppl") is not None]
+    lines = []
+    for key, name in (
+        ("frobenius_fraction", "Frobenius error"),
+        ("activation_fraction", "activation error (calibration)"),
+        ("activation_fraction_heldout", "activation error (held-out)"),
+    ):
+        sel = [r for r in pts if r.get(key) is not None]
+        if len(sel) < 3:
+            continue
+        res = spearmanr([r["ppl"] for r in sel], [r[key] for r in sel])
+        lines.append(
+            f"- perplexity vs {name}: Spearman rho = {float(res.statistic):+.3f} "
+            f"(p = {float(res.pvalue):.2g}, {len(sel)} points)"
+        )
+    return lines
 
 
 def _pyplot() -> Any:
@@ -378,6 +411,9 @@ def write_report(
         markdown_table(rows),
         "",
     ]
+    corr = rank_correlations(rows)
+    if corr:
+        lines += ["Rank correlations over the compressed points:", "", *corr, ""]
     for name, path in written.items():
         lines += [f"![{name}]({path.name})", ""]
     table = out / "results.md"
