@@ -12,6 +12,9 @@ reference).
 
 2. Escape the unpacking star in shape specifications (``shape=[*batch, n,
 p]``), which reStructuredText would otherwise read as the start of emphasis.
+
+3. Show hand-aligned ASCII formulas preformatted (see
+:func:`preformat_aligned_displays`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,53 @@ def escape_shape_stars(
             lines[i] = line
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def preformat_aligned_displays(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Show ASCII formulas aligned by indentation as written (a literal block).
+
+    A display block (indented under a paragraph, after a blank line) whose
+    lines start at different indentations is aligned by hand, e.g.::
+
+        ||x|| <= a / b
+              = c
+
+    reStructuredText would read it as a definition list and complain; the
+    only faithful rendering is preformatted, so the paragraph before it gets
+    a ``::`` (written `` ::``, which prints nothing).  Blocks with one
+    indentation, or with reST markup (````code````, directives), are left as
+    they are.
+    """
+    i = 1
+    while i < len(lines):
+        start = i
+        if lines[i - 1].strip() or not lines[i].strip():
+            i += 1
+            continue
+        # the paragraph line above the blank line
+        p = i - 2
+        while p >= 0 and not lines[p].strip():
+            p -= 1
+        if p < 0 or lines[p].rstrip().endswith("::") or lines[p].lstrip().startswith(".. "):
+            i += 1
+            continue
+        base = _indent(lines[p])
+        j = start
+        while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > base):
+            j += 1
+        block = [x for x in lines[start:j] if x.strip()]
+        indents = {_indent(x) for x in block}
+        aligned = len(block) >= 2 and len(indents) >= 2 and min(indents) > base
+        markup = any("``" in x or x.lstrip().startswith((".. ", ">>>", "- ", "* ")) for x in block)
+        if aligned and not markup:
+            lines[p] = lines[p].rstrip() + " ::"
+        i = max(j, start + 1)
+
+
 def add_module_references(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
@@ -99,4 +149,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     # before numpydoc (priority 500), which parses the References section
     app.connect("autodoc-process-docstring", add_module_references, priority=400)
     app.connect("autodoc-process-docstring", escape_shape_stars, priority=400)
+    app.connect("autodoc-process-docstring", preformat_aligned_displays, priority=400)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
