@@ -241,3 +241,37 @@ def test_documented_objective_matches_the_code() -> None:
     np.testing.assert_allclose(
         sec.objective, np.sum(omega * F) + lam * np.sum(anchor_dist), rtol=rtol
     )
+
+
+# -- the docstring fixes the build applies (docs/_ext/module_refs.py) -------------
+
+
+def test_docstring_fixes() -> None:
+    import module_refs  # docs/_ext
+
+    shape = ["U : ndarray, shape=[*batch, n, p]", "text with *emphasis*"]
+    module_refs.escape_shape_stars(None, "", "", None, None, shape)  # type: ignore[arg-type]
+    assert shape == ["U : ndarray, shape=[\\*batch, n, p]", "text with *emphasis*"]
+
+    aligned = ["gives,", "", "    ||x|| <= a / b", "          = c,", "    c = 1,", "", "end"]
+    module_refs.preformat_aligned_displays(None, "", "", None, None, aligned)  # type: ignore[arg-type]
+    assert aligned[0] == "gives, ::"
+    # one indentation (a block quote) or reST markup: left alone
+    for block in (
+        ["With,", "", "    ``exp_U(X) = U``", "        ``+ W``"],
+        ["With,", "", "    a = b", "    c = d"],
+    ):
+        before = list(block)
+        module_refs.preformat_aligned_displays(None, "", "", None, None, block)  # type: ignore[arg-type]
+        assert block == before
+
+
+def test_cli_parser_capture() -> None:
+    # grassbundle builds its parser inside main(); the CLI page captures it
+    import argparse_doc  # docs/_ext
+
+    parser = argparse_doc.load_parser("grassbundle.__main__:main")
+    assert "check" in dict((n, s) for n, s, _ in argparse_doc._subparsers(parser))
+    parser = argparse_doc.load_parser("llm_adapter.cli:build_parser")
+    names = [n for n, _, _ in argparse_doc._subparsers(parser)]
+    assert {"compress", "info", "evaluate"} <= set(names)
