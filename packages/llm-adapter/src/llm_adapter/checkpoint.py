@@ -203,7 +203,24 @@ def main_file_tensor_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``compression.json`` of a saved directory."""
+    """The ``compression.json`` manifest of a saved directory.
+
+    Parameters
+    ----------
+    path : str or path
+        A directory written by :func:`llm_adapter.save`.
+
+    Returns
+    -------
+    dict
+        The parsed manifest (method and parameters, ranks, per-layer errors,
+        calibration protocol, package versions, timings).
+
+    Raises
+    ------
+    AdapterError
+        When the directory or its manifest is missing.
+    """
     file = Path(path) / MANIFEST
     if not Path(path).is_dir():
         raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")

@@ -192,6 +192,46 @@ class FamilyReport:
     ``activation_error[l] = tr((W_l - W'_l) C_l (W_l - W'_l)^T)`` (absolute
     energies, as grassbundle computes them), and their fractions of
     ``||W_l||_F^2`` and ``tr(W_l C_l W_l^T)``.
+
+    Attributes
+    ----------
+    family : str
+        Family name, e.g. ``"attention.dense"``.
+    layers : int
+        Number of layers L in the family.
+    m, n : int
+        Output and input dimension of each map (``W_l`` is ``m x n``).
+    rank : int
+        The rank d kept.
+    D : int
+        The fiber dimension the rank ratio refers to (``m``).
+    rank_ratio : float
+        ``d / D``.
+    shared : str
+        ``"left"`` (the output-side basis U is shared by a tied group) or
+        ``"right"`` (input-side basis, Basis Sharing as its authors build it).
+    groups : list of int
+        Layer-to-group map (tying groups).
+    params_dense : int
+        Parameters of the family's dense weights.
+    params_kept : int
+        Parameters of the factors, shared bases counted once.
+    param_ratio : float
+        ``params_kept / params_dense``.
+    frobenius_error : list of float
+        Per layer ``||W_l - W'_l||_F^2``.
+    frobenius_fraction : list of float
+        Per layer ``||W_l - W'_l||_F^2 / ||W_l||_F^2``.
+    activation_error : list of float or None
+        Per layer ``tr((W_l - W'_l) C_l (W_l - W'_l)^T)``; None without calibration.
+    activation_fraction : list of float or None
+        Per layer activation error over ``tr(W_l C_l W_l^T)``.
+    modules : list of str
+        Qualified names of the replaced modules.
+    seconds_factorise : float
+        Wall time of the factorisation.
+    seconds_write_back : float
+        Wall time of the write-back.
     """
 
     family: str
@@ -220,7 +260,25 @@ class FamilyReport:
 
 @dataclass
 class CompressionReport:
-    """Result of :func:`compress_model`; ``to_dict`` is the ``compression.json`` body."""
+    """Result of :func:`compress_model`; ``to_dict`` is the ``compression.json`` body.
+
+    Attributes
+    ----------
+    method : str
+        The compression method.
+    config : dict
+        The :class:`CompressionConfig` as a dictionary.
+    families : dict of str to FamilyReport
+        One report per compressed family.
+    calibration : dict or None
+        The calibration protocol (text, samples, sequence length, seed, tokens).
+    timings : dict of str to float
+        Seconds spent in calibration, factorisation and write-back.
+    versions : dict of str to str
+        Versions of the packages involved.
+    model : str
+        The model name or path.
+    """
 
     method: str
     config: dict[str, Any]

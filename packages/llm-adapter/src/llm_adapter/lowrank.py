@@ -105,7 +105,21 @@ class LowRankLinear(nn.Module):
 
 
 def count_unique_parameters(module: nn.Module) -> int:
-    """Number of parameter entries, each shared tensor counted once."""
+    """Number of parameter entries, each shared tensor counted once.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Any module; tied low-rank groups hold the same ``nn.Parameter``.
+
+    Returns
+    -------
+    int
+        The sum of ``numel()`` over distinct parameter objects (module's
+        ``parameters()`` already yields each object once; the explicit set
+        keeps the count right for callers that pass a module whose parameters
+        are registered under several names).
+    """
     seen: set[int] = set()
     total = 0
     for p in module.parameters():
