@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
@@ -114,6 +115,19 @@ def _top_eigenspace_dense(K: F64, d: int) -> tuple[F64, F64]:
     """Top-``d`` eigenvectors (descending) and all eigenvalues (descending) of symmetric ``K``."""
     mu, V = np.linalg.eigh(K)
     return np.ascontiguousarray(V[:, ::-1][:, :d]), mu[::-1].copy()
+
+
+def _top_eigenvectors(K: F64, d: int) -> F64:
+    """Top-``d`` eigenvectors (descending) of symmetric ``K``, without the rest.
+
+    LAPACK's MRRR driver (``syevr``) restricted to the top ``d`` indices: the
+    same eigenspace as a full ``eigh`` to about ``1e-13`` for ``m = 2048``
+    (well within the 1e-8 objective tolerance the phase diagram promises),
+    about 1.5x faster at ``d = m / 4``.
+    """
+    m = K.shape[0]
+    _, V = scipy.linalg.eigh(K, subset_by_index=[m - d, m - 1], driver="evr")
+    return np.ascontiguousarray(V[:, ::-1])
 
 
 def _top_eigenspace_factor(F: F64, d: int) -> F64:
@@ -819,7 +833,7 @@ def phase_diagram(
                 assert dense_S is not None
                 K = dense_N + (lam / d) * dense_S
                 if device is None:
-                    frames[pi, gi], _ = _top_eigenspace_dense(K, d)
+                    frames[pi, gi] = _top_eigenvectors(K, d)
                 else:
                     Ks.append(K)
                     Kidx.append(pi)
