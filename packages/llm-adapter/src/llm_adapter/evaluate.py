@@ -227,6 +227,11 @@ class PerplexityResult:
     tokens_per_second : float
         Tokens passed through the model per second (``windows * seq_len / seconds``
         for the non-overlapping protocol).
+    window_nll : tuple of float
+        Summed NLL (nats) of the tokens each window scored, in window order
+        (paired comparisons of two models resample these windows).
+    window_tokens : tuple of int
+        Tokens each window scored.
     """
 
     perplexity: float
@@ -237,6 +242,8 @@ class PerplexityResult:
     stride: int | None
     seconds: float
     tokens_per_second: float
+    window_nll: tuple[float, ...] = ()
+    window_tokens: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -331,6 +338,8 @@ def perplexity(
     count = 0
     windows = 0
     passed = 0
+    per_nll: list[float] = []
+    per_tokens: list[int] = []
     start = time.perf_counter()
     if stride is None:
         n_windows = n // seq_len
@@ -345,8 +354,10 @@ def perplexity(
         bar = tqdm(total=n_windows, desc="perplexity", unit="win", disable=not progress)
         for b0 in range(0, n_windows, batch_size):
             batch = blocks[b0 : b0 + batch_size].to(device)
-            nll = _token_nll(model, batch)
-            total += float(nll.double().sum())
+            nll = _token_nll(model, batch).double()
+            per_nll += nll.sum(dim=1).tolist()
+            per_tokens += [int(nll.shape[1])] * int(nll.shape[0])
+            total += float(nll.sum())
             count += int(nll.numel())
             windows += int(batch.shape[0])
             passed += int(batch.numel())
@@ -368,8 +379,11 @@ def perplexity(
             nll = _token_nll(model, window)[0]  # predicts tokens begin+1 .. end-1
             new = end - max(prev_end, begin + 1)  # tokens not scored before
             if new > 0:
-                total += float(nll[-new:].double().sum())
+                part = float(nll[-new:].double().sum())
+                total += part
                 count += new
+                per_nll.append(part)
+                per_tokens.append(new)
             prev_end = max(prev_end, end)
             windows += 1
             passed += int(window.numel())
@@ -388,6 +402,8 @@ def perplexity(
         stride=stride,
         seconds=seconds,
         tokens_per_second=passed / seconds if seconds > 0 else float("inf"),
+        window_nll=tuple(per_nll),
+        window_tokens=tuple(per_tokens),
     )
 
 
@@ -554,6 +570,10 @@ class HellaSwagResult:
         Wall time of the scoring loop (tokenisation included).
     tokens_per_second : float
         Tokens passed through the model per second, padding excluded.
+    correct : tuple of int
+        1 where the item was answered right by ``acc``'s rule, else 0, in item order.
+    correct_norm : tuple of int
+        The same under ``acc_norm``'s rule.
     """
 
     acc: float
@@ -563,6 +583,8 @@ class HellaSwagResult:
     acc_norm_stderr: float
     seconds: float
     tokens_per_second: float
+    correct: tuple[int, ...] = ()
+    correct_norm: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -677,19 +699,19 @@ def evaluate_hellaswag(
         prefix_token=int(prefix),
         progress=progress,
     )
-    correct = 0
-    correct_norm = 0
+    hits: list[int] = []
+    hits_norm: list[int] = []
     pos = 0
     for item in items:
         k = len(item.choices)
         ll = lls[pos : pos + k]
         pos += k
         norm = [v / len(c) for v, c in zip(ll, item.choices, strict=True)]
-        correct += int(max(range(k), key=lambda j: ll[j]) == item.label)
-        correct_norm += int(max(range(k), key=lambda j: norm[j]) == item.label)
+        hits.append(int(max(range(k), key=lambda j: ll[j]) == item.label))
+        hits_norm.append(int(max(range(k), key=lambda j: norm[j]) == item.label))
     seconds = time.perf_counter() - start
     n = len(items)
-    acc, acc_norm = correct / n, correct_norm / n
+    acc, acc_norm = sum(hits) / n, sum(hits_norm) / n
 
     def stderr(p: float) -> float:
         return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
@@ -702,6 +724,8 @@ def evaluate_hellaswag(
         acc_norm_stderr=stderr(acc_norm),
         seconds=seconds,
         tokens_per_second=passed / seconds if seconds > 0 else float("inf"),
+        correct=tuple(hits),
+        correct_norm=tuple(hits_norm),
     )
 
 
@@ -724,6 +748,7 @@ def evaluate_model(
     hellaswag_items: Sequence[HellaSwagItem] | None = None,
     wikitext_ids: torch.Tensor | None = None,
     progress: bool = True,
+    per_item: bool = False,
 ) -> dict[str, Any]:
     """Perplexity and/or HellaSwag of a prepared model, as a flat JSON-ready dict.
 
@@ -746,6 +771,10 @@ def evaluate_model(
     wikitext_ids : torch.Tensor, shape=[N], optional
         Pre-tokenised text (sweeps tokenise once); overrides ``wikitext``.
     progress : bool
+    per_item : bool
+        Also return the per-window NLL sums and token counts (``ppl_window_nll``,
+        ``ppl_window_tokens``) and the per-item HellaSwag hits (``hellaswag_correct``,
+        ``hellaswag_correct_norm``), for paired comparisons between models.
 
     Returns
     -------
@@ -787,6 +816,10 @@ def evaluate_model(
             ppl_seconds=res.seconds,
             ppl_tokens_per_second=res.tokens_per_second,
         )
+        if per_item:
+            out.update(
+                ppl_window_nll=list(res.window_nll), ppl_window_tokens=list(res.window_tokens)
+            )
     if hellaswag_items is not None or hellaswag is not None or use_hub_hellaswag:
         items = (
             list(hellaswag_items)[:limit]
@@ -807,6 +840,10 @@ def evaluate_model(
             hellaswag_seconds=hs.seconds,
             hellaswag_tokens_per_second=hs.tokens_per_second,
         )
+        if per_item:
+            out.update(
+                hellaswag_correct=list(hs.correct), hellaswag_correct_norm=list(hs.correct_norm)
+            )
     return out
 
 
