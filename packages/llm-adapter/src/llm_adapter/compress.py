@@ -390,8 +390,11 @@ def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
     else:
         p = config.param_ratio
         if config.method == "basis-sharing":
+            # one n x d basis for the group and a k m x d coefficient block: the stacked
+            # group (k m x n) has rank up to min(n, k m), which may exceed m
             k = min(config.group_size, layers)
             d = math.floor(p * k * m * n / (n + k * m))
+            D = min(n, k * m) + 1  # so that d <= min(n, k m) passes the check below
         else:
             k = min(config.tying, layers) if config.method == "bundle" else 1
             d = math.floor(p * k * m * n / (m + k * n))

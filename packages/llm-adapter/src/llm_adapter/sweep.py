@@ -15,7 +15,7 @@ directory, where the command is run)::
     device = "auto"                 # calibration and evaluation device
     baseline = true                 # also measure the uncompressed model
     families = ["attention.dense"]  # each entry: a family, "a,b", or "all"
-    rank_ratios = [0.25]            # d/D values
+    rank_ratios = [0.25]            # d/D values; or equal budgets instead (see below)
 
     [calibration]                   # SVD-LLM protocol: seeded random windows
     text = "../shared/data/wikitext-2/wiki.valid.tokens"   # or dataset = "NAME:CONFIG:SPLIT"
@@ -43,8 +43,18 @@ directory, where the command is run)::
     lam = [0.0, 1.0, inf]
     tying = [1, 2, 6]
 
+Budgets: ``rank_ratios`` fixes d/D (equal rank, not equal parameters: tying
+and the map's shape change what a rank costs). ``param_ratios`` gives every
+method the rank that keeps that fraction of the compressed families'
+parameters (``CompressionConfig.param_ratio``), and ``model_ratios`` the
+whole-model compression ratio as SVD-LLM reports it (parameters removed over
+all the model's parameters), turned into the families' kept fraction
+``1 - r * P_model / P_families`` once the model is loaded. The three lists may
+be combined; without any, ``rank_ratios = [0.25]``.
+
 Point keys: ``method``, ``lam``, ``tying``, ``metric``, ``coupling``,
-``group_size``, ``families``, ``rank_ratio``, ``label``. Each point is keyed
+``group_size``, ``families``, ``rank_ratio``, ``param_ratio``, ``model_ratio``,
+``label``. Each point is keyed
 by a hash of everything that determines its row (model, point, calibration
 and evaluation protocol); rows are appended to the JSONL file one whole line
 per ``write`` and flushed to disk, so a killed sweep restarts where it stopped
@@ -95,7 +105,15 @@ POINT_KEYS = (
     "group_size",
     "families",
     "rank_ratio",
+    "param_ratio",
+    "model_ratio",
 )
+#: the budget keys of a point, and the top-level lists they come from
+BUDGETS = {
+    "rank_ratio": "rank_ratios",
+    "param_ratio": "param_ratios",
+    "model_ratio": "model_ratios",
+}
 #: the parameters that matter for each method (the others are left out of the key)
 RELEVANT: dict[str, tuple[str, ...]] = {
     "dense": (),
@@ -113,6 +131,7 @@ DEFAULTS: dict[str, Any] = {
 }
 TOP_KEYS = {
     "name", "model", "out", "device", "dtype", "baseline", "families", "rank_ratios",
+    "param_ratios", "model_ratios",
     "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir",
 }  # fmt: skip
 SECTION_KEYS = {
@@ -206,20 +225,35 @@ class SweepPoint:
     method : str
         ``dense`` (uncompressed), ``svd``, ``svd-llm``, ``basis-sharing`` or ``bundle``.
     families : tuple of str
-    rank_ratio : float
-        d/D.
+    rank_ratio : float or None
+        d/D, or None under a parameter budget.
     params : dict
         The method's own parameters (``lam``, ``tying``, ``metric``, ``coupling``,
         ``group_size``), only those that matter for it.
     label : str
         A short name for tables and plots.
+    param_ratio : float or None
+        Fraction of the compressed families' parameters kept.
+    model_ratio : float or None
+        Whole-model compression ratio (parameters removed over all parameters).
     """
 
     method: str
     families: tuple[str, ...]
-    rank_ratio: float
+    rank_ratio: float | None
     params: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    param_ratio: float | None = None
+    model_ratio: float | None = None
+
+    @property
+    def budget(self) -> str:
+        """The budget in words, e.g. ``d/D=0.25`` or ``model ratio 0.2``."""
+        if self.model_ratio is not None:
+            return f"model ratio {self.model_ratio:g}"
+        if self.param_ratio is not None:
+            return f"params kept {self.param_ratio:g}"
+        return f"d/D={self.rank_ratio:g}"
 
     def describe(self) -> dict[str, Any]:
         """The point as a JSON-ready dict (``lam = inf`` written as the string ``"inf"``)."""
@@ -228,6 +262,9 @@ class SweepPoint:
             "families": list(self.families),
             "rank_ratio": self.rank_ratio,
         }
+        for key in ("param_ratio", "model_ratio"):  # absent from rank-ratio points' keys
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out.update({k: _jsonable(v) for k, v in self.params.items()})
         return out
 
@@ -267,7 +304,8 @@ def _lam(value: Any) -> float:
 
 def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
     """Every point of the configuration, in order: the baseline first, then each table's
-    cartesian product, crossed with ``families`` and ``rank_ratios``.
+    cartesian product, crossed with ``families`` and the budgets (``rank_ratios``,
+    ``param_ratios``, ``model_ratios``).
 
     Parameters
     ----------
@@ -280,13 +318,15 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
         Duplicates (the same method and relevant parameters) are kept once.
     """
     fam_sets = [_families(f) for f in _as_list(config.get("families", ["attention.dense"]))]
-    ratios = [float(r) for r in _as_list(config.get("rank_ratios", [0.25]))]
+    budgets = _budgets(config)
     tables: list[dict[str, Any]] = list(config.get("points", []))
+    first = 0  # messages count the configuration's own points from 0
     if config.get("baseline", True):
         tables = [{"method": "dense"}, *tables]
+        first = -1
     points: list[SweepPoint] = []
     seen: set[str] = set()
-    for i, table in enumerate(tables):
+    for i, table in enumerate(tables, first):
         if "method" not in table:
             raise AdapterError(f"points[{i}] has no method; give one of {sorted(RELEVANT)}")
         axes = {k: _as_list(v) for k, v in table.items() if k != "label"}
@@ -299,7 +339,12 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                     f"points[{i}]: unknown method {method!r}; valid: {sorted(RELEVANT)}"
                 )
             fsets = [_families(values.pop("families"))] if "families" in values else fam_sets
-            rrs = [float(values.pop("rank_ratio"))] if "rank_ratio" in values else ratios
+            given = [(k, _ratio(values.pop(k), k, i)) for k in BUDGETS if k in values]
+            if len(given) > 1:
+                raise AdapterError(
+                    f"points[{i}] gives {' and '.join(k for k, _ in given)}: give one budget"
+                )
+            rrs = given or budgets
             params = {k: values.get(k, DEFAULTS[k]) for k in RELEVANT[method]}
             if "lam" in params:
                 params["lam"] = _lam(params["lam"])
@@ -308,14 +353,41 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                     params[k] = int(params[k])
             if "coupling" in params:
                 params["coupling"] = float(params["coupling"])
-            for fams, rr in itertools.product(fsets if method != "dense" else [()], rrs):
-                rr_used = rr if method != "dense" else 1.0
-                point = SweepPoint(method, fams, rr_used, params, str(table.get("label", "")))
+            label = str(table.get("label", ""))
+            for fams, (kind, value) in itertools.product(
+                fsets if method != "dense" else [()], rrs if method != "dense" else [("", 1.0)]
+            ):
+                point = SweepPoint(
+                    method,
+                    fams,
+                    value if kind in ("rank_ratio", "") else None,
+                    params,
+                    label,
+                    param_ratio=value if kind == "param_ratio" else None,
+                    model_ratio=value if kind == "model_ratio" else None,
+                )
                 ident = json.dumps(point.describe(), sort_keys=True)
                 if ident not in seen:
                     seen.add(ident)
                     points.append(point)
     return points
+
+
+def _ratio(value: Any, key: str, where: int | None = None) -> float:
+    place = f"points[{where}] {key}" if where is not None else BUDGETS[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AdapterError(f"{place} = {value!r} is not a number; give a fraction in (0, 1)")
+    if not 0.0 < float(value) < 1.0:
+        raise AdapterError(f"{place} = {value!r} must be in (0, 1)")
+    return float(value)
+
+
+def _budgets(config: dict[str, Any]) -> list[tuple[str, float]]:
+    """The top-level budgets as ``(point key, value)`` pairs, rank ratios first."""
+    out = [
+        (key, _ratio(v, key)) for key, top in BUDGETS.items() for v in _as_list(config.get(top, []))
+    ]
+    return out or [("rank_ratio", 0.25)]
 
 
 def point_key(point: SweepPoint, protocol: dict[str, Any]) -> str:
@@ -502,7 +574,7 @@ def run_sweep(
     if dry_run:
         for p, k in zip(points, keys, strict=True):
             print(f"  [{'done' if k in done else 'todo'}] {k} {point_label(p)} "
-                  f"{','.join(p.families)} d/D={p.rank_ratio:g}", file=log)  # fmt: skip
+                  f"{','.join(p.families)} {p.budget}", file=log)  # fmt: skip
         return []
     if not todo:
         return []
@@ -538,6 +610,11 @@ def run_sweep(
         held_C = {f: hstats.covariance(f) for f in families_all}
     dense_W = {f: family_weights(base, f) for f in families_all}
     dense_params = count_unique_parameters(base)
+    kept_ratio = {  # the families' kept fraction of every point, checked before any runs
+        k: _param_ratio(p, dense_params, {f: dense_W[f].size for f in families_all}, base)
+        for p, k in todo
+        if p.method != "dense"
+    }
     wiki_ids = None
     if evaluation.get("wikitext"):  # "hub": wikitext-2-raw-v1 test through `datasets`
         source = None if evaluation["wikitext"] == "hub" else evaluation["wikitext"]
@@ -563,8 +640,8 @@ def run_sweep(
         else:
             model = copy.deepcopy(base)
             cc = CompressionConfig(
-                method=point.method, rank_ratio=point.rank_ratio, families=point.families,
-                **{k: v for k, v in point.params.items()},
+                method=point.method, rank_ratio=point.rank_ratio or 0.25,
+                param_ratio=kept_ratio[key], families=point.families, **point.params,
             )  # fmt: skip
             report = compress_model(model, cc, stats)
             if ck is not None:
@@ -574,7 +651,7 @@ def run_sweep(
             model, tokenizer, wikitext_ids=wiki_ids, hellaswag_items=hs_items,
             seq_len=int(evaluation.get("seq_len", 2048)), stride=evaluation.get("stride"),
             max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
-            batch_size=int(evaluation.get("batch_size", 8)), progress=progress,
+            batch_size=int(evaluation.get("batch_size", 8)), progress=progress, per_item=True,
         )  # fmt: skip
         per_layer: dict[str, dict[str, Any]] = {}
         frob: list[float] = []
@@ -620,8 +697,11 @@ def run_sweep(
             "params_kept": kept,
             "params_dense": total,
             "param_ratio": kept / total if total else 1.0,
+            "budget": point.budget if point.method != "dense" else "dense",
+            "target_param_ratio": kept_ratio.get(key),
             "model_params": count_unique_parameters(model),
             "model_params_dense": dense_params,
+            "model_ratio": 1.0 - count_unique_parameters(model) / dense_params,
             **metrics,
             "per_layer": per_layer,
             "timings": timings,
@@ -643,6 +723,32 @@ def run_sweep(
         )
         del model
     return rows
+
+
+def _param_ratio(
+    point: SweepPoint, model_params: int, family_params: dict[str, int], model: Any
+) -> float | None:
+    """The families' kept fraction a point's budget asks for (None: a rank-ratio point).
+
+    A model ratio ``r`` removes ``r * P_model`` parameters, all from the point's
+    families: they keep ``1 - r * P_model / P_families``.
+    """
+    from .models import resolve_families
+
+    if point.param_ratio is not None:
+        return point.param_ratio
+    if point.model_ratio is None:
+        return None
+    fams = resolve_families(model, point.families)
+    total = sum(family_params[f] for f in fams)
+    kept = 1.0 - point.model_ratio * model_params / total
+    if kept <= 0.0:
+        raise AdapterError(
+            f"model_ratio = {point.model_ratio:g} removes {point.model_ratio * model_params:,.0f} "
+            f"parameters but the families {','.join(fams)} hold only {total:,}: "
+            "lower the ratio or compress more families"
+        )
+    return kept
 
 
 def _default_cache() -> str:
