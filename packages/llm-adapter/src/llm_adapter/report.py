@@ -16,6 +16,13 @@
     with the paper's Pythia-1.4B lambda = 0 corner drawn for reference.
 ``DIR/per_layer_errors.png``
     Per-layer Frobenius and activation error fractions of every point.
+``DIR/pareto.png``
+    Perplexity and HellaSwag acc_norm against the fraction of the model's
+    parameters kept, one curve per method (points with a parameter budget).
+
+Rows measured with per-window and per-item scores also get a paired table:
+every method against SVD-LLM at the same budget, with a bootstrap interval
+(:mod:`llm_adapter.budgets`).
 
 Figures are drawn with matplotlib's Agg backend (no display needed).
 """
@@ -28,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .budgets import budget_markdown, pareto_figure
 from .errors import AdapterError
 from .sweep import read_results
 
@@ -51,6 +59,7 @@ def _group(row: dict[str, Any]) -> tuple[Any, ...]:
         row.get("model"),
         tuple(row.get("families", ())),
         row.get("rank_ratio"),
+        row.get("budget"),  # None in rows written before budgets existed
     )
 
 
@@ -388,6 +397,7 @@ def write_report(
         "phase_diagram": _phase_diagram,
         "frobenius_vs_perplexity": _central,
         "per_layer_errors": _per_layer,
+        "pareto": pareto_figure,
     }
     for name, draw in figures.items():
         if draw(rows, out / f"{name}.png"):
@@ -411,6 +421,16 @@ def write_report(
         markdown_table(rows),
         "",
     ]
+    paired = budget_markdown(rows)
+    if paired:
+        lines += [
+            "Paired comparison with SVD-LLM at the same budget (bootstrap over the shared "
+            "windows and items, 2,000 resamples; 'tie' where the 95% interval contains no "
+            "difference):",
+            "",
+            paired,
+            "",
+        ]
     corr = rank_correlations(rows)
     if corr:
         lines += ["Rank correlations over the compressed points:", "", *corr, ""]

@@ -1,0 +1,204 @@
+"""Equal-budget comparisons of sweep rows: paired tables and Pareto curves.
+
+Rows of a sweep that share an evaluation protocol were scored on the same
+windows and items, so each method can be compared with a reference method
+(SVD-LLM by default) *at the same budget* with a paired bootstrap
+(:mod:`llm_adapter.paired`). A row's budget is what the sweep point asked for
+(``budget``: ``d/D=...``, ``params kept ...`` or ``model ratio ...``); rows are
+paired within one (sweep, families, budget) group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .paired import paired_accuracy, paired_perplexity
+
+__all__ = ["budget_markdown", "paired_rows", "pareto_figure"]
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row.get("sweep"), tuple(row.get("families") or ()), row.get("budget"))
+
+
+def _pairable(row: dict[str, Any]) -> bool:
+    return row.get("method") != "dense" and row.get("ppl_window_nll") is not None
+
+
+def paired_rows(
+    rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm", seed: int = 0
+) -> list[dict[str, Any]]:
+    """Each compressed row against the reference method's row of its budget group.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Sweep rows with per-window and per-item fields (sweeps store them).
+    reference : str
+        The method (``row["method"]``) or label (``row["label"]``) compared against.
+    seed : int
+        Bootstrap seed (one seed for the whole table, so every comparison uses the
+        same resamples).
+
+    Returns
+    -------
+    list of dict
+        One dict per compressed row that has a reference in its group, in file
+        order: ``label``, ``families``, ``budget``, ``param_ratio`` (kept fraction
+        of the families), ``model_ratio`` (removed fraction of the model),
+        ``ppl``, ``ppl_ratio`` / ``ppl_low`` / ``ppl_high`` / ``ppl_significant``
+        and, with HellaSwag, ``acc_norm``, ``acc_norm_diff`` / ``acc_norm_low`` /
+        ``acc_norm_high`` / ``acc_norm_significant``. The reference row itself is
+        included with a ratio of 1.
+    """
+    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        if _pairable(r) and reference in (r.get("method"), r.get("label")):
+            refs.setdefault(_key(r), r)
+    out = []
+    for r in rows:
+        ref = refs.get(_key(r))
+        if ref is None or not _pairable(r):
+            continue
+        ppl = paired_perplexity(ref, r, seed=seed)
+        entry: dict[str, Any] = {
+            "label": r.get("label", r.get("method")),
+            "families": list(r.get("families") or []),
+            "budget": r.get("budget"),
+            "param_ratio": r.get("param_ratio"),
+            "model_ratio": r.get("model_ratio"),
+            "ppl": r.get("ppl"),
+            "ppl_ratio": ppl.estimate,
+            "ppl_low": ppl.low,
+            "ppl_high": ppl.high,
+            "ppl_significant": ppl.significant,
+        }
+        if r.get("hellaswag_correct_norm") is not None and ref.get("hellaswag_correct_norm"):
+            acc = paired_accuracy(ref, r, seed=seed)
+            entry.update(
+                acc_norm=r.get("hellaswag_acc_norm"),
+                acc_norm_diff=acc.estimate,
+                acc_norm_low=acc.low,
+                acc_norm_high=acc.high,
+                acc_norm_significant=acc.significant,
+            )
+        out.append(entry)
+    return out
+
+
+def _verdict(significant: bool, better: bool) -> str:
+    if not significant:
+        return "tie"
+    return "better" if better else "worse"
+
+
+def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
+    """The paired comparison as a Markdown table (see :func:`paired_rows`).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+    reference : str
+
+    Returns
+    -------
+    str
+        Empty when no row can be paired.
+    """
+    pairs = paired_rows(rows, reference=reference)
+    if not pairs:
+        return ""
+    head = [
+        "point", "families", "budget", "params kept", "model ratio", "perplexity",
+        f"ppl / {reference} [95% CI]", "verdict", "acc_norm", f"acc_norm - {reference} [95% CI]",
+        "verdict",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in pairs:
+        cells = [
+            str(p["label"]),
+            ", ".join(p["families"]),
+            str(p["budget"]),
+            f"{p['param_ratio']:.3f}" if p.get("param_ratio") is not None else "-",
+            f"{p['model_ratio']:.3f}" if p.get("model_ratio") is not None else "-",
+            f"{p['ppl']:.3f}",
+            f"{p['ppl_ratio']:.4f} [{p['ppl_low']:.4f}, {p['ppl_high']:.4f}]",
+            _verdict(p["ppl_significant"], p["ppl_ratio"] < 1.0),
+        ]
+        if "acc_norm" in p:
+            cells += [
+                f"{p['acc_norm']:.3f}",
+                f"{p['acc_norm_diff']:+.3f} [{p['acc_norm_low']:+.3f}, {p['acc_norm_high']:+.3f}]",
+                _verdict(p["acc_norm_significant"], p["acc_norm_diff"] > 0),
+            ]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> bool:
+    """Perplexity (and HellaSwag acc_norm) against parameters kept, one curve per method.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Sweep rows; only rows whose point had a parameter budget (``param_ratios``
+        or ``model_ratios``) are drawn, one panel row per family set.
+    path : str or Path
+        The PNG written.
+
+    Returns
+    -------
+    bool
+        Whether there was anything to draw.
+    """
+    from .report import _pyplot
+
+    pts = [
+        r
+        for r in rows
+        if r.get("method") != "dense"
+        and str(r.get("budget", "")).startswith(("params kept", "model ratio"))
+    ]
+    if not pts:
+        return False
+    plt = _pyplot()
+    fam_sets = list(dict.fromkeys(tuple(r.get("families") or ()) for r in pts))
+    dense = [r for r in rows if r.get("method") == "dense" and r.get("ppl") is not None]
+    has_hs = any(r.get("hellaswag_acc_norm") is not None for r in pts)
+    cols = 2 if has_hs else 1
+    fig, axes = plt.subplots(
+        len(fam_sets), cols, figsize=(6.5 * cols, 4.2 * len(fam_sets)), squeeze=False
+    )
+    for i, fams in enumerate(fam_sets):
+        sel = [r for r in pts if tuple(r.get("families") or ()) == fams]
+        labels = list(dict.fromkeys(str(r.get("label", r["method"])) for r in sel))
+        metrics = [("ppl", "WikiText-2 perplexity")]
+        if has_hs:
+            metrics.append(("hellaswag_acc_norm", "HellaSwag acc_norm"))
+        for j, (key, name) in enumerate(metrics):
+            ax = axes[i][j]
+            for label in labels:
+                curve = sorted(
+                    (1.0 - r["model_ratio"], r[key])
+                    for r in sel
+                    if str(r.get("label", r["method"])) == label and r.get(key) is not None
+                )
+                if curve:
+                    xs, ys = zip(*curve, strict=True)
+                    ax.plot(xs, ys, marker="o", label=label)
+            if dense and dense[0].get(key) is not None:
+                ax.axhline(dense[0][key], color="grey", ls="--", lw=0.8, label="dense")
+            ax.set_xlabel("fraction of the model's parameters kept")
+            ax.set_ylabel(name)
+            if key == "ppl":
+                ax.set_yscale("log")
+            ax.set_title(f"{', '.join(fams)}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
