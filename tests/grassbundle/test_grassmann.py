@@ -275,16 +275,45 @@ def test_exp_log_equivariance(nm: tuple, seed: int) -> None:
     np.testing.assert_allclose(exp(O @ U, O @ Y), O @ exp(U, Y), atol=ATOL)
 
 
-@pytest.mark.parametrize("t", [1e-12, 1e-8, 0.3, np.pi / 2 - 1e-9, np.pi / 2])
-def test_log_at_known_angles_up_to_the_cut_locus(t: float) -> None:
-    """U = e_1, e_2;  V = e_1, cos t e_2 + sin t e_3: log is t e_3 e_2^T up to roundoff."""
+def _one_angle_pair(t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U = O[e_1, e_2], V = O[e_1, cos t e_2 + sin t e_3] and the log t O e_3 e_2^T."""
     O = random_point(5, 5, rng=11)
     U = O @ np.eye(5)[:, :2]
     V = O @ np.stack([np.eye(5)[0], np.cos(t) * np.eye(5)[1] + np.sin(t) * np.eye(5)[2]], 1)
+    return U, V, t * np.outer(O[:, 2], np.eye(2)[1])
+
+
+@pytest.mark.parametrize("t", [1e-12, 1e-8, 0.3, np.pi / 2 - 1e-9])
+def test_log_at_known_angles_up_to_the_cut_locus(t: float) -> None:
+    """Below pi/2 the shortest geodesic is unique: log is t O e_3 e_2^T, sign
+    included.  At pi/2 - 1e-9, cos t = 1e-9 is seven orders above the roundoff
+    of ``U^T V`` (about 1e-16), so the sign is still determined."""
+    U, V, expected = _one_angle_pair(t)
     X = log(U, V)
-    expected = t * np.outer(O[:, 2], np.eye(2)[1])
     np.testing.assert_allclose(X, expected, atol=1e-15 * 8)
     assert max_angle(exp(U, X), V) < 1e-15 * 8
+
+
+def test_log_on_the_cut_locus_is_either_shortest_geodesic() -> None:
+    """At t = fl(pi/2), cos t = 6.1e-17 is below the roundoff of ``U^T V``: the
+    two shortest geodesics, +X and -X, are equally valid and BLAS rounding picks
+    one (the sign differs between OpenBLAS kernels).  Only sign-free invariants
+    are asserted: X is horizontal, its singular values are the principal angles,
+    its norm is the distance, exp(U, X) spans V, and X is +-t O e_3 e_2^T."""
+    t = np.pi / 2
+    U, V, expected = _one_angle_pair(t)
+    X = log(U, V)
+    np.testing.assert_allclose(U.T @ X, 0.0, atol=1e-15 * 8)
+    np.testing.assert_allclose(
+        np.sort(np.linalg.svd(X, compute_uv=False)),
+        np.sort(principal_angles(U, V)),
+        rtol=0,
+        atol=1e-15 * 8,
+    )
+    np.testing.assert_allclose(np.linalg.norm(X), dist(U, V), rtol=0, atol=1e-15 * 8)
+    np.testing.assert_allclose(np.linalg.norm(X), t, rtol=0, atol=1e-15 * 8)
+    assert max_angle(exp(U, X), V) < 1e-15 * 8
+    assert min(np.abs(X - expected).max(), np.abs(X + expected).max()) < 1e-15 * 8
 
 
 @pytest.mark.parametrize(
