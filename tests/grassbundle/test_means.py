@@ -216,7 +216,9 @@ def test_karcher_mean_batched_equals_looped() -> None:
     for b in range(3):
         single = karcher_mean(pts[b], tol=1e-12)
         assert max_angle(res.point[b], single.point) < 1e-10
-        assert bool(res.converged[b]) == bool(single.converged)
+        # both converge (the iteration counts may differ by one: the gradient norm
+        # of the last step can sit within roundoff of tol)
+        assert bool(res.converged[b]) and bool(single.converged)
 
 
 def test_karcher_mean_bad_options() -> None:
