@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,32 @@ def test_an_impossible_model_ratio_fails_before_any_point(
     with pytest.raises(AdapterError, match=r"model_ratio = 0\.9 removes"):
         sw.run_sweep(config, progress=False, log=io.StringIO())
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.data
+def test_basis_sharing_with_private_families(budget_setup: dict[str, Any], tmp_path: Path) -> None:
+    config = _budget_config(budget_setup["root"], tmp_path / "r.jsonl", 0.03)
+    config["checkpoints"] = str(tmp_path / "ck")
+    config["points"] = [
+        {"method": "basis-sharing", "group_size": 3, "private": "attention.dense"},
+        {"method": "basis-sharing", "group_size": 3},
+    ]
+    rows = sw.run_sweep(config, progress=False, log=io.StringIO())
+    assert [r["label"] for r in rows] == [
+        "basis-sharing g=3 private attention.dense",
+        "basis-sharing g=3",
+    ]
+    manifests = [
+        json.loads((tmp_path / "ck" / r["key"] / "compression.json").read_text()) for r in rows
+    ]
+    fams = manifests[0]["families"]
+    assert fams["attention.dense"]["groups"] == [0, 1, 2]  # private: one layer per group
+    assert fams["mlp.dense_4h_to_h"]["groups"] == [0, 0, 0]
+    assert manifests[1]["families"]["attention.dense"]["groups"] == [0, 0, 0]
+    # both spend the same budget up to the rounding of the rank
+    assert abs(rows[0]["model_ratio"] - rows[1]["model_ratio"]) < 0.01
+
+
+def test_private_applies_to_basis_sharing_only() -> None:
+    with pytest.raises(AdapterError, match="private applies to basis-sharing only"):
+        sw.expand_points({"points": [{"method": "svd", "private": "attention.dense"}]})

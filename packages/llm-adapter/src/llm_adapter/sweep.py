@@ -103,6 +103,7 @@ POINT_KEYS = (
     "metric",
     "coupling",
     "group_size",
+    "private",
     "families",
     "rank_ratio",
     "param_ratio",
@@ -353,6 +354,14 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                     params[k] = int(params[k])
             if "coupling" in params:
                 params["coupling"] = float(params["coupling"])
+            if "private" in values:
+                if method != "basis-sharing":
+                    raise AdapterError(
+                        f"points[{i}]: private applies to basis-sharing only; got method {method}"
+                    )
+                private = _families(values["private"])
+                if private:  # absent when empty, so other points keep their keys
+                    params["private"] = list(private)
             label = str(table.get("label", ""))
             for fams, (kind, value) in itertools.product(
                 fsets if method != "dense" else [()], rrs if method != "dense" else [("", 1.0)]
@@ -408,7 +417,10 @@ def point_label(point: SweepPoint) -> str:
             text += f" mu={p['coupling']:g}"
         return text
     if point.method == "basis-sharing":
-        return f"basis-sharing g={point.params['group_size']}"
+        private = point.params.get("private")
+        return f"basis-sharing g={point.params['group_size']}" + (
+            f" private {','.join(private)}" if private else ""
+        )
     return point.method
 
 
@@ -534,7 +546,7 @@ def run_sweep(
     """
     from .calibrate import calibrate
     from .checkpoint import load, read_manifest, save
-    from .compress import CompressionConfig, CompressionReport, compress_model
+    from .compress import CompressionReport
     from .evaluate import _tokenize, evaluate_model, prepare_for_eval, read_hellaswag, read_wikitext
     from .lowrank import count_unique_parameters
     from .models import family_weights, load_model, resolve_families
@@ -639,11 +651,7 @@ def run_sweep(
             reused = True
         else:
             model = copy.deepcopy(base)
-            cc = CompressionConfig(
-                method=point.method, rank_ratio=point.rank_ratio or 0.25,
-                param_ratio=kept_ratio[key], families=point.families, **point.params,
-            )  # fmt: skip
-            report = compress_model(model, cc, stats)
+            report = _compress_point(model, point, kept_ratio[key], stats)
             if ck is not None:
                 save(model, tokenizer, report, ck, overwrite=True)
         model = prepare_for_eval(model, device, config.get("dtype", "auto"))
@@ -723,6 +731,44 @@ def run_sweep(
         )
         del model
     return rows
+
+
+def _compress_point(model: Any, point: SweepPoint, param_ratio: float | None, stats: Any) -> Any:
+    """Compress ``model`` in place for one point; return its report.
+
+    A basis-sharing point with ``private`` families shares bases within groups in
+    the other families and factorises the private ones layer by layer (group size 1),
+    as Basis Sharing's authors configure Llama models (attention output and MLP
+    down projections private); both parts keep the same fraction of parameters.
+    """
+    from .compress import CompressionConfig, compress_model
+    from .models import resolve_families
+
+    params = dict(point.params)
+    private = tuple(resolve_families(model, params.pop("private"))) if "private" in params else ()
+    families = resolve_families(model, point.families)
+    parts = [(tuple(f for f in families if f not in private), params)]
+    if private:
+        parts.append((tuple(f for f in families if f in private), {**params, "group_size": 1}))
+    report = None
+    for fams, kw in parts:
+        if not fams:
+            continue
+        cc = CompressionConfig(
+            method=point.method, rank_ratio=point.rank_ratio or 0.25, param_ratio=param_ratio,
+            families=fams, **kw,
+        )  # fmt: skip
+        part = compress_model(model, cc, stats)
+        if report is None:
+            report = part
+        else:
+            report.families.update(part.families)
+            for name, seconds in part.timings.items():
+                report.timings[name] = report.timings.get(name, 0.0) + seconds
+    if report is not None and private:
+        report.config["families"] = list(families)
+        report.config["private"] = list(private)
+    return report
 
 
 def _param_ratio(
