@@ -7,6 +7,7 @@ axes ``(..., n, p)``.  The maths runs in float64 whatever the input dtype.
 
 from __future__ import annotations
 
+from .allocation import Allocation, activation_spectrum, allocate_ranks, factor_cost
 from .angles import principal_angles
 from .baselines import InputSharing, basis_sharing_input
 from .bundle import (
@@ -42,17 +43,23 @@ from .grassmann import (
     retraction,
 )
 from .means import KarcherMeanResult, chordal_mean, karcher_mean
+from .refit import LowRankFit, ResidualFit, refit_left, residual_fit, svd_llm_update
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allocation",
     "BundleProblem",
     "CoupledSection",
     "InputSharing",
     "KarcherMeanResult",
+    "LowRankFit",
     "PhaseDiagram",
+    "ResidualFit",
     "Section",
     "__version__",
+    "activation_spectrum",
+    "allocate_ranks",
     "anchor_section",
     "as_point",
     "basis_sharing_core",
@@ -63,6 +70,7 @@ __all__ = [
     "dist",
     "evaluate_section",
     "exp",
+    "factor_cost",
     "fubini_study_dist",
     "geodesic",
     "group_index",
@@ -77,8 +85,11 @@ __all__ = [
     "projection_dist",
     "projector",
     "random_point",
+    "refit_left",
+    "residual_fit",
     "retraction",
     "solve",
     "solve_coupled",
     "solve_trust_regions",
+    "svd_llm_update",
 ]

@@ -1,0 +1,527 @@
+"""Closed-form refits of low-rank factors on calibration statistics.
+
+Conventions as in :mod:`grassbundle.bundle`: a map ``y = W x`` with ``W`` of
+shape ``(m, n)``; ``x`` is the map's input in the *original* model and
+``x_hat`` its input in the *compressed* model (upstream layers already
+compressed).  The statistics, all ``n x n`` and accumulated in float64 over
+the same calibration tokens::
+
+    C       = E[x x^T]          (the original model's input covariance)
+    C_hat   = E[x_hat x_hat^T]  (the compressed model's input covariance)
+    C_cross = E[x x_hat^T]      (cross-covariance, original times compressed)
+
+Three functions, each exact for the objective it states:
+
+* :func:`svd_llm_update`: SVD-LLM's truncation followed by its authors'
+  closed-form update of the left factor (the ``whitening_local_update`` step
+  of their code): the right factor is kept, the left factor is the least-
+  squares fit of the map's output ``W x_hat`` on the inputs ``x_hat``.
+* :func:`refit_left`: that update for any right factor, and with the target
+  ``W x`` (original model) instead of ``W x_hat`` when ``C_cross`` is given.
+* :func:`residual_fit`: the best rank-``d`` map ``A B`` (both factors) for
+  ``E||W x - A B x_hat||^2``, a reduced-rank regression in closed form; for a
+  group of ``k`` maps it gives the best shared output basis.
+
+Regularisation (every function, ``ridge >= 0``): the objective gets
+``eps * ||W - A B||_F^2`` added, ``eps = ridge * tr(C_hat) / n`` (``ridge``
+relative to the mean eigenvalue of ``C_hat``).  This is the same as adding
+``eps`` times the identity to ``C``, ``C_hat`` and ``C_cross``: a few virtual
+isotropic calibration inputs on which the compressed model's input equals the
+original's.  It makes every solve positive definite, pulls the fit towards
+``W`` (not towards zero) in directions the calibration inputs never visit,
+and keeps the reduction to SVD-LLM: with ``x_hat = x`` the residual fit is
+the top-``d`` eigenspace of ``W (C + eps I) W^T``.  ``ridge = 0`` gives the
+unregularised optimum, with pseudo-inverses on the numerical range (no
+inverse of a singular matrix is ever formed; every solve is an
+eigendecomposition with a stated cut-off).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from numpy.typing import ArrayLike, NDArray
+
+from .bundle import PSD_RTOL, SYMMETRY_RTOL
+
+__all__ = [
+    "RIDGE",
+    "LowRankFit",
+    "ResidualFit",
+    "refit_left",
+    "residual_fit",
+    "svd_llm_update",
+]
+
+F64 = NDArray[np.float64]
+
+#: Default relative ridge: ``eps = RIDGE * tr(C_hat) / n``.  1e-6 of the mean
+#: input eigenvalue bounds every solve's condition number by about ``1e6 n
+#: lambda_max / tr`` (harmless in float64) while changing the objective by at
+#: most ``eps ||W - A B||_F^2``, far below calibration noise.
+RIDGE = 1e-6
+
+#: Eigenvalues at or below ``RCOND * lambda_max`` count as zero in the
+#: pseudo-inverses used when ``ridge = 0`` (about ``100 eps`` of float64 per
+#: unit of dimension; roundoff in an accumulated Gram is about ``n eps``).
+RCOND = 1e-13
+
+
+@dataclass(frozen=True)
+class LowRankFit:
+    """A rank-``d`` factorisation ``W ~ left @ right`` and its errors.
+
+    Attributes
+    ----------
+    left : ndarray, shape=[m, d]
+        Left factor (not orthonormal after a refit).
+    right : ndarray, shape=[d, n]
+        Right factor.
+    error : float
+        The expected squared output error of ``left @ right`` on the fitting
+        statistics, without the ridge term (see :func:`svd_llm_update`).
+    reference : float
+        The expected squared norm of the target output, so that
+        ``error / reference`` is the error fraction.
+    info : dict
+        ``"error_before"``: the same error before the refit; ``"ridge"``: the
+        absolute ``eps`` used.
+    """
+
+    left: F64
+    right: F64
+    error: float
+    reference: float
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def weight(self) -> F64:
+        """The compressed weight ``left @ right``, shape ``(m, n)``.
+
+        Returns
+        -------
+        ndarray, shape=[m, n]
+        """
+        return self.left @ self.right
+
+    @property
+    def error_fraction(self) -> float:
+        """``error / reference`` (0 when the reference is 0)."""
+        return self.error / self.reference if self.reference > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ResidualFit:
+    """The residual-aware fit of a map or of a group sharing one output basis.
+
+    Attributes
+    ----------
+    basis : ndarray, shape=[m, d]
+        The orthonormal output basis ``U`` (shared by the group).
+    right : ndarray, shape=[k, d, n]
+        Per map, the right factor ``B_l = U^T T_l``; the compressed map is
+        ``U B_l``.
+    spectrum : ndarray, shape=[m]
+        Eigenvalues, descending, of ``K = sum_l omega_l K_l`` with ``K_l = T_l
+        (C_hat_l + eps_l I) T_l^T``: the group's energy at rank ``d'`` is a
+        constant plus ``sum_{i > d'} spectrum[i]``, so this is what
+        :func:`grassbundle.allocate_ranks` takes.
+    target : ndarray, shape=[k, m, n]
+        ``T_l = W_l (C_cross_l + eps_l I)(C_hat_l + eps_l I)^{-1}``, the
+        unconstrained least-squares map (applied with an eigendecomposition,
+        see :func:`residual_fit`).
+    error : ndarray, shape=[k], or None
+        ``E||W_l x - U B_l x_hat||^2`` per map, without the ridge term; None
+        when ``C_cross`` is given and ``C`` is not.
+    reference : ndarray, shape=[k], or None
+        ``E||W_l x||^2 = tr(W_l C_l W_l^T)`` (``C_hat`` in place of ``C``
+        when the target is ``W_l x_hat``); None with ``error``.
+    ridge : ndarray, shape=[k]
+        The absolute ``eps_l`` used.
+    """
+
+    basis: F64
+    right: F64
+    spectrum: F64
+    target: F64
+    error: F64 | None
+    reference: F64 | None
+    ridge: F64
+
+    def weight(self, l: int = 0) -> F64:
+        """The compressed weight ``U B_l`` of map ``l``, shape ``(m, n)``.
+
+        Parameters
+        ----------
+        l : int, default 0
+            Map index within the group.
+
+        Returns
+        -------
+        ndarray, shape=[m, n]
+        """
+        return self.basis @ self.right[l]
+
+    @property
+    def error_fraction(self) -> F64 | None:
+        """``error / reference`` per map (None without them)."""
+        if self.error is None or self.reference is None:
+            return None
+        ref = np.where(self.reference > 0, self.reference, 1.0)
+        return np.asarray(self.error / ref)
+
+
+# -- validation -------------------------------------------------------------------
+
+
+def _weights_stack(W: ArrayLike) -> F64:
+    W64 = np.asarray(W, dtype=np.float64)
+    if W64.ndim == 2:
+        W64 = W64[None]
+    if W64.ndim != 3 or min(W64.shape) < 1:
+        raise ValueError(f"W must have shape (m, n) or (k, m, n); got shape {np.shape(W)}")
+    if not np.all(np.isfinite(W64)):
+        raise ValueError("W must have finite entries; found NaN or inf")
+    return np.ascontiguousarray(W64)
+
+
+def _stack(C: ArrayLike, k: int, n: int, name: str, *, psd: bool) -> F64:
+    C64 = np.asarray(C, dtype=np.float64)
+    if C64.ndim == 2:
+        C64 = C64[None]
+    if C64.shape != (k, n, n):
+        raise ValueError(
+            f"{name} must have shape (n, n) = ({n}, {n}) or (k, n, n) = ({k}, {n}, {n}); "
+            f"got shape {np.shape(C)}"
+        )
+    if not np.all(np.isfinite(C64)):
+        raise ValueError(f"{name} must have finite entries; found NaN or inf")
+    if not psd:
+        return np.ascontiguousarray(C64)
+    out = np.empty_like(C64)
+    for l in range(k):
+        Cl = C64[l]
+        scale = max(float(np.max(np.abs(Cl))), float(np.finfo(np.float64).tiny))
+        asym = float(np.max(np.abs(Cl - Cl.T)))
+        if asym > SYMMETRY_RTOL * scale:
+            raise ValueError(
+                f"{name}[{l}] must be symmetric: max |C - C^T| = {asym:.3e} exceeds "
+                f"{SYMMETRY_RTOL:g} * max|C| = {SYMMETRY_RTOL * scale:.3e}; symmetrise it"
+            )
+        out[l] = 0.5 * (Cl + Cl.T)
+    return out
+
+
+def _check_rank(rank: Any, m: int, n: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        raise ValueError(f"rank must be an integer; got rank = {rank!r}")
+    if not 1 <= int(rank) <= min(m, n):
+        raise ValueError(
+            f"rank must satisfy 1 <= rank <= min(m, n) = {min(m, n)} for maps of shape "
+            f"{m}x{n}; got rank = {rank}"
+        )
+    return int(rank)
+
+
+def _check_ridge(ridge: Any) -> float:
+    try:
+        r = float(ridge)
+    except (TypeError, ValueError):
+        raise ValueError(f"ridge must be a number >= 0; got ridge = {ridge!r}") from None
+    if not math.isfinite(r) or r < 0:
+        raise ValueError(f"ridge must be finite and >= 0; got ridge = {ridge!r}")
+    return r
+
+
+def _eig_psd(C: F64, name: str) -> tuple[F64, F64]:
+    """Eigenvalues (ascending, clipped at 0) and eigenvectors of a symmetric PSD ``C``."""
+    c, Q = np.linalg.eigh(C)
+    top = max(float(c[-1]), 0.0)
+    if c[0] < -PSD_RTOL * top or (top == 0.0 and c[0] < 0):
+        raise ValueError(
+            f"{name} must be positive semi-definite: smallest eigenvalue {c[0]:.3e} < "
+            f"-{PSD_RTOL:g} * largest ({top:.3e})"
+        )
+    return np.maximum(c, 0.0), Q
+
+
+def _eps(C_hat: F64, ridge: float, name: str) -> float:
+    n = C_hat.shape[0]
+    tr = float(np.trace(C_hat))
+    if tr <= 0:
+        raise ValueError(
+            f"{name} has zero trace: the map never saw a nonzero calibration input; "
+            "collect statistics on more tokens"
+        )
+    return ridge * tr / n
+
+
+def _spd_solve_right(G: F64, R: F64) -> F64:
+    """``X`` with ``X G = R`` for symmetric PSD ``G`` (``d x d``), by eigendecomposition.
+
+    ``X = R V diag(1/g) V^T`` on the eigenvalues ``g > RCOND * g_max``
+    (the minimum-norm least-squares solution when ``G`` is singular); no
+    inverse is formed.
+    """
+    g, V = np.linalg.eigh(0.5 * (G + G.T))
+    top = float(g[-1]) if g.size else 0.0
+    keep = g > RCOND * max(top, 0.0)
+    if not np.any(keep):
+        return np.zeros_like(R)
+    Vk = V[:, keep]
+    return np.asarray(((R @ Vk) / g[keep]) @ Vk.T)
+
+
+# -- the fits ---------------------------------------------------------------------
+
+
+def refit_left(
+    W: ArrayLike,
+    right: ArrayLike,
+    C_hat: ArrayLike,
+    C_cross: ArrayLike | None = None,
+    *,
+    ridge: float = RIDGE,
+) -> F64:
+    """The least-squares left factor for a fixed right factor.
+
+    Minimises, over ``A`` of shape ``(m, d)``::
+
+        E||W x - A Z x_hat||^2 + eps ||W - A Z||_F^2      (Z = right)
+
+    whose normal equations are ``A (Z (C_hat + eps I) Z^T) = W (C_cross +
+    eps I) Z^T``; the ``d x d`` system is solved by eigendecomposition
+    (minimum-norm on its numerical range, cut-off ``RCOND``).  Without
+    ``C_cross`` the target is ``W x_hat`` (``C_cross = C_hat``): SVD-LLM's
+    update.  The product ``A Z`` depends on ``Z`` only through its row space.
+
+    Parameters
+    ----------
+    W : array-like, shape=[m, n]
+        The original map.
+    right : array-like, shape=[d, n]
+        The fixed right factor ``Z``.
+    C_hat : array-like, shape=[n, n]
+        ``E[x_hat x_hat^T]``, symmetric PSD.
+    C_cross : array-like, shape=[n, n], optional
+        ``E[x x_hat^T]``; default ``C_hat`` (target ``W x_hat``).
+    ridge : float, default :data:`RIDGE`
+        Relative ridge, ``eps = ridge * tr(C_hat) / n``.
+
+    Returns
+    -------
+    ndarray, shape=[m, d]
+        The left factor ``A``.
+    """
+    W64 = _weights_stack(W)
+    if W64.shape[0] != 1:
+        raise ValueError(f"W must have shape (m, n); got shape {np.shape(W)}")
+    n = W64.shape[2]
+    Z = np.asarray(right, dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[1] != n or Z.shape[0] < 1:
+        raise ValueError(f"right must have shape (d, n) with n = {n}; got shape {Z.shape}")
+    if not np.all(np.isfinite(Z)):
+        raise ValueError("right must have finite entries; found NaN or inf")
+    Ch = _stack(C_hat, 1, n, "C_hat", psd=True)[0]
+    _eig_psd(Ch, "C_hat")
+    Cx = Ch if C_cross is None else _stack(C_cross, 1, n, "C_cross", psd=False)[0]
+    eps = _eps(Ch, _check_ridge(ridge), "C_hat")
+    G = Z @ Ch @ Z.T + eps * (Z @ Z.T)
+    R = W64[0] @ (Cx @ Z.T) + eps * (W64[0] @ Z.T)
+    return _spd_solve_right(G, R)
+
+
+def _output_error(W: F64, A: F64, B: F64, C: F64, C_hat: F64, C_cross: F64) -> float:
+    """``E||W x - A B x_hat||^2 = tr(W C W^T) - 2 <A B, W C_cross> + tr(A B C_hat B^T A^T)``."""
+    AB = A @ B
+    return float(np.vdot(W @ C, W) - 2.0 * np.vdot(AB, W @ C_cross) + np.vdot(AB @ C_hat, AB))
+
+
+def svd_llm_update(
+    W: ArrayLike,
+    C: ArrayLike,
+    *,
+    rank: int,
+    C_update: ArrayLike | None = None,
+    ridge: float = RIDGE,
+) -> LowRankFit:
+    """SVD-LLM [WZM24]_ with its authors' closed-form update of the left factor.
+
+    1. Truncation (SVD-LLM's whitening step, computed without a whitening
+       inverse): ``U`` = the top-``d`` eigenvectors of ``M = W C W^T``, right
+       factor ``Z = U^T W`` (the same row space as the authors' ``Sigma_d
+       V_d^T S^{-1}``, so the same product after step 2).
+    2. Update (the authors' ``whitening_local_update``): keep ``Z``, replace
+       ``U`` by the least-squares left factor for the target ``W x_hat`` on
+       the update statistics ``C_update = E[x_hat x_hat^T]``, collected, as
+       the authors do, with every upstream layer already compressed
+       (:func:`refit_left` without ``C_cross``).  The authors solve it with
+       ``torch.linalg.lstsq`` on the tokens; here it is the same least-squares
+       problem on its covariance, plus the ridge.
+
+    When ``C_update`` equals ``C`` and ``ridge = 0`` step 2 changes nothing
+    (``Z`` is already optimal for ``C``): the update acts only through the
+    shift of the inputs (and a different calibration sample).  Only the left
+    factor is updated, as in the authors' code.
+
+    Parameters
+    ----------
+    W : array-like, shape=[m, n]
+        The original map.
+    C : array-like, shape=[n, n]
+        The whitening covariance ``E[x x^T]`` (original model).
+    rank : int
+        ``1 <= d <= min(m, n)``.
+    C_update : array-like, shape=[n, n], optional
+        ``E[x_hat x_hat^T]`` for the update; default ``C``.
+    ridge : float, default :data:`RIDGE`
+        Relative ridge of the update (see the module docstring); the
+        truncation itself is unregularised, as SVD-LLM's.
+
+    Returns
+    -------
+    LowRankFit
+        ``error`` and ``reference``: ``E||W x_hat - left right x_hat||^2``
+        and ``E||W x_hat||^2`` under ``C_update``; ``info["error_before"]``
+        is the error of the truncation before the update.
+    """
+    W64 = _weights_stack(W)
+    if W64.shape[0] != 1:
+        raise ValueError(f"W must have shape (m, n); got shape {np.shape(W)}")
+    Wm = W64[0]
+    m, n = Wm.shape
+    d = _check_rank(rank, m, n)
+    C64 = _stack(C, 1, n, "C", psd=True)[0]
+    Cu = C64 if C_update is None else _stack(C_update, 1, n, "C_update", psd=True)[0]
+    r = _check_ridge(ridge)
+    trunc = residual_fit(Wm, C64, rank=d, ridge=0.0)
+    U = trunc.basis
+    Z = U.T @ Wm
+    A = refit_left(Wm, Z, Cu, ridge=r)
+    before = _output_error(Wm, U, Z, Cu, Cu, Cu)
+    after = _output_error(Wm, A, Z, Cu, Cu, Cu)
+    ref = float(np.vdot(Wm @ Cu, Wm))
+    return LowRankFit(
+        left=A,
+        right=Z,
+        error=max(after, 0.0),
+        reference=ref,
+        info={"error_before": max(before, 0.0), "ridge": _eps(Cu, r, "C_update")},
+    )
+
+
+def residual_fit(
+    W: ArrayLike,
+    C_hat: ArrayLike,
+    C_cross: ArrayLike | None = None,
+    *,
+    rank: int,
+    C: ArrayLike | None = None,
+    omega: ArrayLike | None = None,
+    ridge: float = RIDGE,
+) -> ResidualFit:
+    """Best rank-``d`` map from the compressed model's input to the original output.
+
+    For one map, minimises over all ``A`` (``m x d``) and ``B`` (``d x n``)::
+
+        E||W x - A B x_hat||^2 + eps ||W - A B||_F^2
+
+    in closed form (reduced-rank regression): with ``Ce = C_hat + eps I``,
+    ``Xe = C_cross + eps I`` and ``T = W Xe Ce^{-1}`` the objective is
+    ``const + ||(T - A B) Ce^{1/2}||_F^2``, minimised by ``A = U``, the
+    top-``d`` eigenvectors of ``K = T Ce T^T = W Xe Ce^{-1} Xe^T W^T``, and
+    ``B = U^T T``.  For a group of ``k`` maps sharing ``U`` (each with its
+    own ``B_l``), the weighted sum ``sum_l omega_l (...)`` is minimised by
+    the top-``d`` eigenvectors of ``sum_l omega_l K_l``.  With ``x_hat = x``
+    (``C_hat = C_cross = C``) and ``ridge = 0`` this is SVD-LLM (one map) and
+    the tied activation corner (a group); see ``docs/theory/allocation.rst``.
+
+    ``Ce^{-1}`` is applied through the eigendecomposition ``C_hat = Q diag(c)
+    Q^T``: ``T = W Xe Q diag(1 / (c + eps)) Q^T`` and ``K = Y Y^T`` with ``Y
+    = W Xe Q diag((c + eps)^{-1/2})``.  With ``ridge = 0`` the eigenvalues
+    ``c <= RCOND * c_max`` are dropped (the pseudo-inverse: the fit is
+    minimum-norm off the range of ``C_hat``).
+
+    Parameters
+    ----------
+    W : array-like, shape=[m, n] or [k, m, n]
+        One map, or a group of ``k`` maps sharing the output basis.
+    C_hat : array-like, shape=[n, n] or [k, n, n]
+        ``E[x_hat x_hat^T]`` per map, symmetric PSD.
+    C_cross : array-like, shape=[n, n] or [k, n, n], optional
+        ``E[x x_hat^T]`` per map (original input times compressed input).
+        Default ``C_hat``: the target is ``W x_hat``, and the fit is SVD-LLM
+        recomputed on the compressed model's inputs.
+    rank : int
+        ``1 <= d <= min(m, n)``.
+    C : array-like, shape=[n, n] or [k, n, n], optional
+        ``E[x x^T]`` per map: only for reporting the error and its reference
+        when ``C_cross`` is given.
+    omega : array-like, shape=[k], optional
+        Positive weights of the maps in the shared-basis objective; default
+        ones (the summed expected squared error, as Basis Sharing sums).
+    ridge : float, default :data:`RIDGE`
+        Relative ridge, ``eps_l = ridge * tr(C_hat_l) / n``.
+
+    Returns
+    -------
+    ResidualFit
+    """
+    W64 = _weights_stack(W)
+    k, m, n = W64.shape
+    d = _check_rank(rank, m, n)
+    r = _check_ridge(ridge)
+    Ch = _stack(C_hat, k, n, "C_hat", psd=True)
+    Cx = Ch if C_cross is None else _stack(C_cross, k, n, "C_cross", psd=False)
+    C64: F64 | None
+    if C_cross is None:
+        C64 = Ch
+    elif C is not None:
+        C64 = _stack(C, k, n, "C", psd=True)
+    else:
+        C64 = None
+    if omega is None:
+        om = np.ones(k)
+    else:
+        om = np.asarray(omega, dtype=np.float64).reshape(-1)
+        if om.shape != (k,) or not np.all(np.isfinite(om)) or np.any(om <= 0):
+            raise ValueError(f"omega must be {k} positive finite weights; got omega = {omega!r}")
+    eps = np.empty(k)
+    T = np.empty((k, m, n))
+    Ys = []
+    eye = np.eye(n)
+    for l in range(k):
+        c, Q = _eig_psd(Ch[l], f"C_hat[{l}]" if k > 1 else "C_hat")
+        if C64 is not None and C64 is not Ch:
+            _eig_psd(C64[l], f"C[{l}]" if k > 1 else "C")
+        eps[l] = _eps(Ch[l], r, f"C_hat[{l}]" if k > 1 else "C_hat")
+        ce = c + eps[l]
+        keep = ce > RCOND * float(ce[-1]) if eps[l] == 0 else np.ones(n, dtype=bool)
+        Qk, ck = Q[:, keep], ce[keep]
+        G = W64[l] @ ((Cx[l] + eps[l] * eye) @ Qk)  # W Xe Q   (m x r)
+        Ys.append(math.sqrt(om[l]) * (G / np.sqrt(ck)))
+        T[l] = (G / ck) @ Qk.T
+    F = np.concatenate(Ys, axis=1)
+    if F.shape[1] <= m:
+        Uf, s, _ = scipy.linalg.svd(F, full_matrices=False, lapack_driver="gesdd")
+        U = np.ascontiguousarray(Uf[:, :d])
+        spec = np.zeros(m)
+        spec[: s.size] = s * s
+    else:
+        mu, V = np.linalg.eigh(F @ F.T)
+        U = np.ascontiguousarray(V[:, ::-1][:, :d])
+        spec = np.maximum(mu[::-1], 0.0)
+    B = np.einsum("md,kmn->kdn", U, T)
+    err: F64 | None = None
+    ref: F64 | None = None
+    if C64 is not None:
+        err = np.array(
+            [max(_output_error(W64[l], U, B[l], C64[l], Ch[l], Cx[l]), 0.0) for l in range(k)]
+        )
+        ref = np.array([float(np.vdot(W64[l] @ C64[l], W64[l])) for l in range(k)])
+    return ResidualFit(
+        basis=U, right=B, spectrum=spec, target=T, error=err, reference=ref, ridge=eps
+    )
