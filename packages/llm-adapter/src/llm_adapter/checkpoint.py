@@ -360,6 +360,9 @@ def _info_plain(root: Path) -> int:
     )
     for file in files:
         print(f"  {file.name}: {file.stat().st_size} bytes")
+    from .export import checkpoint_summary, format_summary
+
+    print("\n".join(format_summary(checkpoint_summary(root))))
     return 0
 
 
@@ -399,4 +402,7 @@ def run_info(args: argparse.Namespace) -> int:
     if timings:
         print("  timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     print(CompressionReport.from_dict(manifest).summary_table())
+    from .export import checkpoint_summary, format_summary
+
+    print("\n".join(format_summary(checkpoint_summary(args.dir))))
     return 0

@@ -17,7 +17,14 @@ from .errors import AdapterError
 __all__ = ["build_parser", "main"]
 
 #: subcommand modules, in the order ``--help`` lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ("compress", "checkpoint", "evaluate", "sweep", "report")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "compress",
+    "checkpoint",
+    "evaluate",
+    "sweep",
+    "report",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
