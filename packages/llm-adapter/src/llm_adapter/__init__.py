@@ -19,6 +19,7 @@ from .compress import (
     rank_for,
 )
 from .errors import AdapterError
+from .gguf_cache import dequantize_gguf
 from .lowrank import LowRankLinear, count_unique_parameters
 from .models import ARCHITECTURES, family_modules, family_weights, load_model
 
@@ -35,6 +36,7 @@ __all__ = [
     "calibrate",
     "compress_model",
     "count_unique_parameters",
+    "dequantize_gguf",
     "family_modules",
     "family_weights",
     "load",

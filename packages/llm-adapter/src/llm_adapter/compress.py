@@ -53,11 +53,11 @@ from .calibrate import CalibrationStats
 from .errors import AdapterError
 from .lowrank import LowRankLinear
 from .models import (
-    ARCHITECTURES,
     family_module_names,
     family_modules,
     family_weights,
     get_arch,
+    known_family_names,
     resolve_families,
     set_module,
 )
@@ -75,7 +75,7 @@ __all__ = [
 
 METHODS = ("svd", "svd-llm", "basis-sharing", "bundle")
 METRICS = ("weight", "activation")
-ALL_FAMILIES = tuple(dict.fromkeys(f for spec in ARCHITECTURES.values() for f in spec.families))
+ALL_FAMILIES = known_family_names()  # every architecture's families, then neutral names
 
 
 @dataclass(frozen=True)

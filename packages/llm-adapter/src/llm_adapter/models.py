@@ -25,11 +25,16 @@ from .errors import AdapterError
 
 __all__ = [
     "ARCHITECTURES",
+    "LLAMA_LAYOUT",
+    "NEUTRAL_FAMILIES",
     "ArchSpec",
+    "canonical_family",
     "family_modules",
     "family_weights",
     "get_arch",
+    "known_family_names",
     "load_model",
+    "random_model",
     "random_neox",
     "resolve_device",
     "resolve_dtype",
@@ -52,14 +57,92 @@ class ArchSpec:
         State-dict key prefixes as the model names them -> as checkpoints on
         the hub name them (applied on save, undone on load), so files read
         the same whatever the ``transformers`` version.
+    aliases : dict of str to str
+        Architecture-neutral family name (:data:`NEUTRAL_FAMILIES`) -> the
+        family of this architecture it names.  Accepted wherever a family is.
     """
 
     layers: str
     families: dict[str, str]
     file_renames: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
-#: model_type -> accessors.  GPT-NeoX is the Pythia architecture.
+#: Architecture-neutral family names and what each means; every architecture
+#: maps the ones it has to its own family (``ArchSpec.aliases``).
+NEUTRAL_FAMILIES: dict[str, str] = {
+    "attn.qkv": "the fused query-key-value input map of attention",
+    "attn.q": "the query map",
+    "attn.k": "the key map",
+    "attn.v": "the value map",
+    "attn.out": "the attention output map",
+    "mlp.gate": "the MLP gate map (gated MLPs)",
+    "mlp.up": "the MLP up (input) map",
+    "mlp.out": "the MLP down (output) map",
+}
+
+_LLAMA_FAMILIES = {
+    f: f
+    for f in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+}
+_LLAMA_ALIASES = {
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.out": "self_attn.o_proj",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.up": "mlp.up_proj",
+    "mlp.out": "mlp.down_proj",
+}
+
+
+def _llama_layout() -> ArchSpec:
+    """The Llama module layout: ``model.layers.i.self_attn.*_proj`` and ``mlp.*_proj``."""
+    return ArchSpec(
+        layers="model.layers", families=dict(_LLAMA_FAMILIES), aliases=dict(_LLAMA_ALIASES)
+    )
+
+
+#: Architectures (``config.model_type``) that transformers ships with exactly
+#: Llama's module layout for the linear maps: separate q/k/v/o projections
+#: and a gated MLP, blocks at ``model.layers``.  They differ in norms, rotary
+#: details, biases, tying and scaling, none of which the adapter touches.
+LLAMA_LAYOUT = (
+    "llama",
+    "mistral",
+    "ministral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "vaultgemma",
+    "olmo",
+    "olmo2",
+    "olmo3",
+    "granite",
+    "helium",
+    "stablelm",
+    "cohere",
+    "cohere2",
+    "exaone4",
+    "seed_oss",
+    "hunyuan_v1_dense",
+    "ernie4_5",
+    "smollm3",
+)
+
+#: model_type -> accessors.  GPT-NeoX is the Pythia architecture; Llama
+#: (SmolLM2, Llama 2/3) and the architectures of :data:`LLAMA_LAYOUT` share
+#: one layout.
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
         layers="gpt_neox.layers",
@@ -71,8 +154,36 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         },
         # transformers 5.x names the head ``lm_head``; 4.x and hub files use ``embed_out``
         file_renames={"lm_head.": "embed_out."},
+        aliases={
+            "attn.qkv": "attention.query_key_value",
+            "attn.out": "attention.dense",
+            "mlp.up": "mlp.dense_h_to_4h",
+            "mlp.out": "mlp.dense_4h_to_h",
+        },
     ),
+    **{model_type: _llama_layout() for model_type in LLAMA_LAYOUT},
 }
+
+
+def known_family_names() -> tuple[str, ...]:
+    """Every family name of every architecture, then the neutral names."""
+    names = [f for spec in ARCHITECTURES.values() for f in spec.families]
+    return tuple(dict.fromkeys([*names, *NEUTRAL_FAMILIES]))
+
+
+def canonical_family(spec: ArchSpec, name: str) -> str:
+    """The architecture's own family for ``name`` (a family or a neutral alias)."""
+    if name in spec.families:
+        return name
+    if name in spec.aliases:
+        return spec.aliases[name]
+    valid = ", ".join([*spec.families, *spec.aliases])
+    if name in NEUTRAL_FAMILIES:
+        raise AdapterError(
+            f"family {name!r} ({NEUTRAL_FAMILIES[name]}) does not exist in this architecture; "
+            f"valid families: {valid} (or 'all')"
+        )
+    raise AdapterError(f"unknown family {name!r}; valid families: {valid} (or 'all')")
 
 
 def get_arch(model: nn.Module) -> ArchSpec:
@@ -104,11 +215,13 @@ def resolve_families(model: nn.Module, families: str | Sequence[str]) -> tuple[s
     model : torch.nn.Module
     families : str or sequence of str
         ``"all"``, one family name, a comma-separated list, or a sequence.
+        Architecture-neutral names (``attn.out``, ``mlp.out``, ...; see
+        :data:`NEUTRAL_FAMILIES`) are accepted and mapped to the model's own.
 
     Returns
     -------
     tuple of str
-        The families, in the table's order, without duplicates.
+        The model's own family names, in the table's order, without duplicates.
     """
     spec = get_arch(model)
     if isinstance(families, str):
@@ -121,12 +234,8 @@ def resolve_families(model: nn.Module, families: str | Sequence[str]) -> tuple[s
         raise AdapterError(
             f"no family given; valid families: {', '.join(spec.families)} (or 'all')"
         )
-    for name in names:
-        if name not in spec.families:
-            raise AdapterError(
-                f"unknown family {name!r}; valid families: {', '.join(spec.families)} (or 'all')"
-            )
-    return tuple(f for f in spec.families if f in names)
+    wanted = {canonical_family(spec, name) for name in names}
+    return tuple(f for f in spec.families if f in wanted)
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
@@ -152,16 +261,16 @@ def family_modules(model: nn.Module, family: str) -> list[nn.Module]:
         ``nn.Linear`` before compression, :class:`~llm_adapter.lowrank.LowRankLinear` after.
     """
     spec = get_arch(model)
-    if family not in spec.families:
-        raise AdapterError(f"unknown family {family!r}; valid families: {', '.join(spec.families)}")
-    return [layer.get_submodule(spec.families[family]) for layer in _layers(model)]
+    path = spec.families[canonical_family(spec, family)]
+    return [layer.get_submodule(path) for layer in _layers(model)]
 
 
 def family_module_names(model: nn.Module, family: str) -> list[str]:
     """Dotted names (from the model root) of the family's modules, in layer order."""
     spec = get_arch(model)
     n_layers = len(_layers(model))
-    return [f"{spec.layers}.{i}.{spec.families[family]}" for i in range(n_layers)]
+    path = spec.families[canonical_family(spec, family)]
+    return [f"{spec.layers}.{i}.{path}" for i in range(n_layers)]
 
 
 def family_weights(model: nn.Module, family: str) -> NDArray[np.float64]:
@@ -320,7 +429,10 @@ def load_model(
     Parameters
     ----------
     name_or_path : str or path
-        Local directory, or a hub id such as ``EleutherAI/pythia-70m``.
+        Local directory, a ``.gguf`` file, or a hub id such as
+        ``EleutherAI/pythia-70m``.  A GGUF file is dequantized once into a
+        plain float32 copy in the cache (:func:`llm_adapter.dequantize_gguf`)
+        and loaded from there, with the tokenizer stored in the file.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default "auto"
         Where to put the model; ``auto`` takes the GPU when there is one.
         Ignored when ``device_map`` is given.
@@ -336,7 +448,9 @@ def load_model(
         In eval mode.
     tokenizer : transformers.PreTrainedTokenizerBase
     """
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() or str(name_or_path).lower().endswith(".gguf"):
+        return _load_gguf(path, device=device, dtype=dtype, device_map=device_map)
     local = path.is_dir()
     if local and (path / "compression.json").is_file():
         from .checkpoint import load
@@ -379,6 +493,31 @@ def load_model(
         model.to(resolve_device(device))
     model.eval()
     tokenizer = load_tokenizer(source)
+    return model, tokenizer
+
+
+def _load_gguf(
+    path: Path,
+    *,
+    device: str | torch.device,
+    dtype: str | torch.dtype | None,
+    device_map: str | dict[str, Any] | None,
+) -> tuple[nn.Module, Any]:
+    """Load a GGUF file through its cached dequantized copy; the model keeps the file's name."""
+    from .gguf_cache import dequantize_gguf, is_gguf_file
+
+    if not path.is_file():
+        raise AdapterError(f"model file {str(path)!r} does not exist")
+    if not is_gguf_file(path):
+        raise AdapterError(
+            f"model path {str(path)!r} is a file but not a GGUF file; give a GGUF file, a "
+            "model directory or a hub id"
+        )
+    resolve_dtype(dtype)  # a bad dtype fails before any dequantizing
+    entry = dequantize_gguf(path)
+    model, tokenizer = load_model(entry, device=device, dtype=dtype, device_map=device_map)
+    config: Any = model.config
+    config._name_or_path = str(path)
     return model, tokenizer
 
 
@@ -466,6 +605,95 @@ def random_neox(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model: nn.Module = GPTNeoXForCausalLM(config)
+    model.to(dtype)
+    model.eval()
+    return model
+
+
+def random_model(
+    model_type: str = "llama",
+    *,
+    hidden_size: int = 32,
+    num_hidden_layers: int = 3,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int | None = 2,
+    intermediate_size: int | None = None,
+    vocab_size: int = 128,
+    max_position_embeddings: int = 256,
+    tie_word_embeddings: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """A randomly initialised causal LM of any architecture in :data:`ARCHITECTURES`.
+
+    Parameters
+    ----------
+    model_type : str, default "llama"
+        A key of :data:`ARCHITECTURES` (``gpt_neox`` goes to :func:`random_neox`).
+    hidden_size, num_hidden_layers, num_attention_heads : int
+    num_key_value_heads : int, optional
+        Grouped-query attention: fewer key/value heads than query heads
+        (default 2); ``None`` for plain multi-head attention.
+    intermediate_size : int, optional
+        Default ``3 * hidden_size``.
+    vocab_size, max_position_embeddings : int
+    tie_word_embeddings : bool, default True
+        Share the input embedding and the output head (as SmolLM2).
+    seed : int
+        Seeds the initialisation (the global torch generator is left as it
+        was); norm weights are drawn from ``U(0.5, 1.5)`` so that a lost
+        norm shows in the logits.
+    dtype : torch.dtype, default float32
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        In eval mode, on the CPU, dropout off.
+    """
+    if model_type == "gpt_neox":
+        return random_neox(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            vocab_size=vocab_size,
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=tie_word_embeddings,
+            seed=seed,
+            dtype=dtype,
+        )
+    if model_type not in ARCHITECTURES:
+        raise AdapterError(
+            f"unsupported architecture {model_type!r}; supported: "
+            f"{', '.join(sorted(ARCHITECTURES))}"
+        )
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kv = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
+    config = AutoConfig.for_model(
+        model_type,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=kv,
+        head_dim=hidden_size // num_attention_heads,
+        intermediate_size=intermediate_size or 3 * hidden_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        # special ids of the hub configs lie outside a tiny vocabulary
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=None,
+        attention_dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model: nn.Module = AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name and p.ndim == 1:
+                    p.uniform_(0.5, 1.5)
     model.to(dtype)
     model.eval()
     return model
