@@ -1,0 +1,316 @@
+"""Sequential compression: each block refit on the already-compressed model's inputs.
+
+One pass over the blocks in forward order, on the calibration windows. For
+block ``i`` the adapter keeps two streams of hidden states: ``X`` (the
+original model's input to block ``i``) and ``X_hat`` (the compressed model's,
+every upstream block already compressed). For each targeted map of the block,
+in forward order, it accumulates in float64, over the same tokens,
+
+* ``C = E[x x^T]`` from the original block run on ``X``,
+* ``C_hat = E[x_hat x_hat^T]`` and ``C_cross = E[x x_hat^T]`` from the block
+  as compressed so far run on ``X_hat``,
+
+hands them to grassbundle, and writes the factors back as a
+:class:`~llm_adapter.lowrank.LowRankLinear`; then both streams advance one
+block. Maps that read the same tensor (q, k and v; gate and up) are captured
+in one pass. Two fits (all maths in :mod:`grassbundle.refit`):
+
+``"update"``
+    SVD-LLM with its authors' second step: the whitened truncation from ``C``,
+    then the least-squares update of the left factor for the target
+    ``W x_hat`` on ``C_hat`` (:func:`grassbundle.svd_llm_update`).
+``"residual"``
+    The residual-aware fit: the best rank-``d`` map from ``x_hat`` to the
+    *original* output ``W x`` (:func:`grassbundle.residual_fit`, a
+    reduced-rank regression), so each layer also corrects the error its
+    compressed inputs carry.
+
+The adapter only moves tensors: statistics in, factors out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import AdapterError
+from .lowrank import LowRankLinear
+from .models import family_module_names, family_modules, model_device, set_module
+
+__all__ = ["SequentialFit", "compress_sequential"]
+
+Fit = Literal["update", "residual"]
+FITS: tuple[str, ...] = ("update", "residual")
+
+
+@dataclass
+class SequentialFit:
+    """What the sequential pass did to one family.
+
+    Attributes
+    ----------
+    ranks : list of int
+        Rank per layer.
+    frobenius_error : list of float
+        ``||W_l - W'_l||_F^2`` per layer.
+    activation_error : list of float
+        ``tr((W_l - W'_l) C_l (W_l - W'_l)^T)`` per layer, ``C_l`` from the
+        original model's inputs (the SVD-LLM measure).
+    activation_total : list of float
+        ``tr(W_l C_l W_l^T)`` per layer.
+    output_error : list of float
+        ``E||W_l x - W'_l x_hat||^2`` per layer: the error the fit minimises
+        (residual) or reports (update), original input against compressed input.
+    output_total : list of float
+        ``E||W_l x||^2`` per layer.
+    """
+
+    ranks: list[int]
+    frobenius_error: list[float]
+    activation_error: list[float]
+    activation_total: list[float]
+    output_error: list[float]
+    output_total: list[float]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _block_inputs(
+    model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor, batch_size: int
+) -> list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]]:
+    """The first block's inputs (hidden states, positional args, keyword args) per batch."""
+    captured: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]] = []
+    first = layers[0]
+    device = model_device(model)
+
+    class Catcher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_type = getattr(first, "attention_type", None)
+
+        def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            captured.append((hidden, args, kwargs))
+            raise _Stop
+
+    layers[0] = Catcher()
+    try:
+        with torch.no_grad():
+            for s in range(0, windows.shape[0], batch_size):
+                try:
+                    model(input_ids=windows[s : s + batch_size].to(device), use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        layers[0] = first
+    return captured
+
+
+def _run(block: nn.Module, hidden: torch.Tensor, args: Any, kwargs: Any) -> torch.Tensor:
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _capture(
+    block: nn.Module,
+    modules: Sequence[nn.Module],
+    batches: Sequence[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]],
+    *,
+    outputs: bool = False,
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    """Run ``block`` on every batch; the inputs of ``modules`` (tokens x n, float64, CPU)."""
+    seen: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for j, module in enumerate(modules):
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], j: int = j) -> None:
+            x = args[0].detach()
+            seen[j].append(x.reshape(-1, x.shape[-1]).to("cpu", torch.float64))
+
+        handles.append(module.register_forward_pre_hook(hook))
+    outs: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for hidden, args, kwargs in batches:
+                out = _run(block, hidden, args, kwargs)
+                if outputs:
+                    outs.append(out)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, outs
+
+
+def _gram(a: list[torch.Tensor], b: list[torch.Tensor]) -> NDArray[np.float64]:
+    total = sum(int(x.shape[0]) for x in a)
+    acc = sum((x.T @ y for x, y in zip(a, b, strict=True)), torch.zeros(()))
+    return np.asarray(acc.numpy() / total, dtype=np.float64)
+
+
+def _fit_one(
+    fit: str,
+    W: NDArray[np.float64],
+    C: NDArray[np.float64],
+    C_hat: NDArray[np.float64],
+    C_cross: NDArray[np.float64],
+    rank: int,
+    ridge: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    import grassbundle as gb
+
+    try:
+        if fit == "update":
+            res = gb.svd_llm_update(W, C, rank=rank, C_update=C_hat, ridge=ridge)
+            return res.left, res.right
+        rf = gb.residual_fit(W, C_hat, C_cross, rank=rank, C=C, ridge=ridge)
+        return rf.basis, rf.right[0]
+    except ValueError as exc:
+        raise AdapterError(f"grassbundle rejected the {fit} fit: {exc}") from None
+
+
+def compress_sequential(
+    model: nn.Module,
+    families: Sequence[str],
+    ranks: dict[str, Sequence[int]],
+    windows: torch.Tensor,
+    *,
+    fit: str = "residual",
+    ridge: float | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, SequentialFit]:
+    """Compress ``families`` of ``model`` in place, block by block in forward order.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Dense in the targeted families.
+    families : sequence of str
+        Resolved family names (see :func:`llm_adapter.models.resolve_families`).
+    ranks : dict of str to sequence of int
+        Rank of every layer of every family.
+    windows : torch.Tensor, shape=[N, T], int64
+        Calibration token windows.
+    fit : {"residual", "update"}
+        See the module documentation.
+    ridge : float, optional
+        Relative ridge for grassbundle (default :data:`grassbundle.refit.RIDGE`).
+    batch_size : int
+        Windows per forward pass.
+    progress : bool
+        A progress bar over blocks (stderr).
+
+    Returns
+    -------
+    dict of str to SequentialFit
+    """
+    import copy
+
+    from grassbundle.refit import RIDGE
+
+    from .models import _layers
+
+    if fit not in FITS:
+        raise AdapterError(f"unknown sequential fit {fit!r}; valid: {', '.join(FITS)}")
+    r = RIDGE if ridge is None else float(ridge)
+    layers = _layers(model)
+    per_family = {f: family_modules(model, f) for f in families}
+    names = {f: family_module_names(model, f) for f in families}
+    for f in families:
+        if len(ranks[f]) != len(layers):
+            raise AdapterError(f"{f}: {len(ranks[f])} ranks for {len(layers)} layers")
+    orig_batches = _block_inputs(model, layers, windows, batch_size)
+    hat_batches = [(h.clone(), a, k) for h, a, k in orig_batches]
+    out: dict[str, SequentialFit] = {f: SequentialFit([], [], [], [], [], []) for f in families}
+    bar = tqdm(range(len(layers)), desc="sequential fit", unit="block", disable=not progress)
+    for i in bar:
+        block = layers[i]
+        original = copy.deepcopy(block)  # dense: this block is not compressed yet
+        mods_orig = [_find(original, block, per_family[f][i]) for f in families]
+        xs, next_orig = _capture(original, mods_orig, orig_batches, outputs=True)
+        done: set[str] = set()
+        for f in families:
+            if f in done:
+                continue
+            # every family reading the same tensor as f: captured in the same pass
+            group = [g for g in families if g not in done and _same_input(xs, families, f, g)]
+            mods_hat = [per_family[g][i] for g in group]
+            xhs, _ = _capture(block, mods_hat, hat_batches)
+            for g, xh in zip(group, xhs, strict=True):
+                x = xs[families.index(g)]
+                C = _gram(x, x)
+                C_hat = _gram(xh, xh)
+                C_cross = _gram(x, xh)
+                old = per_family[g][i]
+                assert isinstance(old, nn.Linear)
+                W = old.weight.detach().to("cpu", torch.float64).numpy()
+                left, right = _fit_one(fit, W, C, C_hat, C_cross, int(ranks[g][i]), r)
+                Wc = left @ right
+                E = W - Wc
+                rec = out[g]
+                rec.ranks.append(int(ranks[g][i]))
+                rec.frobenius_error.append(float(np.vdot(E, E)))
+                rec.activation_error.append(float(np.vdot(E @ C, E)))
+                rec.activation_total.append(float(np.vdot(W @ C, W)))
+                # E||W x - Wc x_hat||^2 = tr(W C W^T) - 2 tr(W C_cross Wc^T) + tr(Wc C_hat Wc^T)
+                err = (
+                    float(np.vdot(W @ C, W))
+                    - 2.0 * float(np.vdot(W @ C_cross, Wc))
+                    + float(np.vdot(Wc @ C_hat, Wc))
+                )
+                rec.output_error.append(max(err, 0.0))
+                rec.output_total.append(float(np.vdot(W @ C, W)))
+                dtype, device = old.weight.dtype, old.weight.device
+                new = LowRankLinear(
+                    _param(left, dtype, device), _param(right, dtype, device), old.bias, "left"
+                )
+                set_module(model, names[g][i], new)
+                per_family[g][i] = new
+                done.add(g)
+        with torch.no_grad():
+            hat_batches = [(_run(block, h, a, k), a, k) for h, a, k in hat_batches]
+        orig_batches = [(o, a, k) for o, (_, a, k) in zip(next_orig, orig_batches, strict=True)]
+        del original
+    bar.close()
+    return out
+
+
+def _param(a: NDArray[np.float64], dtype: torch.dtype, device: Any) -> nn.Parameter:
+    return nn.Parameter(
+        torch.tensor(np.ascontiguousarray(a), dtype=dtype, device=device), requires_grad=False
+    )
+
+
+def _find(copy_root: nn.Module, root: nn.Module, module: nn.Module) -> nn.Module:
+    """The module of ``copy_root`` at the path ``module`` has inside ``root``."""
+    for name, mod in root.named_modules():
+        if mod is module:
+            return copy_root.get_submodule(name)
+    raise AdapterError("a family module is not inside its block; check the accessor table")
+
+
+def _same_input(xs: list[list[torch.Tensor]], families: Sequence[str], f: str, g: str) -> bool:
+    if f == g:
+        return True
+    a, b = xs[families.index(f)], xs[families.index(g)]
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True)
+    )

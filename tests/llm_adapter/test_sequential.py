@@ -1,0 +1,110 @@
+"""Sequential (residual-aware) compression: statistics plumbing and optimality, checked
+against statistics recaptured independently through whole-model hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from llm_adapter.lowrank import LowRankLinear
+from llm_adapter.models import family_module_names, family_modules, random_model
+from llm_adapter.sequential import compress_sequential
+
+O = "self_attn.o_proj"
+
+
+def _model() -> Any:
+    return random_model("llama", hidden_size=32, num_hidden_layers=3, vocab_size=96, seed=4)
+
+
+def _windows() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 96, (12, 16), generator=g)
+
+
+def _inputs(model: Any, name: str, windows: torch.Tensor) -> np.ndarray:
+    """Every token's input to module ``name``, float64, via a hook on the whole model."""
+    seen: list[torch.Tensor] = []
+    module = model.get_submodule(name)
+    h = module.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+    )
+    with torch.no_grad():
+        model(input_ids=windows, use_cache=False)
+    h.remove()
+    return torch.cat(seen).double().numpy()
+
+
+def _dense(model: Any, name: str) -> np.ndarray:
+    mod = model.get_submodule(name)
+    w = mod.weight() if isinstance(mod, LowRankLinear) else mod.weight
+    return w.detach().double().numpy()
+
+
+def _svd_llm(W: np.ndarray, C: np.ndarray, d: int) -> np.ndarray:
+    """SVD-LLM as its authors write it: Cholesky whitening, truncated SVD, un-whitening."""
+    S = np.linalg.cholesky(C)
+    U, s, Vt = np.linalg.svd(W @ S)
+    return (U[:, :d] * s[:d]) @ Vt[:d] @ np.linalg.inv(S)
+
+
+def test_first_block_is_svd_llm_and_later_blocks_are_optimal() -> None:
+    base, windows, d = _model(), _windows(), 8
+    model = _model()
+    fits = compress_sequential(model, [O], {O: [d, d, d]}, windows, fit="residual", ridge=0.0)
+    names = family_module_names(base, O)
+    # block 0: nothing upstream is compressed, so the fit is SVD-LLM's truncation
+    x0 = _inputs(base, names[0], windows)
+    C0 = x0.T @ x0 / len(x0)
+    ref = _svd_llm(_dense(base, names[0]), C0, d)
+    got = _dense(model, names[0])
+    assert np.linalg.norm(got - ref) <= 1e-6 * np.linalg.norm(ref)
+    # blocks 1, 2: the fit minimises E||W x - W' x_hat||^2 over rank-d maps W'
+    for i in (1, 2):
+        x = _inputs(base, names[i], windows)
+        xh = _inputs(model, names[i], windows)
+        W = _dense(base, names[i])
+
+        def objective(Wc: np.ndarray, W: np.ndarray = W, x: np.ndarray = x, xh=xh) -> float:
+            r = x @ W.T - xh @ Wc.T
+            return float(np.mean(np.sum(r * r, axis=1)))
+
+        mine = objective(_dense(model, names[i]))
+        assert mine == pytest.approx(fits[O].output_error[i], rel=1e-6)
+        Ch = xh.T @ xh / len(xh)
+        for other in (_svd_llm(W, Ch, d), _svd_llm(W, x.T @ x / len(x), d)):
+            assert mine <= objective(other) * (1 + 1e-9)
+        assert fits[O].ranks == [d, d, d]
+
+
+def test_update_fit_solves_its_normal_equations() -> None:
+    base, windows, d = _model(), _windows(), 6
+    model = _model()
+    compress_sequential(model, [O], {O: [d] * 3}, windows, fit="update", ridge=0.0)
+    name = family_module_names(base, O)[2]
+    xh = _inputs(model, name, windows)
+    Ch = xh.T @ xh / len(xh)
+    W = _dense(base, name)
+    mod = model.get_submodule(name)
+    A = mod.left.detach().double().numpy()
+    Z = mod.right.detach().double().numpy()
+    # the left factor is the least-squares fit of W x_hat on Z x_hat: (W - A Z) C_hat Z^T = 0
+    grad = (W - A @ Z) @ Ch @ Z.T
+    assert np.linalg.norm(grad) <= 1e-5 * np.linalg.norm(W @ Ch @ Z.T)
+
+
+def test_every_family_is_replaced_and_per_layer_ranks_are_kept() -> None:
+    model, windows = _model(), _windows()
+    fams = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", O,
+            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]  # fmt: skip
+    ranks = {f: [4, 6, 8] for f in fams}
+    fits = compress_sequential(model, fams, ranks, windows, fit="residual")
+    for f in fams:
+        mods = family_modules(model, f)
+        assert [m.rank for m in mods] == [4, 6, 8]
+        assert all(isinstance(m, LowRankLinear) for m in mods)
+        assert all(np.isfinite(fits[f].output_error))
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=windows[:2]).logits).all()
