@@ -283,3 +283,22 @@ def test_missing_gguf_package_is_a_one_line_error(
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
     with pytest.raises(AdapterError, match=r"needs the gguf package.*llm-adapter\[gguf\]"):
         load_model(gguf_file)
+
+
+def test_load_and_info_accept_a_gguf_file(
+    source: Any, gguf_file: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import llm_adapter
+    from llm_adapter.cli import main
+
+    model, tokenizer = llm_adapter.load(gguf_file, device="cpu")
+    assert tokenizer is not None
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, source(x).logits)
+    assert main(["info", str(gguf_file)]) == 0
+    out = capsys.readouterr().out
+    sha = gguf_cache._sha256_file(gguf_file)
+    assert f"GGUF file {gguf_file}" in out and sha in out
+    assert "dequantized copy (cached)" in out  # load above built the entry
+    assert "model_type: llama" in out

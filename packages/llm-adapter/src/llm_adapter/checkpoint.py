@@ -244,7 +244,7 @@ def load(
     ----------
     path : str or path
         Directory; without ``compression.json`` it is loaded as a plain
-        checkpoint (:func:`llm_adapter.load_model`).
+        checkpoint (:func:`llm_adapter.load_model`), as is a ``.gguf`` file.
     device : {"auto", "cpu", "cuda", "cuda:N"}
     dtype : str or torch.dtype, optional
         Cast after loading; default: as stored.
@@ -260,6 +260,10 @@ def load(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     root = Path(path)
+    if root.is_file():  # a .gguf file: dequantized through the cache by load_model
+        from .models import load_model
+
+        return load_model(root, device=device, dtype=dtype)
     if not root.is_dir():
         raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
     if not (root / MANIFEST).is_file():
@@ -371,6 +375,10 @@ def run_info(args: argparse.Namespace) -> int:
     from .compress import CompressionReport
 
     root = Path(args.dir)
+    if root.is_file():  # a .gguf file: describe its dequantized (cached) copy
+        from .gguf_cache import describe_gguf
+
+        return _info_plain(describe_gguf(root))
     if root.is_dir() and not (root / MANIFEST).is_file() and (root / "config.json").is_file():
         return _info_plain(root)
     manifest = read_manifest(args.dir)

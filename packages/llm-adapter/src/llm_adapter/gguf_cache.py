@@ -33,7 +33,7 @@ import torch
 
 from .errors import AdapterError
 
-__all__ = ["CACHE_ENV", "cache_root", "dequantize_gguf", "is_gguf_file"]
+__all__ = ["CACHE_ENV", "cache_root", "dequantize_gguf", "describe_gguf", "is_gguf_file"]
 
 #: The environment variable that overrides the cache root.
 CACHE_ENV = "LLM_ADAPTER_CACHE"
@@ -289,4 +289,33 @@ def dequantize_gguf(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return entry
+
+
+def describe_gguf(path: str | os.PathLike[str]) -> Path:
+    """Print what a GGUF file is and where its dequantized copy lives (``info``).
+
+    Parameters
+    ----------
+    path : str or path
+        A ``.gguf`` file.
+
+    Returns
+    -------
+    Path
+        The cache entry (built now when absent), to be described as a plain
+        checkpoint.
+    """
+    src = Path(path).expanduser()
+    if not is_gguf_file(src):
+        raise AdapterError(
+            f"{str(path)!r} is not a GGUF file (it does not start with the bytes 'GGUF'); "
+            "give a checkpoint directory or a .gguf file"
+        )
+    sha = _sha256_file(src)
+    root = cache_root() / "gguf"
+    cached = _entry_is_complete(root / sha, sha)
+    entry = dequantize_gguf(src)
+    print(f"GGUF file {src}: {src.stat().st_size} bytes, sha256 {sha}")
+    print(f"  dequantized copy ({'cached' if cached else 'built now'}): {entry}")
     return entry
