@@ -109,15 +109,106 @@ def test_manifest_contents(tmp_path: Path) -> None:
 
 def test_existing_dir_needs_overwrite_and_is_untouched(tmp_path: Path) -> None:
     out = tmp_path / "ck"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
     model, report = _compressed(method="svd")
-    with pytest.raises(AdapterError, match="exists; pass overwrite=True"):
+    save(model, None, report, out)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(AdapterError, match="exists; pass --overwrite"):
         save(model, None, report, out)
-    assert (out / "keep.txt").read_text() == "mine"
-    save(model, None, report, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "compression.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == before
+    save(model, None, report, out, overwrite=True)  # a checkpoint llm-adapter wrote: replaced
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert read_manifest(out)["checkpoint"]["files"] == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp dirs left
+
+
+def test_overwrite_never_deletes_what_llm_adapter_did_not_write(tmp_path: Path) -> None:
+    model, report = _compressed(method="svd")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(AdapterError, match=r"has no compression\.json: it was not written by"):
+        save(model, None, report, foreign, overwrite=True)
+    out = save(model, None, report, tmp_path / "ck")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(AdapterError, match=r"holds files llm-adapter did not write \(notes.txt\)"):
+        save(model, None, report, out, overwrite=True)
+    (out / "notes.txt").unlink()
+    (out / "compression.json").write_text('{"method": null}')
+    with pytest.raises(AdapterError, match="not a manifest of llm-adapter checkpoint format"):
+        save(model, None, report, out, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "mine"]
+
+
+def test_overwrite_never_replaces_the_source_model(tmp_path: Path) -> None:
+    src = save(random_neox(seed=1), None, None, tmp_path / "parent" / "src")
+    model, _ = load(src, device="cpu")
+    for target in (src, tmp_path / "parent"):
+        with pytest.raises(AdapterError, match="the input model"):
+            save(model, None, None, target, overwrite=True)
+    assert (src / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["src"]
+
+
+def test_impossible_output_paths(tmp_path: Path) -> None:
+    model = random_neox(seed=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AdapterError, match="is not a directory"):
+        save(model, None, None, tmp_path / "file", overwrite=True)
+    with pytest.raises(AdapterError, match=r"cannot be created: .*file' is not a directory"):
+        save(model, None, None, tmp_path / "file" / "sub" / "ck")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+def test_leftovers_of_a_dead_write_are_cleaned_and_others_kept(tmp_path: Path) -> None:
+    import os
+
+    from llm_adapter.checkpoint import _host_tag, clean_leftovers
+
+    host, dead = _host_tag(), _dead_pid()
+    made = {
+        "dead_tmp": f".ck.tmp-{host}-{dead}-0123abcd",
+        "live_tmp": f".ck.tmp-{host}-{os.getpid()}-0123abcd",  # a live writer's
+        "other_host": f".ck.tmp-ffffffff-{dead}-0123abcd" if host != "ffffffff" else ".ck.x",
+        "legacy": ".ck.tmp-k2j4h5g6",  # an older version's: not identifiable, kept
+        "other_name": f".ckb.tmp-{host}-{dead}-0123abcd",  # another target's
+    }
+    for name in made.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text("partial")
+    model, report = _compressed(method="svd")
+    save(model, None, report, tmp_path / "ck")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert made["dead_tmp"] not in left
+    assert {made[k] for k in ("live_tmp", "other_host", "legacy", "other_name")} <= left
+    # a replacement that died between its two renames: the old checkpoint is put back
+    os.rename(tmp_path / "ck", tmp_path / f".ck.old-{host}-{dead}-0123abcd")
+    assert clean_leftovers(tmp_path / "ck")[0].startswith("restored")
+    assert (tmp_path / "ck" / "compression.json").is_file()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replacement_with_and_without_atomic_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    if not exchange:
+        monkeypatch.setenv("LLM_ADAPTER_NO_EXCHANGE", "1")
+    model, report = _compressed(method="svd")
+    out = save(model, None, report, tmp_path / "ck")
+    model2, report2 = _compressed(method="bundle", tying=2)
+    save(model2, None, report2, out, overwrite=True)
+    assert read_manifest(out)["method"] == "bundle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
 def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,3 +303,156 @@ def test_cuda_compress_save_reload(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         lw.covariance("attention.dense"), stats.covariance("attention.dense"), rtol=1e-4, atol=1e-8
     )
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle checkpoint (tied factors: 2 aliases) with tied word embeddings."""
+    model = random_neox(num_hidden_layers=4, seed=2, tie_word_embeddings=True)
+    windows = torch.from_numpy(np.random.default_rng(0).integers(0, 128, size=(8, 32)))
+    stats = calibrate(model, None, "attention.dense", token_windows=windows)
+    report = compress_model(model, CompressionConfig(method="bundle", tying=2, lam=0.3), stats)
+    return save(model, None, report, tmp_path_factory.mktemp("saved") / "ck")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_manifest(root: Path, edit: object) -> None:
+    m = json.loads((root / "compression.json").read_text())
+    edit(m["checkpoint"])  # type: ignore[operator]
+    (root / "compression.json").write_text(json.dumps(m))
+
+
+def test_the_fixture_checkpoint_loads(saved: Path) -> None:
+    aliases = read_manifest(saved)["checkpoint"]["aliases"]
+    # two tied groups of 2 layers, and the tied embeddings
+    assert len(aliases) == 3 and "embed_out.weight" in aliases
+    model, _ = load(saved, device="cpu")
+    assert model.lm_head.weight is model.gpt_neox.embed_in.weight
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # an extra alias over a stored tensor of the same shape
+        (lambda ck: ck["aliases"].update({"gpt_neox.layers.1.attention.dense.right":
+                                          "gpt_neox.layers.0.attention.dense.right"}),
+         "names a tensor that is stored"),
+        # an alias between tensors of different shapes
+        (lambda ck: ck["aliases"].update({"gpt_neox.layers.1.attention.dense.left":
+                                          "gpt_neox.layers.0.attention.query_key_value.weight"}),
+         "has shape"),
+        # equal shapes, but the format never shares them
+        (lambda ck: ck["aliases"].update({"gpt_neox.layers.1.attention.dense.left":
+                                          "gpt_neox.layers.3.attention.dense.left"}),
+         "which is not stored"),
+        (lambda ck: ck["aliases"].update({"gpt_neox.layers.1.attention.dense.left":
+                                          "gpt_neox.layers.0.mlp.dense_4h_to_h.bias"}),
+         "has shape"),
+        (lambda ck: ck.update(weights="/etc/passwd"), "is not a file name inside"),
+        (lambda ck: ck.update(weights="../ck/model.safetensors"), "is not a file name inside"),
+        (lambda ck: ck["lowrank_modules"]["gpt_neox.layers.0.attention.dense"].update(
+            rank=10**9), "above min"),
+        (lambda ck: ck["lowrank_modules"]["gpt_neox.layers.0.attention.dense"].update(
+            out_features=64, rank=8), "the config makes it 32x32"),
+        (lambda ck: ck["lowrank_modules"].update({"gpt_neox.layers.9.attention.dense": {
+            "out_features": 32, "in_features": 32, "rank": 8, "bias": True, "shared": "left"}}),
+         "is not a linear map of this model"),
+        (lambda ck: ck["lowrank_modules"]["gpt_neox.layers.0.attention.dense"].update(
+            rank="8"), "malformed entry"),
+        (lambda ck: ck.update(format_version=2), "this llm-adapter reads 1"),
+        (lambda ck: ck.update(aliases=[]), "must be objects"),
+    ],
+)  # fmt: skip
+def test_manifest_is_checked_before_anything_is_built(
+    saved: Path, tmp_path: Path, edit: object, message: str
+) -> None:
+    root = _copy(saved, tmp_path / "ck")
+    _edit_manifest(root, edit)
+    with pytest.raises(AdapterError, match=message):
+        load(root, device="cpu")
+
+
+def test_an_alias_between_unshared_equal_shapes_is_rejected(saved: Path, tmp_path: Path) -> None:
+    root = _copy(saved, tmp_path / "ck")
+    from safetensors.torch import load_file, save_file
+
+    stored = load_file(str(root / "model.safetensors"))
+    del stored["gpt_neox.layers.1.mlp.dense_4h_to_h.bias"]  # now "shared" with the embeddings'
+    save_file(stored, str(root / "model.safetensors"), metadata={"format": "pt"})
+    _edit_manifest(root, lambda ck: ck["aliases"].update(
+        {"gpt_neox.layers.1.mlp.dense_4h_to_h.bias": "gpt_neox.layers.0.mlp.dense_4h_to_h.bias"}
+    ))  # fmt: skip
+    with pytest.raises(AdapterError, match="which the format never shares with it"):
+        load(root, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: (root / "compression.json").write_text('{"method": "bun'),
+         "is not valid JSON"),
+        (lambda root: (root / "compression.json").write_text("[1, 2]"),
+         "holds a list, not an object"),
+        (lambda root: _truncate(root / "model.safetensors", 100), "holds .* bytes of tensor data"),
+        (lambda root: _truncate(root / "model.safetensors", 5), "no safetensors header"),
+        (lambda root: (root / "model.safetensors").write_bytes(b"\xff" * 64), "announces a"),
+        (lambda root: _nan(root, "gpt_neox.layers.2.mlp.dense_h_to_4h.weight"),
+         "tensor gpt_neox.layers.2.mlp.dense_h_to_4h.weight of .* holds 1 NaN"),
+        (lambda root: _huge_shape(root), "malformed entry"),
+    ],
+)  # fmt: skip
+def test_damaged_files_are_one_line_errors(
+    saved: Path, tmp_path: Path, damage: object, message: str
+) -> None:
+    root = _copy(saved, tmp_path / "ck")
+    damage(root)  # type: ignore[operator]
+    with pytest.raises(AdapterError, match=message) as info:
+        load(root, device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def _truncate(path: Path, cut: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - cut] if cut > 8 else data[:cut])
+
+
+def _nan(root: Path, key: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    stored = load_file(str(root / "model.safetensors"))
+    stored[key][0, 0] = float("nan")
+    save_file(stored, str(root / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _huge_shape(root: Path) -> None:
+    raw = (root / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    header.pop("__metadata__")  # room for the longer shape
+    header["gpt_neox.final_layer_norm.bias"]["shape"] = [10**12, 10**12]
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text)) if len(text) <= n else b""
+    assert len(text) == n  # the edited header fits in place (padding)
+    (root / "model.safetensors").write_bytes(raw[:8] + text + raw[8 + n :])
+
+
+def test_nan_weights_are_never_written(tmp_path: Path) -> None:
+    model = random_neox(seed=1)
+    with torch.no_grad():
+        model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight[3, 4] = float("inf")
+    with pytest.raises(
+        AdapterError,
+        match=r"tensor gpt_neox.layers.1.mlp.dense_4h_to_h.weight "
+        r"of the model to save holds 1 NaN or infinite",
+    ):
+        save(model, None, None, tmp_path / "ck")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

@@ -2,26 +2,58 @@
 
 extract (weights, calibration statistics) -> call grassbundle -> write back
 (low-rank modules) -> save / reload -> evaluate.
+
+The public names are imported on first use, so that ``import llm_adapter``
+(and ``llm-adapter --help``) does not pay for torch and transformers.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .calibrate import CalibrationStats, calibrate
-from .checkpoint import load, read_manifest, save
-from .compress import (
-    METHODS,
-    CompressionConfig,
-    CompressionReport,
-    FamilyReport,
-    compress_model,
-    rank_for,
-)
-from .errors import AdapterError
-from .gguf_cache import dequantize_gguf
-from .lowrank import LowRankLinear, count_unique_parameters
-from .models import ARCHITECTURES, family_modules, family_weights, load_model
+if TYPE_CHECKING:
+    from .calibrate import CalibrationStats, calibrate
+    from .checkpoint import load, read_manifest, save
+    from .compress import (
+        METHODS,
+        CompressionConfig,
+        CompressionReport,
+        FamilyReport,
+        compress_model,
+        rank_for,
+    )
+    from .errors import AdapterError
+    from .gguf_cache import dequantize_gguf
+    from .lowrank import LowRankLinear, count_unique_parameters
+    from .models import ARCHITECTURES, family_modules, family_weights, load_model
+
+#: public name -> the module that defines it
+_HOMES: dict[str, str] = {
+    "ARCHITECTURES": "models",
+    "METHODS": "compress",
+    "AdapterError": "errors",
+    "CalibrationStats": "calibrate",
+    "CompressionConfig": "compress",
+    "CompressionReport": "compress",
+    "FamilyReport": "compress",
+    "LowRankLinear": "lowrank",
+    "calibrate": "calibrate",
+    "compress_model": "compress",
+    "count_unique_parameters": "lowrank",
+    "dequantize_gguf": "gguf_cache",
+    "family_modules": "models",
+    "family_weights": "models",
+    "load": "checkpoint",
+    "load_model": "models",
+    "rank_for": "compress",
+    "read_manifest": "checkpoint",
+    "save": "checkpoint",
+}
 
 __all__ = [
     "ARCHITECTURES",
@@ -45,3 +77,38 @@ __all__ = [
     "read_manifest",
     "save",
 ]
+
+
+class _Package(types.ModuleType):
+    """The package module: its attribute ``calibrate`` stays the function.
+
+    Importing the submodule ``llm_adapter.calibrate`` sets the package's
+    attribute of that name to the submodule; this keeps the function the
+    submodule defines instead, as the eager ``from .calibrate import
+    calibrate`` did.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            name in _HOMES
+            and isinstance(value, types.ModuleType)
+            and value.__name__ == f"{__name__}.{name}"
+        ):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'llm_adapter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,8 +2,9 @@
 
 A saved directory holds ``model.safetensors``, ``config.json``, the tokenizer
 files and ``compression.json`` (the :class:`~llm_adapter.CompressionReport`
-plus a ``checkpoint`` section: format version, the low-rank modules, and the
-*aliases* -- state-dict keys that name the same tensor as another key).
+plus a ``checkpoint`` section: format version, the low-rank modules, the
+*aliases* -- state-dict keys that name the same tensor as another key -- and
+the names of the files written).
 
 A tensor shared by several modules (the basis of a tied group, or tied word
 embeddings) is stored once, under its first key; safetensors cannot store
@@ -11,17 +12,47 @@ shared storage, and storing it once is what makes the file shrink as
 reported.  On load the modules are rebuilt from the manifest and every alias
 is pointed at the *same* ``nn.Parameter`` as its canonical key.
 
-Writes are atomic: everything is written to a temporary directory next to
-the target, which is renamed into place only when complete.
+Loading trusts nothing in the directory: the manifest's schema, the weights
+file's header (names, shapes and byte ranges, checked against the file size),
+the low-rank shapes against the model's config, and every alias (only between
+equal-shape tensors that the format shares: the factors on a low-rank module's
+shared side, or tied word embeddings) are checked before any tensor is read,
+and every tensor read is checked for NaN and inf.
+
+Writes never lose data:
+
+* everything is written to ``.NAME.tmp-<host>-<pid>-<random>`` beside the
+  target ``NAME`` and renamed into place only when complete;
+* ``overwrite`` replaces only a directory that llm-adapter wrote (its
+  manifest says so and it holds no other file), never the model being saved
+  nor a directory containing it;
+* the replacement is one atomic exchange of the two directories
+  (``renameat2(RENAME_EXCHANGE)`` on Linux); where the system lacks it, the
+  old directory is first renamed to ``.NAME.old-<host>-<pid>-<random>``, and
+  the next write to ``NAME`` puts it back if the process died before the new
+  one was in place;
+* the next write to ``NAME`` removes the leftovers of a dead earlier write
+  (the host and process id in their names identify them; a live writer's
+  are left alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
+import hashlib
 import json
+import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +70,311 @@ from .models import (
     set_module,
 )
 
-__all__ = ["FORMAT_VERSION", "load", "main_file_tensor_bytes", "read_manifest", "save"]
+__all__ = [
+    "FORMAT_VERSION",
+    "check_finite",
+    "check_output_dir",
+    "check_weight_files",
+    "clean_leftovers",
+    "load",
+    "main_file_tensor_bytes",
+    "model_context",
+    "read_manifest",
+    "read_safetensors_header",
+    "save",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "compression.json"
 WEIGHTS = "model.safetensors"
+#: files a save may write, for manifests older than the ``files`` list
+_KNOWN_FILES = frozenset(
+    {
+        MANIFEST,
+        WEIGHTS,
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+#: environment variable naming a point where the process kills itself with SIGKILL
+#: (the crash-safety tests use it): ``save-partial``, ``save-swap``, ``save-done``
+CRASH_ENV = "LLM_ADAPTER_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL when ``$LLM_ADAPTER_CRASH_AT`` names ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The point reached (e.g. ``"save-swap"``).
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- safe writes
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _new_tag() -> str:
+    return f"{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+_LEFTOVER = re.compile(r"(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_leftovers(out: str | os.PathLike[str]) -> list[str]:
+    """Remove what a dead earlier write to ``out`` left beside it; restore its old directory.
+
+    A write leaves ``.NAME.tmp-<host>-<pid>-<random>`` (a partial or a
+    replaced checkpoint) or ``.NAME.old-...`` (the previous checkpoint, set
+    aside during a replacement without an atomic exchange) only when its
+    process dies.  Those of this host whose process is gone are removed, except
+    that an ``.old-`` directory is renamed back to ``NAME`` when ``NAME`` is
+    missing (the process died between the two renames).  Anything else is left
+    alone.
+
+    Parameters
+    ----------
+    out : str or path
+        The target directory (it need not exist).
+
+    Returns
+    -------
+    list of str
+        One line per action taken.
+    """
+    target = Path(out)
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    prefix = f".{target.name}."
+    found: list[tuple[str, Path]] = []
+    for entry in parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        m = _LEFTOVER.fullmatch(entry.name[len(prefix) :])
+        if m is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        if m["host"] != _host_tag() or _pid_alive(int(m["pid"])):
+            continue
+        found.append((m["kind"], entry))
+    done: list[str] = []
+    for kind, entry in sorted(found, key=lambda e: e[0] != "old"):  # restore before removing
+        if kind == "old" and not target.exists() and not target.is_symlink():
+            os.rename(entry, target)
+            done.append(f"restored {target} from {entry.name} (an earlier write died mid-swap)")
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {entry} (left by an earlier write that died)")
+    return done
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def _written_by_us(out: Path) -> None:
+    """Raise unless ``out`` is empty or a directory llm-adapter wrote that holds nothing else."""
+    fix = "choose another output directory, or remove it yourself"
+    if not any(out.iterdir()):
+        return
+    file = out / MANIFEST
+    if not file.is_file():
+        raise AdapterError(
+            f"{str(out)!r} has no {MANIFEST}: it was not written by llm-adapter, and "
+            f"--overwrite replaces only a checkpoint llm-adapter wrote; {fix}"
+        )
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+        ck = manifest["checkpoint"]
+        listed = ck.get("files")
+        ok = ck.get("format_version") == FORMAT_VERSION
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok, listed = False, None
+    if not ok:
+        raise AdapterError(
+            f"{str(out)!r}/{MANIFEST} is not a manifest of llm-adapter checkpoint format "
+            f"{FORMAT_VERSION}; --overwrite replaces only a checkpoint llm-adapter wrote; {fix}"
+        )
+    allowed = set(listed) | {MANIFEST} if isinstance(listed, list) else set(_KNOWN_FILES)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed or not p.is_file())
+    if foreign:
+        raise AdapterError(
+            f"{str(out)!r} holds files llm-adapter did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); --overwrite never deletes them: {fix}"
+        )
+
+
+def check_output_dir(
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    sources: Iterable[str | os.PathLike[str]] = (),
+    flag: str = "--out",
+) -> None:
+    """Check, before any work, that a checkpoint can be written to ``out``.
+
+    Parameters
+    ----------
+    out : str or path
+        The target directory.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced: only an empty directory,
+        or one written by llm-adapter (its manifest says so) that holds no
+        other file.
+    sources : iterable of str or path
+        Inputs (the model directory) that ``out`` must neither be nor contain.
+    flag : str
+        How the messages name ``out``.
+
+    Raises
+    ------
+    AdapterError
+        When ``out`` is an input or contains one, exists without
+        ``overwrite``, may not be replaced, is not a directory, or cannot be
+        created (a parent is a file, or is not writable).
+    """
+    target = Path(out)
+    resolved = target.resolve()
+    for src in sources:
+        src_path = Path(src)
+        if str(src) and src_path.exists() and _is_within(src_path.resolve(), resolved):
+            what = "is" if src_path.resolve() == resolved else "contains"
+            raise AdapterError(
+                f"{flag} {str(out)!r} {what} the input model {str(src)!r}; writing there "
+                f"would replace it: choose another {flag}"
+            )
+    if target.is_symlink():
+        raise AdapterError(f"{flag} {str(out)!r} is a symbolic link; give a real directory")
+    if target.exists():
+        if not target.is_dir():
+            raise AdapterError(
+                f"{flag} {str(out)!r} exists and is not a directory; choose another {flag}"
+            )
+        if not overwrite:
+            raise AdapterError(
+                f"output directory {str(out)!r} exists; pass --overwrite "
+                "(overwrite=True) to replace it"
+            )
+        _written_by_us(target)
+    ancestor = target.parent
+    while not ancestor.exists():
+        if ancestor.is_symlink():  # a dangling link
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AdapterError(
+            f"{flag} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
+        )
+    probe = ancestor / f".{target.name}.tmp-{_new_tag()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise AdapterError(
+            f"{flag} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
+            f"choose a writable {flag}"
+        ) from None
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
+    if not sys.platform.startswith("linux") or os.environ.get("LLM_ADAPTER_NO_EXCHANGE"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _swap_into_place(tmp: Path, out: Path, tag: str) -> None:
+    """Put the complete directory ``tmp`` at ``out``; a crash leaves the old or the new one."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if _exchange(tmp, out):  # out: new; tmp: the old checkpoint
+        crash_point("save-swap")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = out.parent / f".{out.name}.old-{tag}"
+    os.rename(out, old)
+    crash_point("save-swap")
+    os.rename(tmp, out)
+    os.rename(old, tmp)  # from here on a leftover to remove, never to restore
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise naming the first floating-point tensor that holds a NaN or an infinity.
+
+    Parameters
+    ----------
+    tensors : mapping of str to torch.Tensor
+        Named tensors (a state dict); tensors on the meta device are skipped.
+    where : str
+        What holds them, for the message (e.g. ``"the model 'pythia-70m'"``).
+
+    Raises
+    ------
+    AdapterError
+        Naming the tensor and how many of its values are not finite.
+    """
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if t.device.type == "meta" or not t.is_floating_point():
+                continue
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise AdapterError(
+                    f"tensor {name} of {where} holds {bad} NaN or infinite value(s) of "
+                    f"{t.numel()}: the weights are corrupt; re-create or re-download them"
+                )
 
 
 def _to_file_key(key: str, renames: dict[str, str]) -> str:
@@ -102,14 +433,16 @@ def save(
     Parameters
     ----------
     model : transformers.PreTrainedModel
-        Compressed or plain.
+        Compressed or plain; every tensor must be finite.
     tokenizer : tokenizer or None
     report : CompressionReport or None
         ``None`` for a plain model.
     out_dir : str or path
     overwrite : bool, default False
-        Replace an existing directory; otherwise an existing one is an error
-        and is never touched.
+        Replace an existing directory, but only one written by llm-adapter
+        that holds no other file; otherwise an existing one is an error and
+        is never touched.  The directory the model was loaded from (and any
+        directory containing it) is never replaced.
 
     Returns
     -------
@@ -119,17 +452,17 @@ def save(
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise AdapterError(
-            f"output directory {str(out)!r} exists; pass overwrite=True (--overwrite) to replace it"
-        )
-    if out.exists() and not out.is_dir():
-        raise AdapterError(f"output path {str(out)!r} exists and is not a directory")
+    clean_leftovers(out)
+    source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    check_output_dir(out, overwrite=overwrite, sources=[source] if source else [], flag="out_dir")
     spec = get_arch(model)
+    tensors, aliases = _dedupe(model)
+    check_finite(tensors, "the model to save")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tag = _new_tag()
+    tmp = out.parent / f".{out.name}.tmp-{tag}"
+    tmp.mkdir()
     try:
-        tensors, aliases = _dedupe(model)
         file_tensors = {
             _to_file_key(k, spec.file_renames): t.detach().to("cpu").contiguous()
             for k, t in tensors.items()
@@ -139,6 +472,7 @@ def save(
             for a, c in aliases.items()
         }
         save_file(file_tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        crash_point("save-partial")
         config: Any = model.config
         config.save_pretrained(str(tmp))
         gen = getattr(model, "generation_config", None)
@@ -168,16 +502,13 @@ def save(
             "parameters": count_unique_parameters(model),
             "lowrank_modules": lowrank,
             "aliases": file_aliases,
+            "training_context": model_context(source, config) if source else None,
+            "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         _normal_permissions(tmp)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _swap_into_place(tmp, out, tag)
+        crash_point("save-done")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -185,7 +516,7 @@ def save(
 
 
 def _normal_permissions(root: Path) -> None:
-    """mkdtemp makes a 0700 directory: give the result the usual umask-based modes."""
+    """Give the files the usual umask-based modes (as a plain ``mkdir`` would)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(root, 0o777 & ~umask)
@@ -195,11 +526,97 @@ def _normal_permissions(root: Path) -> None:
 
 def main_file_tensor_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes of tensor data in a safetensors file (its size less the 8-byte length and header)."""
-    import struct
-
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
     return os.path.getsize(path) - 8 - int(header_len)
+
+
+_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+
+
+def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The tensor table of a safetensors file, checked against the file's size.
+
+    Parameters
+    ----------
+    path : str or path
+
+    Returns
+    -------
+    dict
+        Tensor name -> ``{"dtype", "shape", "data_offsets"}`` (the
+        ``__metadata__`` entry left out).
+
+    Raises
+    ------
+    AdapterError
+        For a missing, truncated or malformed file: a header that is not a
+        JSON object, a tensor whose byte range does not match its shape and
+        dtype or lies outside the file, or data of another length than the
+        tensors need.
+    """
+    p = Path(path)
+    fix = "the file is truncated or not a safetensors file; re-create or re-download it"
+    if not p.is_file():
+        raise AdapterError(f"weights file {str(p)!r} does not exist")
+    size = p.stat().st_size
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise AdapterError(f"{str(p)!r} has {size} bytes, no safetensors header: {fix}")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100_000_000):
+                raise AdapterError(
+                    f"{str(p)!r} announces a {n}-byte header in a {size}-byte file: {fix}"
+                )
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{str(p)!r} has an unreadable header ({exc}): {fix}") from None
+    if not isinstance(header, dict):
+        raise AdapterError(f"{str(p)!r}: the header is not a JSON object: {fix}")
+    header.pop("__metadata__", None)
+    data = size - 8 - n
+    end = 0
+    for name, info in header.items():
+        try:
+            dtype, shape, (lo, hi) = info["dtype"], info["shape"], info["data_offsets"]
+            numel = math.prod(int(s) for s in shape)
+            ok = (
+                dtype in _ITEMSIZE
+                and all(isinstance(s, int) and s >= 0 for s in shape)
+                and isinstance(lo, int)
+                and isinstance(hi, int)
+                and 0 <= lo <= hi
+                and hi - lo == numel * _ITEMSIZE[dtype]
+            )
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise AdapterError(f"{str(p)!r}: tensor {name} has a malformed entry {info!r}: {fix}")
+        end = max(end, hi)
+    if end != data:
+        raise AdapterError(
+            f"{str(p)!r} holds {data} bytes of tensor data, its header describes {end}: {fix}"
+        )
+    return header
+
+
+def check_weight_files(path: str | os.PathLike[str]) -> None:
+    """Check every ``*.safetensors`` file of a local model directory (see
+    :func:`read_safetensors_header`); a hub id or a missing path is left to the loader.
+
+    Parameters
+    ----------
+    path : str or path
+    """
+    root = Path(path)
+    if root.is_dir():
+        for file in sorted(root.glob("*.safetensors")):
+            read_safetensors_header(file)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -219,7 +636,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     AdapterError
-        When the directory or its manifest is missing.
+        When the directory or its manifest is missing, or the manifest is not
+        a JSON object.
     """
     file = Path(path) / MANIFEST
     if not Path(path).is_dir():
@@ -228,8 +646,94 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise AdapterError(
             f"{str(path)!r} has no {MANIFEST}; not a checkpoint written by llm-adapter"
         )
-    data: dict[str, Any] = json.loads(file.read_text())
+    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{str(file)!r} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{str(file)!r} holds a {type(data).__name__}, not an object; {fix}")
     return data
+
+
+def _check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``checkpoint`` section, its schema checked; the weights file inside."""
+    where = f"{str(root / MANIFEST)!r}"
+    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
+    ck = manifest.get("checkpoint")
+    if not isinstance(ck, dict):
+        raise AdapterError(f"{where} has no 'checkpoint' object; {fix}")
+    if ck.get("format_version") != FORMAT_VERSION:
+        raise AdapterError(
+            f"{str(root)!r} has checkpoint format {ck.get('format_version')!r}; "
+            f"this llm-adapter reads {FORMAT_VERSION}"
+        )
+    weights = ck.get("weights", WEIGHTS)
+    if (
+        not isinstance(weights, str)
+        or weights in ("", ".", "..")
+        or Path(weights).name != weights
+        or "\\" in weights
+    ):
+        raise AdapterError(
+            f"{where}: weights = {weights!r} is not a file name inside the checkpoint "
+            f"directory; {fix}"
+        )
+    file = root / weights
+    if file.is_symlink() or not _is_within(file.resolve(), root.resolve()):
+        raise AdapterError(f"{where}: weights file {weights!r} leads out of the directory; {fix}")
+    lowrank = ck.get("lowrank_modules", {})
+    aliases = ck.get("aliases", {})
+    if not isinstance(lowrank, dict) or not isinstance(aliases, dict):
+        raise AdapterError(f"{where}: lowrank_modules and aliases must be objects; {fix}")
+    for name, info in lowrank.items():
+        ints = ("out_features", "in_features", "rank")
+        ok = (
+            isinstance(info, dict)
+            and all(type(info.get(k)) is int and info[k] >= 1 for k in ints)
+            and type(info.get("bias")) is bool
+            and info.get("shared") in ("left", "right")
+        )
+        if not ok:
+            raise AdapterError(f"{where}: low-rank module {name} has a malformed entry; {fix}")
+        if info["rank"] > min(info["out_features"], info["in_features"]):
+            raise AdapterError(
+                f"{where}: low-rank module {name} has rank {info['rank']} above "
+                f"min({info['out_features']}, {info['in_features']}); {fix}"
+            )
+    for a, c in aliases.items():
+        if not isinstance(c, str):
+            raise AdapterError(f"{where}: alias {a} -> {c!r} is not a tensor name; {fix}")
+    return ck
+
+
+_TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+}  # fmt: skip
+
+
+def _family_path(module: str, layers: str) -> str | None:
+    """``attention.dense`` of ``gpt_neox.layers.3.attention.dense``; None outside the blocks."""
+    head, _, rest = module.partition(f"{layers}.")
+    index, _, path = rest.partition(".")
+    return path if head == "" and index.isdigit() and path else None
+
+
+def _shared_pairs(model: nn.Module) -> set[frozenset[str]]:
+    """Parameter names the format shares: tied input and output embeddings."""
+    pairs: set[frozenset[str]] = set()
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return pairs
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    if get_in is None or get_out is None:
+        return pairs
+    emb_in, emb_out = get_in(), get_out()
+    names = {id(m): n for n, m in model.named_modules()}
+    if emb_in is not None and emb_out is not None and id(emb_in) in names and id(emb_out) in names:
+        pairs.add(frozenset({f"{names[id(emb_in)]}.weight", f"{names[id(emb_out)]}.weight"}))
+    return pairs
 
 
 def load(
@@ -239,6 +743,10 @@ def load(
     dtype: str | torch.dtype | None = None,
 ) -> tuple[nn.Module, Any]:
     """Reload a checkpoint written by :func:`save`, or a plain Hugging Face one.
+
+    Everything in the directory is checked before any tensor is read (see the
+    module notes): a damaged or hand-edited checkpoint is an
+    :class:`~llm_adapter.AdapterError` naming what is wrong.
 
     Parameters
     ----------
@@ -256,6 +764,7 @@ def load(
     tokenizer : tokenizer or None
         ``None`` when the directory holds no tokenizer.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -269,17 +778,24 @@ def load(
     if not (root / MANIFEST).is_file():
         from .models import load_model
 
+        check_weight_files(root)
         return load_model(root, device=device, dtype=dtype)
+    torch_dtype = resolve_dtype(dtype)
+    target_device = resolve_device(device)
+    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
     manifest = read_manifest(root)
-    ck = manifest.get("checkpoint", {})
-    if ck.get("format_version") != FORMAT_VERSION:
-        raise AdapterError(
-            f"{str(path)!r} has checkpoint format {ck.get('format_version')!r}; "
-            f"this llm-adapter reads {FORMAT_VERSION}"
-        )
-    config = AutoConfig.from_pretrained(str(root))
-    stored = load_file(str(root / ck.get("weights", WEIGHTS)))
-    store_dtype = next(iter(stored.values())).dtype if stored else torch.float32
+    ck = _check_schema(root, manifest)
+    weights = root / ck.get("weights", WEIGHTS)
+    header = read_safetensors_header(weights)
+    stored_dtypes = {info["dtype"] for info in header.values()}
+    if not stored_dtypes <= set(_TORCH_DTYPES):
+        raise AdapterError(f"{str(weights)!r} holds tensors of dtype {sorted(stored_dtypes)}")
+    store_dtype = _TORCH_DTYPES[next(iter(header.values()))["dtype"]] if header else torch.float32
+    try:
+        config = AutoConfig.from_pretrained(str(root))
+    except (OSError, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise AdapterError(f"cannot read the config of {str(path)!r}: {msg}") from None
     try:
         from accelerate import init_empty_weights
 
@@ -288,7 +804,24 @@ def load(
     except ImportError:
         model = AutoModelForCausalLM.from_config(config, **dtype_kwargs(store_dtype))
     spec = get_arch(model)
-    for name, info in ck.get("lowrank_modules", {}).items():
+    lowrank: dict[str, Any] = ck.get("lowrank_modules", {})
+    for name, info in lowrank.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            old = None
+        if not isinstance(old, nn.Linear):
+            raise AdapterError(
+                f"{str(path)!r}: low-rank module {name} is not a linear map of this model "
+                f"({config.model_type}, {getattr(config, 'num_hidden_layers', '?')} layers); {fix}"
+            )
+        shape = (info["out_features"], info["in_features"], info["bias"])
+        if shape != (old.out_features, old.in_features, old.bias is not None):
+            raise AdapterError(
+                f"{str(path)!r}: low-rank module {name} is {shape[0]}x{shape[1]} "
+                f"(bias {shape[2]}), the config makes it {old.out_features}x{old.in_features} "
+                f"(bias {old.bias is not None}); {fix}"
+            )
         set_module(
             model,
             name,
@@ -302,23 +835,66 @@ def load(
                 device="meta",
             ),
         )
-    model_keys = set(model.state_dict(keep_vars=True).keys())
-    # clone: fresh aligned allocations, independent of the file's layout
-    renamed = {
-        _from_file_key(k, spec.file_renames, model_keys): v.clone() for k, v in stored.items()
-    }
-    unexpected = sorted(set(renamed) - model_keys)
+    expected = {k: tuple(t.shape) for k, t in model.state_dict(keep_vars=True).items()}
+    model_keys = set(expected)
+    file_to_model = {k: _from_file_key(k, spec.file_renames, model_keys) for k in header}
+    unexpected = sorted(k for k, m in file_to_model.items() if m not in model_keys)
     if unexpected:
         raise AdapterError(f"{str(path)!r} holds tensors the model does not have: {unexpected[:5]}")
-    model.load_state_dict(renamed, strict=False, assign=True)
+    for k, m in file_to_model.items():
+        if tuple(header[k]["shape"]) != expected[m]:
+            raise AdapterError(
+                f"{str(path)!r}: tensor {k} has shape {tuple(header[k]['shape'])}, the model "
+                f"needs {expected[m]}; {fix}"
+            )
+    stored_keys = set(file_to_model.values())
+    shared_pairs = _shared_pairs(model)
+    alias_map: dict[str, str] = {}
     for alias, canonical in ck.get("aliases", {}).items():
         a = _from_file_key(alias, spec.file_renames, model_keys)
         c = _from_file_key(canonical, spec.file_renames, model_keys)
+        bad = None
+        if a not in model_keys:
+            bad = "names no tensor of the model"
+        elif a in stored_keys or a in alias_map:
+            bad = "names a tensor that is stored or aliased already"
+        elif c not in stored_keys:
+            bad = f"points at {canonical}, which is not stored"
+        elif expected[a] != expected[c]:
+            bad = f"has shape {expected[a]}, its target {canonical} {expected[c]}"
+        else:
+            (a_mod, _, a_attr), (c_mod, _, c_attr) = a.rpartition("."), c.rpartition(".")
+            mods = (lowrank.get(a_mod), lowrank.get(c_mod))
+            factor = (
+                a_attr == c_attr
+                and all(isinstance(m, dict) and m["shared"] == a_attr for m in mods)
+                and _family_path(a_mod, spec.layers) == _family_path(c_mod, spec.layers)
+            )
+            if not factor and frozenset({a, c}) not in shared_pairs:
+                bad = f"shares {canonical}, which the format never shares with it"
+        if bad is not None:
+            raise AdapterError(f"{str(path)!r}: alias {alias} {bad}; {fix}")
+        alias_map[a] = c
+    missing = sorted(model_keys - stored_keys - set(alias_map))
+    missing = [k for k in missing if k in dict(model.named_parameters(remove_duplicate=False))]
+    if missing:
+        raise AdapterError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
+    try:
+        stored = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise AdapterError(f"cannot read {str(weights)!r}: {exc}; {fix}") from None
+    check_finite(stored, repr(str(path)))
+    # clone: fresh aligned allocations, independent of the file's layout
+    renamed = {file_to_model[k]: v.clone() for k, v in stored.items()}
+    del stored
+    model.load_state_dict(renamed, strict=False, assign=True)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for a, c in alias_map.items():
         owner_name, _, attr = a.rpartition(".")
         owner = model.get_submodule(owner_name)
-        target = model.get_parameter(c) if c in dict(model.named_parameters()) else None
+        target = params.get(c)
         if target is None:
-            raise AdapterError(f"{str(path)!r}: alias {alias} points at missing tensor {canonical}")
+            raise AdapterError(f"{str(path)!r}: alias {a} points at {c}, not a parameter; {fix}")
         setattr(owner, attr, target)
     missing = [
         k for k, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"
@@ -327,13 +903,65 @@ def load(
         raise AdapterError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
     for p in model.parameters():
         p.requires_grad_(False)
-    torch_dtype = resolve_dtype(dtype)
-    model.to(device=resolve_device(device), dtype=torch_dtype)
+    model.to(device=target_device, dtype=torch_dtype)
     model.eval()
     tokenizer = None
     if (root / "tokenizer_config.json").is_file() or (root / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(root)
     return model, tokenizer
+
+
+def model_context(name_or_path: str | os.PathLike[str], config: Any = None) -> int | None:
+    """The context a model was trained on: the default window of calibration and evaluation.
+
+    In order: the training record beside the weights (``TRAINING.json``:
+    ``eval_seq``, ``eval_ppl_seq``, ``recipe.seq``), the ``training_context``
+    a compressed checkpoint's manifest carries over from its source model, and
+    the config's ``max_position_embeddings``.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        Local directory or hub id.
+    config : transformers config, optional
+        The loaded model's config (for ``max_position_embeddings``).
+
+    Returns
+    -------
+    int or None
+        None when nothing records it.
+    """
+    root = Path(name_or_path)
+    record = root / "TRAINING.json"
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if isinstance(data, dict):
+            recipe = data.get("recipe")
+            recipe = recipe if isinstance(recipe, dict) else {}
+            for value in (data.get("eval_seq"), data.get("eval_ppl_seq"), recipe.get("seq")):
+                if type(value) is int and value >= 2:
+                    return value
+    manifest = root / "compression.json"
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            value = data["checkpoint"]["training_context"]
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            value = None
+        if type(value) is int and value >= 2:
+            return value
+    value = getattr(config, "max_position_embeddings", None)
+    if config is None and (root / "config.json").is_file():
+        try:
+            value = json.loads((root / "config.json").read_text(encoding="utf-8")).get(
+                "max_position_embeddings"
+            )
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            value = None
+    return value if type(value) is int and value >= 2 else None
 
 
 # ---------------------------------------------------------------- command line
@@ -345,16 +973,23 @@ def register(subparsers: Any) -> None:
         "info",
         help="describe a saved checkpoint",
         description="Describe a checkpoint written by llm-adapter compress: method, ranks, "
-        "parameters and per-family errors.",
+        "parameters and per-family errors (or a plain Hugging Face checkpoint's shape).",
     )
-    p.add_argument("dir", help="checkpoint directory")
+    p.add_argument("model_pos", nargs="?", metavar="MODEL", help="checkpoint directory")
+    p.add_argument("--model", metavar="MODEL", help="the same, as an option (either form)")
     p.add_argument("--json", action="store_true", help="print compression.json as is")
     p.set_defaults(func=run_info)
 
 
 def _info_plain(root: Path) -> int:
     """Describe a plain Hugging Face checkpoint (no compression manifest)."""
-    config = json.loads((root / "config.json").read_text())
+    try:
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{str(root / 'config.json')!r} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{str(root / 'config.json')!r} is not a JSON object")
+    check_weight_files(root)
     files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
     print(f"checkpoint {root}")
     print("  plain Hugging Face checkpoint (no compression.json)")
@@ -372,45 +1007,57 @@ def _info_plain(root: Path) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """The ``info`` subcommand."""
+    from .cli import model_argument
     from .compress import CompressionReport
 
-    root = Path(args.dir)
+    path = model_argument(getattr(args, "model_pos", None), args.model)
+    root = Path(path)
     if root.is_file():  # a .gguf file: describe its dequantized (cached) copy
         from .gguf_cache import describe_gguf
 
         return _info_plain(describe_gguf(root))
     if root.is_dir() and not (root / MANIFEST).is_file() and (root / "config.json").is_file():
         return _info_plain(root)
-    manifest = read_manifest(args.dir)
+    manifest = read_manifest(path)
+    ck = _check_schema(root, manifest)
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0
-    ck = manifest.get("checkpoint", {})
-    weights = Path(args.dir) / ck.get("weights", WEIGHTS)
+    weights = root / ck.get("weights", WEIGHTS)
     size = weights.stat().st_size if weights.is_file() else 0
-    print(f"checkpoint {args.dir}")
+    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
+    report = None
+    if manifest.get("method") is not None:
+        try:
+            report = CompressionReport.from_dict(manifest)
+            table = report.summary_table()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise AdapterError(
+                f"{str(root / MANIFEST)!r} does not describe a compression ({exc!r}); {fix}"
+            ) from None
+    print(f"checkpoint {path}")
     print(f"  model: {manifest.get('model') or '?'}")
-    print(f"  parameters: {ck.get('parameters')}  ({', '.join(ck.get('dtype', []))})")
-    print(f"  {WEIGHTS}: {size} bytes")
+    print(f"  parameters: {ck.get('parameters')}  ({', '.join(map(str, ck.get('dtype', [])))})")
+    print(f"  {weights.name}: {size} bytes")
     print(
         f"  low-rank modules: {len(ck.get('lowrank_modules', {}))}, "
         f"shared tensors stored once: {len(ck.get('aliases', {}))}"
     )
     cal = manifest.get("calibration")
-    if cal:
+    if isinstance(cal, dict) and cal:
         src = cal.get("text_path") or cal.get("dataset") or "token windows"
         print(
             f"  calibration: {src}, {cal.get('samples')} x {cal.get('seq_len')} tokens, "
             f"seed {cal.get('seed')}"
         )
-    if manifest.get("method") is None:
+    if report is None:
         print("  plain (uncompressed) checkpoint")
         return 0
     timings = manifest.get("timings", {})
-    if timings:
+    if isinstance(timings, dict) and timings:
         print("  timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-    print(CompressionReport.from_dict(manifest).summary_table())
+    print(table)
     from .export import checkpoint_summary, format_summary
 
-    print("\n".join(format_summary(checkpoint_summary(args.dir))))
+    print("\n".join(format_summary(checkpoint_summary(root))))
     return 0
