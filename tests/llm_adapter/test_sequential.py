@@ -108,3 +108,47 @@ def test_every_family_is_replaced_and_per_layer_ranks_are_kept() -> None:
         assert all(np.isfinite(fits[f].output_error))
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=windows[:2]).logits).all()
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("residual", {}),
+        ("svd-llm", {"update": True}),
+        ("svd-llm", {"allocate": "sum"}),
+        ("residual", {"allocate": "normalised"}),
+    ],
+)
+def test_new_methods_save_reload_and_spend_the_budget(
+    method: str, options: dict[str, Any], tmp_path: Any
+) -> None:
+    from llm_adapter import CompressionConfig, calibrate, compress_model, load, rank_for, save
+
+    model, windows = _model(), _windows()
+    fams = ["self_attn.o_proj", "mlp.down_proj"]
+    stats = calibrate(model, None, fams, token_windows=windows, batch_size=4)
+    config = CompressionConfig(method=method, param_ratio=0.5, families=fams, **options)
+    dense = {f: [m.weight.shape for m in family_modules(model, f)] for f in fams}
+    report = compress_model(model, config, stats)
+    uniform = CompressionConfig(method="svd-llm", param_ratio=0.5, families=fams)
+    budget = 0
+    for f in fams:
+        L = len(dense[f])
+        m, n = dense[f][0]
+        budget += L * (m + n) * rank_for(uniform, m, n, L)
+    kept = sum(r.params_kept for r in report.families.values())
+    assert kept <= budget
+    if "allocate" in options:
+        ranks = [r.ranks or [r.rank] * r.layers for r in report.families.values()]
+        assert any(len(set(rs)) > 1 for rs in ranks)  # not uniform on this model
+        assert kept > 0.9 * budget  # and it spends the budget
+    out = save(model, None, report, tmp_path / "ck")
+    again, _ = load(out, device="cpu")
+    with torch.no_grad():
+        a = model(input_ids=windows[:2]).logits
+        b = again(input_ids=windows[:2]).logits
+    assert torch.equal(a, b)
+    for f in fams:
+        assert [m.rank for m in family_modules(again, f)] == [
+            m.rank for m in family_modules(model, f)
+        ]

@@ -52,6 +52,8 @@ class CalibrationStats:
         Wall time spent computing (0 when everything came from the cache).
     cached : bool
         Whether every family came from the on-disk cache.
+    windows : torch.Tensor or None, shape=[N, T]
+        The calibration token windows (the sequential methods run on them).
     """
 
     covariances: dict[str, NDArray[np.float64]]
@@ -59,6 +61,7 @@ class CalibrationStats:
     protocol: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     cached: bool = False
+    windows: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -371,4 +374,5 @@ def calibrate(
         protocol=protocol,
         seconds=seconds,
         cached=not missing,
+        windows=windows,
     )

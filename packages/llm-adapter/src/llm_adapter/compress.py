@@ -18,6 +18,20 @@ Methods (``CompressionConfig.method``):
     The Grassmann-bundle section ``grassbundle.solve(problem, lam, k)`` with
     ``metric`` ``weight`` or ``activation``; with ``coupling > 0`` the
     soft-tied section of ``grassbundle.coupling``.
+``residual``
+    Residual-aware sequential compression (:mod:`llm_adapter.sequential`):
+    blocks in forward order, each map refit in closed form to reproduce the
+    original output ``W x`` from the compressed model's input ``x_hat``
+    (:func:`grassbundle.residual_fit`).
+
+Options: ``update=True`` (``svd-llm`` only) adds SVD-LLM's second step, the
+least-squares update of the left factor on the compressed model's inputs,
+computed sequentially (:func:`grassbundle.svd_llm_update`). ``allocate``
+(``svd-llm`` and ``residual``) replaces the uniform rank by per-layer ranks
+that minimise the summed activation truncation energy (``"sum"``) or the
+summed per-layer fractions (``"normalised"``) under the same parameter budget
+as the uniform ranks (:func:`grassbundle.allocate_ranks`, over every layer of
+every compressed family).
 
 Every output-side method writes ``W'_l = U_l (U_l^T W_l)``: factor ``U_l``
 (``m x d``, one ``nn.Parameter`` per tied group) and ``U_l^T W_l``
@@ -73,8 +87,28 @@ __all__ = [
     "rank_for",
 ]
 
-METHODS = ("svd", "svd-llm", "basis-sharing", "bundle")
+METHODS = ("svd", "svd-llm", "basis-sharing", "bundle", "residual")
+#: rank allocation modes (``"none"``: one rank per family)
+ALLOCATIONS = ("none", "sum", "normalised")
 METRICS = ("weight", "activation")
+#: the parameters each method takes; every other one must keep its default
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "svd": (),
+    "svd-llm": ("update", "allocate"),
+    "basis-sharing": ("group_size",),
+    "bundle": ("lam", "tying", "metric", "coupling"),
+    "residual": ("allocate",),
+}
+#: the method parameters' defaults
+PARAM_DEFAULTS: dict[str, Any] = {
+    "lam": 0.0,
+    "tying": 1,
+    "metric": "weight",
+    "coupling": 0.0,
+    "group_size": 2,
+    "update": False,
+    "allocate": "none",
+}
 ALL_FAMILIES = known_family_names()  # every architecture's families, then neutral names
 
 
@@ -100,6 +134,12 @@ class CompressionConfig:
         Soft coupling ``mu`` of adjacent layers (bundle only, untied).
     group_size : int, default 2
         Layers per group for ``basis-sharing``.
+    update : bool, default False
+        ``svd-llm`` only: SVD-LLM's second step (sequential least-squares
+        update of the left factor); needs calibration windows.
+    allocate : {"none", "sum", "normalised"}, default "none"
+        ``svd-llm`` and ``residual``: per-layer ranks under the uniform ranks'
+        parameter budget.
     """
 
     method: str = "svd-llm"
@@ -111,12 +151,23 @@ class CompressionConfig:
     metric: str = "weight"
     coupling: float = 0.0
     group_size: int = 2
+    update: bool = False
+    allocate: str = "none"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise AdapterError(
                 f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}"
             )
+        for key, default in PARAM_DEFAULTS.items():
+            if key not in METHOD_PARAMS[self.method] and getattr(self, key) != default:
+                takers = [m for m, keys in METHOD_PARAMS.items() if key in keys]
+                flag = "--" + key.replace("_", "-")
+                raise AdapterError(
+                    f"{flag} applies to --method {' or '.join(takers)}"
+                    f"{' only' if len(takers) == 1 else ''}; got --method {self.method} "
+                    f"(drop {flag}, or choose a method that takes it)"
+                )
         if self.metric not in METRICS:
             raise AdapterError(
                 f"unknown metric {self.metric!r}; valid metrics: {', '.join(METRICS)}"
@@ -154,6 +205,18 @@ class CompressionConfig:
             )
         if not (math.isfinite(self.coupling) and self.coupling >= 0):
             raise AdapterError(f"coupling must be finite and >= 0; got --coupling {self.coupling}")
+        if self.update and self.method != "svd-llm":
+            raise AdapterError(
+                f"--update applies to --method svd-llm only; got --method {self.method}"
+            )
+        if self.allocate not in ALLOCATIONS:
+            raise AdapterError(
+                f"unknown allocation {self.allocate!r}; valid: {', '.join(ALLOCATIONS)}"
+            )
+        if self.allocate != "none" and self.method not in ("svd-llm", "residual"):
+            raise AdapterError(
+                f"--allocate applies to --method svd-llm or residual; got --method {self.method}"
+            )
         if self.coupling > 0 and self.method != "bundle":
             raise AdapterError(
                 f"--coupling applies to --method bundle only; got --method {self.method}"
@@ -171,14 +234,22 @@ class CompressionConfig:
     @property
     def needs_calibration(self) -> bool:
         """Whether the method needs the covariances ``C_l`` (``svd`` does not)."""
-        if self.method in ("svd-llm", "basis-sharing"):
+        if self.method in ("svd-llm", "basis-sharing", "residual"):
             return True
         if self.method == "bundle":
             return self.metric == "activation" or self.lam > 0
         return False
 
+    @property
+    def sequential(self) -> bool:
+        """Whether the method fits block by block on calibration windows."""
+        return self.method == "residual" or self.update
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for key, default in (("update", False), ("allocate", "none")):
+            if d[key] == default:  # manifests of methods without them read as before
+                del d[key]
         d["families"] = list(self.families)
         d["lam"] = "inf" if math.isinf(self.lam) else self.lam
         return d
@@ -232,6 +303,9 @@ class FamilyReport:
         Wall time of the factorisation.
     seconds_write_back : float
         Wall time of the write-back.
+    ranks : list of int or None
+        Per-layer ranks where they differ between layers (``allocate``); then
+        ``rank`` is the largest.
     """
 
     family: str
@@ -253,9 +327,13 @@ class FamilyReport:
     modules: list[str] = field(default_factory=list)
     seconds_factorise: float = 0.0
     seconds_write_back: float = 0.0
+    ranks: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["ranks"] is None:  # uniform rank: the manifest reads as before
+            del d["ranks"]
+        return d
 
 
 @dataclass
@@ -519,6 +597,130 @@ def check_config(
     return ranks
 
 
+def layer_ranks(
+    model: nn.Module,
+    config: CompressionConfig,
+    families: Sequence[str],
+    ranks: dict[str, int],
+    stats: CalibrationStats,
+) -> dict[str, list[int]]:
+    """Per-layer ranks: uniform, or allocated under the uniform ranks' parameter budget.
+
+    Every layer of every family is one unit of :func:`grassbundle.allocate_ranks`
+    with cost ``m + n`` per rank and the spectrum of ``M_l = W_l C_l W_l^T``
+    (:func:`grassbundle.activation_spectrum`); ranks stay at most
+    ``min(m, n)`` and below the break-even ``m n / (m + n)``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    config : CompressionConfig
+    families : sequence of str
+    ranks : dict of str to int
+        The uniform rank of each family (from :func:`check_config`).
+    stats : CalibrationStats
+
+    Returns
+    -------
+    dict of str to list of int
+    """
+    import grassbundle as gb
+
+    shapes = {f: family_weights(model, f) for f in families}
+    if config.allocate == "none":
+        return {f: [ranks[f]] * shapes[f].shape[0] for f in families}
+    spectra, costs, caps, owners = [], [], [], []
+    budget = 0
+    for f in families:
+        W = shapes[f]
+        C = stats.covariance(f)
+        L, m, n = W.shape
+        budget += L * ranks[f] * (m + n)
+        for l in range(L):
+            spectra.append(gb.activation_spectrum(W[l], C[l]))
+            costs.append(m + n)
+            caps.append(max(1, min(m, n, (m * n - 1) // (m + n))))
+            owners.append(f)
+    try:
+        alloc = gb.allocate_ranks(
+            spectra, costs, budget, normalise=config.allocate == "normalised", max_rank=caps
+        )
+    except ValueError as exc:
+        raise AdapterError(f"rank allocation failed: {exc}") from None
+    out: dict[str, list[int]] = {f: [] for f in families}
+    for f, d in zip(owners, alloc.ranks, strict=True):
+        out[f].append(int(d))
+    return out
+
+
+def _per_layer_families(
+    model: nn.Module,
+    config: CompressionConfig,
+    families: Sequence[str],
+    ranks: dict[str, int],
+    stats: CalibrationStats,
+    windows: torch.Tensor | None,
+    progress: bool,
+) -> dict[str, FamilyReport]:
+    """Untied per-layer factorisations with per-layer ranks (allocated and/or sequential)."""
+    import grassbundle as gb
+
+    from .sequential import SequentialFit, as_parameter, compress_sequential
+
+    per_layer = layer_ranks(model, config, families, ranks, stats)
+    dense = {f: family_weights(model, f) for f in families}
+    names = {f: family_module_names(model, f) for f in families}
+    if config.sequential:
+        assert windows is not None
+        fits = compress_sequential(
+            model, list(families), per_layer, windows,
+            fit="residual" if config.method == "residual" else "update", progress=progress,
+        )  # fmt: skip
+    else:  # SVD-LLM's truncation, layer by layer, each with its own rank
+        fits = {}
+        for f in families:
+            C = stats.covariance(f)
+            fit = SequentialFit([], [], [], [], [], [])
+            for l, (name, d) in enumerate(zip(names[f], per_layer[f], strict=True)):
+                W = dense[f][l]
+                res = gb.svd_llm_update(W, C[l], rank=int(d), ridge=0.0)
+                E = W - res.weight()
+                fit.ranks.append(int(d))
+                fit.frobenius_error.append(float(np.vdot(E, E)))
+                fit.activation_error.append(float(np.vdot(E @ C[l], E)))
+                fit.activation_total.append(float(np.vdot(W @ C[l], W)))
+                old = model.get_submodule(name)
+                assert isinstance(old, nn.Linear)
+                new = LowRankLinear(
+                    as_parameter(res.left, old.weight), as_parameter(res.right, old.weight),
+                    old.bias, shared="left",
+                )  # fmt: skip
+                set_module(model, name, new)
+            fits[f] = fit
+    reports = {}
+    for f in families:
+        L, m, n = dense[f].shape
+        fit = fits[f]
+        norms = np.einsum("lij,lij->l", dense[f], dense[f])
+        act_total = np.asarray(fit.activation_total)
+        kept = int(sum(fit.ranks)) * (m + n)
+        d_max = max(fit.ranks)
+        reports[f] = FamilyReport(
+            family=f, layers=L, m=m, n=n, rank=d_max, D=m, rank_ratio=d_max / m, shared="left",
+            groups=list(range(L)), params_dense=L * m * n, params_kept=kept,
+            param_ratio=kept / (L * m * n), frobenius_error=list(fit.frobenius_error),
+            frobenius_fraction=[float(x) for x in np.asarray(fit.frobenius_error) / norms],
+            activation_error=list(fit.activation_error),
+            activation_fraction=[
+                float(a / t) if t > 0 else 0.0
+                for a, t in zip(fit.activation_error, act_total, strict=True)
+            ],
+            modules=names[f],
+            ranks=list(fit.ranks) if len(set(fit.ranks)) > 1 else None,
+        )  # fmt: skip
+    return reports
+
+
 def _floats(a: NDArray[np.float64] | None) -> list[float] | None:
     return None if a is None else [float(x) for x in a]
 
@@ -529,6 +731,7 @@ def compress_model(
     stats: CalibrationStats | None = None,
     *,
     progress: bool = False,
+    windows: torch.Tensor | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place and report what was done.
 
@@ -543,6 +746,9 @@ def compress_model(
         every method.
     progress : bool
         Show a tqdm progress bar over families.
+    windows : torch.Tensor, shape=[N, T], optional
+        The calibration token windows, for the sequential methods
+        (``residual``, ``svd-llm`` with ``update``); default ``stats.windows``.
 
     Returns
     -------
@@ -556,10 +762,24 @@ def compress_model(
             "llm_adapter.calibrate (or --calib-text / --calib-dataset)"
         )
     ranks = check_config(model, config, families)
+    if windows is None and stats is not None:
+        windows = stats.windows
+    if config.sequential and windows is None:
+        raise AdapterError(
+            f"method {config.method!r}{' --update' if config.update else ''} fits block by "
+            "block on calibration windows: pass windows= (the CLI and sweeps do)"
+        )
     reports: dict[str, FamilyReport] = {}
     t_fact = 0.0
     t_write = 0.0
-    for family in tqdm(families, desc="compression", unit="family", disable=not progress):
+    if config.sequential or config.allocate != "none":
+        assert stats is not None
+        t0 = time.perf_counter()
+        reports = _per_layer_families(model, config, families, ranks, stats, windows, progress)
+        t_fact = time.perf_counter() - t0
+    for family in tqdm(
+        families if not reports else (), desc="compression", unit="family", disable=not progress
+    ):
         t0 = time.perf_counter()
         W = family_weights(model, family)
         L, m, n = W.shape
@@ -673,7 +893,7 @@ def compress_model(
         "write_back": t_write,
     }
     config_dict = config.to_dict()
-    config_dict["families"] = list(families)
+    config_dict["families"] = list(reports)
     return CompressionReport(
         method=config.method,
         config=config_dict,
@@ -694,14 +914,20 @@ def _families_arg(value: str) -> tuple[str, ...]:
 
 def register(subparsers: Any) -> None:
     """Add the ``compress`` subcommand."""
+    from .cli import deprecated_alias
+
     p = subparsers.add_parser(
         "compress",
         help="calibrate and compress a model, then save it",
         description="Calibrate, compress the chosen families with one method, and save the "
-        "compressed model with a compression.json manifest.",
+        "compressed model with a compression.json manifest. Every argument is checked "
+        "before the model is loaded.",
     )
     p.add_argument(
-        "--model", required=True, help="local directory or hub id (e.g. EleutherAI/pythia-70m)"
+        "model_pos", nargs="?", metavar="MODEL", help="local directory or hub id (or --model)"
+    )
+    p.add_argument(
+        "--model", help="local directory or hub id (e.g. EleutherAI/pythia-70m); either form"
     )
     p.add_argument("--method", required=True, choices=METHODS)
     rank = p.add_mutually_exclusive_group()
@@ -709,27 +935,65 @@ def register(subparsers: Any) -> None:
         "--rank-ratio", type=float, default=None, help="d/D, D = output dimension (default 0.25)"
     )
     rank.add_argument(
-        "--param-ratio", type=float, default=None, help="fraction of the family's weights kept"
+        "--param-ratio",
+        type=float,
+        default=None,
+        help="fraction of the family's weights kept (default: none, --rank-ratio decides)",
     )
     p.add_argument(
         "--families",
         type=_families_arg,
         default=("attention.dense",),
-        help="comma-separated families, or 'all' (default attention.dense)",
+        help="comma-separated families, or 'all'",
     )
-    p.add_argument("--lam", type=float, default=0.0, help="bundle anchor strength (inf allowed)")
-    p.add_argument("--tying", type=int, default=1, help="bundle section-tying degree k")
-    p.add_argument("--metric", choices=METRICS, default="weight", help="bundle energy")
-    p.add_argument("--coupling", type=float, default=0.0, help="bundle soft coupling mu (untied)")
-    p.add_argument("--group-size", type=int, default=2, help="basis-sharing group size")
+    p.add_argument(
+        "--lam", type=float, default=None, help="bundle: anchor strength, inf allowed (default 0)"
+    )
+    p.add_argument(
+        "--tying", type=int, default=None, help="bundle: section-tying degree k (default 1)"
+    )
+    p.add_argument(
+        "--metric", choices=METRICS, default=None, help="bundle: the energy (default weight)"
+    )
+    p.add_argument(
+        "--coupling", type=float, default=None, help="bundle: soft coupling mu, untied (default 0)"
+    )
+    p.add_argument(
+        "--group-size", type=int, default=None, help="basis-sharing: layers per group (default 2)"
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="svd-llm: add SVD-LLM's second step (sequential least-squares update of the "
+        "left factor on the compressed model's inputs)",
+    )
+    p.add_argument(
+        "--allocate",
+        choices=ALLOCATIONS,
+        default="none",
+        help="svd-llm, residual: per-layer ranks under the same parameter budget, minimising "
+        "the summed ('sum') or per-layer relative ('normalised') activation energy "
+        "(default none: one rank per family)",
+    )
     calib = p.add_mutually_exclusive_group()
-    calib.add_argument("--calib-text", default=None, help="calibration text file")
-    calib.add_argument("--calib-dataset", default=None, help="hub dataset NAME[:CONFIG[:SPLIT]]")
-    p.add_argument("--calib-samples", type=int, default=256)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
+    calib.add_argument("--calib-text", default=None, help="calibration text file (default: none)")
+    calib.add_argument(
+        "--calib-dataset",
+        default=None,
+        help="hub dataset NAME[:CONFIG[:SPLIT]] (default: none; needs network or the cache)",
+    )
+    p.add_argument("--calib-samples", type=int, default=256, help="calibration windows")
+    p.add_argument(
+        "--calib-seq-len",
+        type=int,
+        default=None,
+        help="calibration window in tokens (default: the model's training context, from its "
+        "TRAINING.json or max_position_embeddings)",
+    )
+    deprecated_alias(p, "--seq-len", "--calib-seq-len", type=int)
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
-    p.add_argument("--cache-dir", default=None, help="calibration statistics cache")
+    p.add_argument("--cache-dir", default=None, help="calibration statistics cache (default: none)")
     p.add_argument(
         "--layerwise",
         action="store_true",
@@ -740,40 +1004,70 @@ def register(subparsers: Any) -> None:
         "--device", default="auto", help="auto | cpu | cuda (auto takes the GPU when there is one)"
     )
     p.add_argument(
-        "--device-map", default=None, choices=["auto"], help="let accelerate place the model"
+        "--device-map",
+        default=None,
+        choices=["auto"],
+        help="let accelerate place the model (default: none, --device decides)",
     )
     p.add_argument(
         "--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)"
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output directory, if llm-adapter wrote it and it holds "
+        "nothing else",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
     p.set_defaults(func=run_compress)
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    """The ``compress`` subcommand."""
+    """The ``compress`` subcommand: every argument is checked before the model is loaded."""
     import sys
     from pathlib import Path
 
     from .calibrate import calibrate
-    from .checkpoint import save
-    from .models import load_model
+    from .checkpoint import (
+        check_finite,
+        check_output_dir,
+        check_weight_files,
+        clean_leftovers,
+        model_context,
+        save,
+    )
+    from .cli import check_hub_dataset, check_hub_model
+    from .models import load_model, resolve_device, resolve_dtype
 
+    given = {
+        key: getattr(args, key)
+        for key in ("lam", "tying", "metric", "coupling", "group_size")
+        if getattr(args, key) is not None
+    }
     config = CompressionConfig(
         method=args.method,
         rank_ratio=args.rank_ratio if args.rank_ratio is not None else 0.25,
         param_ratio=args.param_ratio,
         families=args.families,
-        lam=args.lam,
-        tying=args.tying,
-        metric=args.metric,
-        coupling=args.coupling,
-        group_size=args.group_size,
+        update=args.update,
+        allocate=args.allocate,
+        **given,
     )
+    for flag, value, low in (
+        ("--calib-samples", args.calib_samples, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--calib-seq-len", args.calib_seq_len, 2),
+    ):
+        if value is not None and value < low:
+            raise AdapterError(f"{flag} must be >= {low}; got {flag} {value}")
+    resolve_dtype(args.dtype)
+    resolve_device(args.device)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise AdapterError(f"output directory {str(out)!r} exists; pass --overwrite to replace it")
+    for line in clean_leftovers(out):
+        print(f"llm-adapter: {line}", file=sys.stderr)
+    check_output_dir(out, overwrite=args.overwrite, sources=[args.model])
     if args.calib_text is not None and not Path(args.calib_text).is_file():
         raise AdapterError(f"calibration file {args.calib_text!r} does not exist")
     has_data = args.calib_text is not None or args.calib_dataset is not None
@@ -784,16 +1078,23 @@ def run_compress(args: argparse.Namespace) -> int:
         )
     if args.layerwise and args.device_map is not None:
         raise AdapterError("--layerwise and --device-map are alternatives; pass one of them")
+    check_hub_model(args.model)
+    if args.calib_dataset is not None:
+        check_hub_dataset(args.calib_dataset.split(":")[0], "--calib-text PATH")
+    check_weight_files(args.model)
     model, tokenizer = load_model(
         args.model,
         device="cpu" if args.layerwise else args.device,
         dtype=args.dtype,
         device_map=args.device_map,
     )
+    check_finite(model.state_dict(), f"the model {str(args.model)!r}")
     families: Sequence[str] = resolve_families(model, list(config.families))
     check_config(model, config, families)
+    progress = not args.no_progress
     stats = None
     if has_data:
+        seq_len = args.calib_seq_len or model_context(args.model, model.config) or 2048
         stats = calibrate(
             model,
             tokenizer,
@@ -801,15 +1102,15 @@ def run_compress(args: argparse.Namespace) -> int:
             text_path=args.calib_text,
             dataset=args.calib_dataset,
             samples=args.calib_samples,
-            seq_len=args.seq_len,
+            seq_len=seq_len,
             seed=args.seed,
             cache_dir=args.cache_dir,
             batch_size=args.batch_size,
-            progress=not args.json,
+            progress=progress,
             layerwise=args.layerwise,
             device=args.device if args.layerwise else None,
         )
-    report = compress_model(model, config, stats, progress=not args.json)
+    report = compress_model(model, config, stats, progress=progress)
     report.model = str(args.model)
     t0 = time.perf_counter()
     save(model, tokenizer, report, out, overwrite=args.overwrite)

@@ -30,7 +30,7 @@ The adapter only moves tensors: statistics in, factors out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from .errors import AdapterError
 from .lowrank import LowRankLinear
 from .models import family_module_names, family_modules, model_device, set_module
 
-__all__ = ["SequentialFit", "compress_sequential"]
+__all__ = ["SequentialFit", "as_parameter", "compress_sequential"]
 
 Fit = Literal["update", "residual"]
 FITS: tuple[str, ...] = ("update", "residual")
@@ -189,7 +189,7 @@ def _fit_one(
 def compress_sequential(
     model: nn.Module,
     families: Sequence[str],
-    ranks: dict[str, Sequence[int]],
+    ranks: Mapping[str, Sequence[int]],
     windows: torch.Tensor,
     *,
     fit: str = "residual",
@@ -278,9 +278,11 @@ def compress_sequential(
                 )
                 rec.output_error.append(max(err, 0.0))
                 rec.output_total.append(float(np.vdot(W @ C, W)))
-                dtype, device = old.weight.dtype, old.weight.device
                 new = LowRankLinear(
-                    _param(left, dtype, device), _param(right, dtype, device), old.bias, "left"
+                    as_parameter(left, old.weight),
+                    as_parameter(right, old.weight),
+                    old.bias,
+                    "left",
                 )
                 set_module(model, names[g][i], new)
                 per_family[g][i] = new
@@ -293,9 +295,21 @@ def compress_sequential(
     return out
 
 
-def _param(a: NDArray[np.float64], dtype: torch.dtype, device: Any) -> nn.Parameter:
+def as_parameter(a: NDArray[np.float64], like: torch.Tensor) -> nn.Parameter:
+    """``a`` as a frozen parameter with ``like``'s dtype and device (a fresh allocation).
+
+    Parameters
+    ----------
+    a : ndarray
+    like : torch.Tensor
+
+    Returns
+    -------
+    torch.nn.Parameter
+    """
     return nn.Parameter(
-        torch.tensor(np.ascontiguousarray(a), dtype=dtype, device=device), requires_grad=False
+        torch.tensor(np.ascontiguousarray(a), dtype=like.dtype, device=like.device),
+        requires_grad=False,
     )
 
 

@@ -104,6 +104,8 @@ POINT_KEYS = (
     "coupling",
     "group_size",
     "private",
+    "update",
+    "allocate",
     "families",
     "rank_ratio",
     "param_ratio",
@@ -119,16 +121,21 @@ BUDGETS = {
 RELEVANT: dict[str, tuple[str, ...]] = {
     "dense": (),
     "svd": (),
-    "svd-llm": (),
+    "svd-llm": ("update", "allocate"),
     "basis-sharing": ("group_size",),
     "bundle": ("lam", "tying", "metric", "coupling"),
+    "residual": ("allocate",),
 }
+#: options left out of a point (and of its key) at their defaults, so points written
+#: before the option existed keep their keys
+OPTIONAL: dict[str, Any] = {"update": False, "allocate": "none"}
 DEFAULTS: dict[str, Any] = {
     "lam": 0.0,
     "tying": 1,
     "metric": "weight",
     "coupling": 0.0,
     "group_size": 2,
+    **OPTIONAL,
 }
 TOP_KEYS = {
     "name", "model", "out", "device", "dtype", "baseline", "families", "rank_ratios",
@@ -351,9 +358,14 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                 params["lam"] = _lam(params["lam"])
             for k in ("tying", "group_size"):
                 if k in params:
-                    params[k] = int(params[k])
+                    params[k] = _integer(params[k], k, i)
             if "coupling" in params:
-                params["coupling"] = float(params["coupling"])
+                params["coupling"] = _number(params["coupling"], "coupling", i)
+            if "update" in params and not isinstance(params["update"], bool):
+                raise AdapterError(f"points[{i}] update = {params['update']!r}: give true or false")
+            for k, default in OPTIONAL.items():
+                if k in params and params[k] == default:
+                    del params[k]
             if "private" in values:
                 if method != "basis-sharing":
                     raise AdapterError(
@@ -375,6 +387,7 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                     param_ratio=value if kind == "param_ratio" else None,
                     model_ratio=value if kind == "model_ratio" else None,
                 )
+                _check_point(point, i)
                 ident = json.dumps(point.describe(), sort_keys=True)
                 if ident not in seen:
                     seen.add(ident)
@@ -389,6 +402,41 @@ def _ratio(value: Any, key: str, where: int | None = None) -> float:
     if not 0.0 < float(value) < 1.0:
         raise AdapterError(f"{place} = {value!r} must be in (0, 1)")
     return float(value)
+
+
+def _integer(value: Any, key: str, where: int) -> int:
+    """An integer parameter of ``points[where]``: ints (or integral floats) only."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AdapterError(
+            f"points[{where}] {key} = {value!r} is not an integer; give whole numbers"
+        )
+    return value
+
+
+def _number(value: Any, key: str, where: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AdapterError(f"points[{where}] {key} = {value!r} is not a number")
+    return float(value)
+
+
+def _check_point(point: SweepPoint, where: int) -> None:
+    """Raise naming ``points[where]`` when the point is not a valid compression."""
+    from .compress import PARAM_DEFAULTS, CompressionConfig
+
+    if point.method == "dense":
+        return
+    try:
+        CompressionConfig(
+            method=point.method,
+            rank_ratio=point.rank_ratio or 0.25,
+            param_ratio=point.param_ratio,
+            families=point.families,
+            **{k: v for k, v in point.params.items() if k in PARAM_DEFAULTS},
+        )
+    except AdapterError as exc:
+        raise AdapterError(f"points[{where}] ({point_label(point)}): {exc}") from None
 
 
 def _budgets(config: dict[str, Any]) -> list[tuple[str, float]]:
@@ -416,6 +464,13 @@ def point_label(point: SweepPoint) -> str:
         if p["coupling"]:
             text += f" mu={p['coupling']:g}"
         return text
+    if point.method in ("svd-llm", "residual"):
+        p = point.params
+        return (
+            point.method
+            + (" +update" if p.get("update") else "")
+            + (f" alloc={p['allocate']}" if p.get("allocate") else "")
+        )
     if point.method == "basis-sharing":
         private = point.params.get("private")
         return f"basis-sharing g={point.params['group_size']}" + (
