@@ -12,14 +12,25 @@ asserted too, so the mutation matrix is explicit.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import grassbundle as gb
+import grassbundle.__main__ as cli
+import grassbundle.bundle as bundle_mod
+import grassbundle.theorems as theorems_mod
 import numpy as np
 import pytest
 from grassbundle.bundle import BundleProblem, group_index
 from grassbundle.theorems import (
+    THEOREM_A_MAX_LOOSENESS,
+    _proj_sine,
+    _sin_max,
+    check_tying_degrees,
+    default_problems,
     path_monotonicity,
+    phase_diagram_solver,
     principal_angle_expansion,
     random_problem,
     run_all_checks,
@@ -171,8 +182,72 @@ def test_theorems_monotonicity_rejects_unsorted_ladder(weight_problem):
 
 def test_theorems_all_checks_hold_on_default_problems():
     reports = run_all_checks()
-    assert len(reports) == 26
+    # 2 problems x 2 solver routes x (1 + 4 ks x 4 checks)
+    assert len(reports) == 68
     assert all(r.holds for r in reports), [r.failures for r in reports if not r.holds]
+    assert sum("via phase_diagram" in r.name for r in reports) == 34
+    # Theorem A's looseness is asserted on the default problems
+    for r in reports:
+        if r.name.startswith("theorem_a"):
+            assert r.tolerance["max_looseness"] == THEOREM_A_MAX_LOOSENESS
+            assert r.figures["exact_convergence"] or (
+                r.figures["measured_over_bound_max"] >= 1 / THEOREM_A_MAX_LOOSENESS
+            )
+
+
+@pytest.mark.parametrize(
+    ("L", "ks"),
+    [
+        (1, [1]),
+        (2, [1, 2]),
+        (3, [1, 2, 3]),
+        (4, [1, 2, 3, 4]),
+        (6, [1, 2, 4, 6]),
+        (12, [1, 2, 5, 12]),
+    ],
+)
+def test_theorems_tying_degrees_include_a_shorter_last_group(L, ks):
+    assert check_tying_degrees(L) == ks
+    if L > 2:
+        assert any(L % k for k in ks)
+
+
+def test_theorems_phase_diagram_solver_is_solve(activation_problem):
+    """Same sections as solve, with the phase diagram's own energies (dense route: m <= n)."""
+    p = activation_problem
+    for k in (1, 3):
+        for lam in (0.0, 0.7, math.inf):
+            a, b = phase_diagram_solver(p, lam, k), gb.solve(p, lam, k)
+            assert max(_proj_sine(x, y) for x, y in zip(a.bases, b.bases, strict=True)) < 1e-10
+            if math.isfinite(lam):
+                assert a.objective == pytest.approx(b.objective, rel=1e-10)
+
+
+def test_theorems_measured_sine_is_the_projector_2_norm():
+    """The checks' distance ||(I - U U^T) V||_2 equals ||P_U - P_V||_2 formed densely,
+    for large and for tiny angles (there the residual stays accurate)."""
+    rng = np.random.default_rng(3)
+    for m, d in [(7, 1), (9, 3), (12, 6)]:
+        U = np.linalg.qr(rng.standard_normal((m, d)))[0]
+        for scale in (1.0, 1e-3, 1e-9):
+            V = np.linalg.qr(U + scale * rng.standard_normal((m, d)))[0]
+            dense = np.linalg.norm(U @ U.T - V @ V.T, 2)
+            assert _proj_sine(U, V) == pytest.approx(dense, rel=1e-6, abs=1e-15)
+            assert _proj_sine(U, V) == pytest.approx(_proj_sine(V, U), rel=1e-6, abs=1e-15)
+
+
+def test_theorems_principal_angle_order_is_pinned(weight_problem):
+    """The checks' formulas assume principal_angles ascending: the last one is
+    the largest, whose sine is ||P_U - P_V||_2."""
+    sec = gb.solve(weight_problem, 1.0, 2)
+    core = gb.l2_core(weight_problem, 2)
+    for l in range(weight_problem.L):
+        theta = gb.principal_angles(sec.basis(l), core.basis(l))
+        assert np.all(np.diff(theta) >= 0)
+        assert theta[-1] - theta[0] > 1e-6  # distinct angles: the order matters here
+        assert _sin_max(sec.basis(l), core.basis(l)) == pytest.approx(
+            _proj_sine(sec.basis(l), core.basis(l)), abs=1e-13
+        )
 
 
 def test_theorems_activation_problem(activation_problem):
@@ -261,3 +336,116 @@ def test_theorems_mutation(weight_problem, check, mutant):
 def test_theorems_mutation_run_all_checks_fails():
     reports = run_all_checks(solver=bottom_d_solver)
     assert not any(r.holds for r in reports)
+
+
+# -- mutations of the package: the checks must not agree with a wrong package ------------
+#
+# Each mutation patches the package the way an edit of its source would (every module
+# that imported the patched name sees the mutant), then runs `python -m grassbundle
+# check` (its `main`) and expects exit status 1 with the named checks failing on both
+# default problems and through both solver routes.
+
+
+def _patch_everywhere(monkeypatch, original, replacement) -> None:
+    """Replace ``original`` by ``replacement`` in every grassbundle module that holds it."""
+    hits = 0
+    for name, mod in list(sys.modules.items()):
+        if name == "grassbundle" or name.startswith("grassbundle."):
+            for attr, value in list(vars(mod).items()):
+                if value is original:
+                    monkeypatch.setattr(mod, attr, replacement)
+                    hits += 1
+    assert hits, f"{original!r} is imported nowhere"
+
+
+def _mutate_sin_max_smallest(monkeypatch) -> None:
+    def smallest(U, V):
+        return float(np.sin(gb.principal_angles(U, V)[0]))
+
+    monkeypatch.setattr(theorems_mod, "_sin_max", smallest)
+
+
+def _mutate_omega_one(monkeypatch) -> None:
+    init = BundleProblem.__init__
+
+    def omega_one(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if kwargs.get("omega") is None:
+            self.omega = np.ones(self.L)
+
+    monkeypatch.setattr(BundleProblem, "__init__", omega_one)
+
+
+def _mutate_basis_sharing_from_N(monkeypatch) -> None:
+    def from_N(problem, k):
+        groups = bundle_mod._group_layers(problem.L, k)
+        bases = np.stack(
+            [
+                bundle_mod._top_eigenspace_factor(
+                    np.concatenate([problem.W[l] for l in g], axis=1), problem.rank
+                )
+                for g in groups
+            ]
+        )
+        return bundle_mod._make_section(problem, bases, group_index(problem.L, k), 0.0, k)
+
+    _patch_everywhere(monkeypatch, bundle_mod.basis_sharing_core, from_N)
+
+
+def _mutate_theorem_a_constant_halved(monkeypatch) -> None:
+    const = theorems_mod._theorem_a_constant
+    monkeypatch.setattr(theorems_mod, "_theorem_a_constant", lambda *a: 0.5 * const(*a))
+
+
+def _mutate_angles_descending(monkeypatch) -> None:
+    original = gb.principal_angles
+
+    def descending(U, V, *, vectors=False):
+        out = original(U, V, vectors=vectors)
+        if vectors:
+            return tuple(x[..., ::-1] for x in out)
+        return out[..., ::-1]
+
+    _patch_everywhere(monkeypatch, original, descending)
+
+
+# mutation -> the checks that must fail under it
+PACKAGE_MUTATIONS = {
+    "sin_max_takes_smallest_angle": (_mutate_sin_max_smallest, {"theorem_a", "theorem_b"}),
+    "omega_is_one": (_mutate_omega_one, {"theorem_b", "path_monotonicity"}),
+    "basis_sharing_core_from_N": (_mutate_basis_sharing_from_N, {"theorem_b"}),
+    "theorem_a_constant_halved": (_mutate_theorem_a_constant_halved, {"theorem_a"}),
+    "principal_angles_descending": (_mutate_angles_descending, {"theorem_a", "theorem_b"}),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(PACKAGE_MUTATIONS))
+def test_theorems_mutation_of_the_package_fails_check(mutation, monkeypatch, capsys):
+    install, must_fail = PACKAGE_MUTATIONS[mutation]
+    install(monkeypatch)
+    assert cli.main(["check", "--json"]) == 1
+    reports = json.loads(capsys.readouterr().out)
+    failed = [r for r in reports if not r["holds"]]
+    assert all(r["failures"] for r in failed)
+    kinds = {r["name"].split("[")[0].split(" ")[0] for r in failed}
+    assert must_fail <= kinds, (mutation, kinds)
+    for label, _ in default_problems():
+        for route in ("", "; via phase_diagram"):
+            suffix = f"({label}{route})"
+            assert any(r["name"].endswith(suffix) for r in failed), (mutation, suffix)
+
+
+@pytest.mark.parametrize("mutation", sorted(PACKAGE_MUTATIONS))
+def test_theorems_mutation_of_the_package_fails_the_check_functions(mutation, monkeypatch):
+    """The same mutations, through the check functions on a fresh problem."""
+    install, must_fail = PACKAGE_MUTATIONS[mutation]
+    install(monkeypatch)
+    p = random_problem(5, 14, 12, 3, rng=np.random.default_rng(20260102))
+    checks = {
+        "theorem_a": lambda: theorem_a(p, 2),
+        "theorem_b": lambda: theorem_b(p, 2),
+        "path_monotonicity": lambda: path_monotonicity(p, 2),
+    }
+    for name in must_fail:
+        r = checks[name]()
+        assert not r.holds and r.failures, (mutation, name)

@@ -184,6 +184,9 @@ class BundleProblem:
     rank : int
     metric : str
     omega : ndarray, shape=[L], float64
+    omega_is_default : bool
+        True when ``omega`` was not given (so it is ``1 / ||W_l||_F^2``); the
+        theorem checks recompute the default from ``W`` and compare.
     L, m, n : int
     """
 
@@ -286,6 +289,7 @@ class BundleProblem:
             if not np.all(np.isfinite(om)) or np.any(om <= 0):
                 raise ValueError(f"omega must be positive and finite; got omega = {om}")
         self.omega: F64 = om
+        self.omega_is_default = omega is None
         self._anchors: F64 | None = None
 
     # -- factors ---------------------------------------------------------
