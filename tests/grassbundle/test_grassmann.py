@@ -119,6 +119,36 @@ def test_default_tolerance_admits_rounded_low_precision_bases(dtype: type, n: in
         as_point((1.05 * U.astype(np.float64)).astype(dtype))
 
 
+@pytest.mark.parametrize("n", [1, 2, 16, 256, 4096, 65536, 2**20])
+def test_default_tolerance_rejects_a_scaled_float16_basis_at_every_n(n: int) -> None:
+    """1.2 * U has max |U^T U - I| = 0.44: rejected at every n, in every dtype
+    (10 sqrt(n) eps alone would be 0.625 for float16 at n = 4096, and dist would
+    then return 1.29 rad for the same span)."""
+    p = min(4, n)
+    U = random_point(n, p, rng=23)
+    for dtype in (np.float16, np.float32, np.float64):
+        with pytest.raises(ValueError, match="not an orthonormal basis"):
+            dist((1.2 * U).astype(dtype), U)
+        with pytest.raises(ValueError, match="not an orthonormal basis"):
+            as_point((1.2 * U).astype(dtype))
+
+
+@pytest.mark.parametrize("n", [1, 2, 16, 256, 4096, 65536, 2**20])
+def test_float16_copy_of_a_basis_is_accepted_and_close(n: int) -> None:
+    """Rounding to float16 (u = 2^-11) moves U^T U by at most 2u + u^2 at any n,
+    inside the 1e-2 ceiling.  Treated as orthonormal, U16 = U + D with |D| <= u|U|
+    gives sines of at most ||(I - U16 U16^T) U||_2 <= 2||D||_2 + ||D||_2^2 with
+    ||D||_2 <= u sqrt(p), so dist(U16, U) <= sqrt(p) (2 u sqrt(p) + u^2 p): 2.1 u p."""
+    p = min(4, n)
+    u = 2.0**-11
+    U = random_point(n, p, rng=24)
+    U16 = U.astype(np.float16)
+    G = U16.astype(np.float64).T @ U16.astype(np.float64) - np.eye(p)
+    assert np.abs(G).max() <= 2 * u + u**2
+    assert as_point(U16).dtype == np.float64
+    assert float(dist(U16, U)) <= 2.1 * u * p
+
+
 def test_as_point_orthonormalize_keeps_span_and_is_closest() -> None:
     rng = np.random.default_rng(3)
     X = rng.standard_normal((2, 9, 4))

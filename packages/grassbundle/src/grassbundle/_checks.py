@@ -27,6 +27,9 @@ __all__ = [
 #: floor of the default orthonormality tolerance (see
 #: :func:`default_orthonormality_tol`)
 ORTHONORMALITY_FLOOR = 1e-10
+#: ceiling of the default orthonormality tolerance, whatever the dtype and n
+#: (see :func:`default_orthonormality_tol`)
+ORTHONORMALITY_CEILING = 1e-2
 
 
 def check_np(n: int, p: int) -> None:
@@ -60,16 +63,25 @@ def as_float64(X: ArrayLike, name: str, *, min_ndim: int = 2) -> NDArray[np.floa
 def default_orthonormality_tol(dtype: np.dtype, n: int) -> float:
     """Default bound on ``max |U^T U - I|`` for a basis of ``n``-vectors.
 
-    ``max(1e-10, 10 * sqrt(n) * eps)`` with ``eps`` the machine epsilon of the
-    input dtype (float64 for integer input).  Rounding a float64 orthonormal
-    basis leaves ``max |U^T U - I|`` at a few ``sqrt(n) * eps`` (1e-14 for
-    ``n = 2048``), far below the 1e-10 floor; a float32 basis carries its own
-    roundoff, about ``sqrt(n) * 1.2e-7``, which the ``10 * sqrt(n) * eps`` term
-    admits.  Anything larger is a basis that is not orthonormal, not a rounding
-    artefact.
+    ``min(max(1e-10, 10 * sqrt(n) * eps), 1e-2)`` with ``eps`` the machine
+    epsilon of the input dtype (float64 for integer input).  Rounding a float64
+    orthonormal basis leaves ``max |U^T U - I|`` at a few ``sqrt(n) * eps``
+    (1e-14 for ``n = 2048``), far below the 1e-10 floor; a float32 basis
+    computed in float32 carries its own roundoff, about ``sqrt(n) * 1.2e-7``,
+    which the ``10 * sqrt(n) * eps`` term admits.
+
+    The ceiling 1e-2 binds only for low precision (float16 from ``n = 2``;
+    float32 only beyond ``n = 7e7``).  Rounding an exactly orthonormal basis to
+    a dtype with unit roundoff ``u = eps / 2`` moves every entry of ``U^T U``
+    by at most ``2u + u^2`` whatever ``n`` (Cauchy-Schwarz), i.e. at most
+    ``9.8e-4`` for float16, so a float16 copy of an orthonormal basis passes
+    with a factor 10 to spare, while a basis scaled by ``s`` has ``|s^2 - 1|``
+    on the diagonal and is rejected at every ``n`` once ``s > 1.005`` (1.2
+    gives 0.44).  Without the ceiling, ``10 * sqrt(n) * eps`` would reach 0.625
+    for float16 at ``n = 4096`` and accept a basis scaled by 1.2.
     """
     eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 2.0**-52
-    return max(ORTHONORMALITY_FLOOR, 10.0 * math.sqrt(n) * eps)
+    return min(max(ORTHONORMALITY_FLOOR, 10.0 * math.sqrt(n) * eps), ORTHONORMALITY_CEILING)
 
 
 def check_point(X: ArrayLike, name: str, *, atol: float | None = None) -> NDArray[np.float64]:

@@ -12,7 +12,14 @@ the widest gap between consecutive angles in [pi/6, pi/3], so that a cluster
 of equal angles is never split between two unrelated bases.
 
 All arithmetic is done in float64 whatever the input dtype; the angles are
-returned as float64.
+returned as float64.  Low-precision input (float16, float32) is taken as
+stored: the angles are those between the spans of the rounded bases, with an
+extra error of about ``||U^T U - I||_2`` (the stored basis's departure from
+orthonormality, at most ``p`` times the tolerance of
+:func:`grassbundle.as_point`).  A float64 basis rounded to float16 departs by
+at most 9.8e-4 per entry at any ``n`` (about 1e-4 in practice), so its angles
+are good to about 1e-4 rad, not 1e-15; a basis further from orthonormal than
+1e-2 is rejected whatever its dtype and ``n``.
 
 References
 ----------
@@ -85,9 +92,12 @@ def principal_angles(
     Notes
     -----
     The inputs are validated, not re-orthonormalised: a basis with
-    ``max |U^T U - I|`` above ``max(1e-10, 10 sqrt(n) eps)`` (``eps`` of the
-    input dtype) raises :class:`ValueError`; orthonormalise such input with
-    :func:`grassbundle.as_point` first.  Cost: one ``p x q`` SVD and one thin
+    ``max |U^T U - I|`` above ``min(max(1e-10, 10 sqrt(n) eps), 1e-2)``
+    (``eps`` of the input dtype) raises :class:`ValueError`; orthonormalise
+    such input with :func:`grassbundle.as_point` first.  Low-precision input
+    gets angles accurate to about its own departure from orthonormality,
+    ``||U^T U - I||_2`` (about 1e-4 rad for a float64 basis rounded to
+    float16; see the module docstring), not 1e-15.  Cost: one ``p x q`` SVD and one thin
     ``n x q`` SVD (the latter is skipped for the batch entries with no angle
     below pi/4 when no vectors are requested), plus the two Gram matrices of
     the orthonormality check.

@@ -23,7 +23,11 @@ libraries, so each docstring states its own (the names follow [EAS98d]_ and
 geomstats' ``Grassmannian`` (projector representation) measures
 ``sqrt(2) ||theta||_2``; pymanopt's ``Grassmann.dist`` measures ``||theta||_2``
 (from arccos only).  All functions return float64: an array of the broadcast
-batch shape, or a numpy float64 scalar for unbatched input.
+batch shape, or a numpy float64 scalar for unbatched input.  The accuracies
+quoted are for float64 bases; low-precision (float16) bases are accepted
+while ``max |U^T U - I| <= 1e-2`` and their distances carry that departure
+from orthonormality (about 1e-4 for a float64 basis rounded to float16; see
+:func:`grassbundle.principal_angles`).
 
 References
 ----------
@@ -89,7 +93,9 @@ def dist(U: ArrayLike, V: ArrayLike) -> F64:
     -------
     d : ndarray, shape=[...], float64
         In ``[0, (pi/2) sqrt(p)]``; a float64 scalar for unbatched input.
-        Absolute accuracy about ``sqrt(p) * 1e-15``.
+        Absolute accuracy about ``sqrt(p) * 1e-15`` for float64 bases; for
+        low-precision bases about their ``||U^T U - I||_2`` more (1e-4 for
+        float16 copies of orthonormal bases).
 
     Raises
     ------

@@ -123,10 +123,15 @@ def as_point(X: ArrayLike, *, orthonormalize: bool = False, atol: float | None =
         norm, with the same span.  ``X`` must then have full column rank.
     atol : float, optional
         Orthonormality tolerance when ``orthonormalize=False``.  Default
-        ``max(1e-10, 10 sqrt(n) eps)``, ``eps`` the machine epsilon of the
-        input dtype: a float64 basis rounded to working precision is far
-        inside it (``max |X^T X - I|`` is a few ``sqrt(n) eps``), and a float32
-        one (``eps = 1.2e-7``) is admitted with its own roundoff.
+        ``min(max(1e-10, 10 sqrt(n) eps), 1e-2)``, ``eps`` the machine epsilon
+        of the input dtype: a float64 basis rounded to working precision is
+        far inside it (``max |X^T X - I|`` is a few ``sqrt(n) eps``), a float32
+        one (``eps = 1.2e-7``) is admitted with its own roundoff, and a
+        float16 one (at most ``9.8e-4`` from orthonormal at any ``n``) is
+        admitted under the ``1e-2`` ceiling, which rejects a basis scaled by
+        1.2 (``|1.2^2 - 1| = 0.44``) at every ``n``.  Low-precision input is
+        converted as stored, not re-orthonormalised: results computed from it
+        carry its departure from orthonormality (about 1e-4 for float16).
 
     Returns
     -------
