@@ -159,3 +159,18 @@ def test_basis_sharing_with_private_families(budget_setup: dict[str, Any], tmp_p
 def test_private_applies_to_basis_sharing_only() -> None:
     with pytest.raises(AdapterError, match="private applies to basis-sharing only"):
         sw.expand_points({"points": [{"method": "svd", "private": "attention.dense"}]})
+
+
+@pytest.mark.parametrize(
+    "name", ["smollm2_paper.toml", "smollm2_budgets_oproj.toml", "smollm2_budgets_all.toml"]
+)
+def test_smollm2_configs_parse(name: str) -> None:
+    """The shipped SmolLM2 configurations are valid, with distinct point keys."""
+    path = Path(__file__).resolve().parents[2] / "experiments" / name
+    config = sw.load_config(path)
+    points = sw.expand_points(config)
+    assert {p.method for p in points} >= {"svd-llm", "basis-sharing", "bundle"}
+    keys = [sw.point_key(p, {"x": 1}) for p in points]
+    assert len(set(keys)) == len(keys)
+    budgets = {p.budget for p in points if p.method != "dense"}
+    assert len(budgets) == (1 if "paper" in name else 2)
