@@ -868,20 +868,29 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag .txt[.bz2] or .jsonl, or 'hub'")
     p.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048)")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: none)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N HellaSwag items")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score only the first N HellaSwag items (and documents of each --tasks task)",
+    )
     p.add_argument("--max-windows", type=int, default=None, help="score only N perplexity windows")
     p.add_argument("--batch-size", type=int, default=8, help="windows per pass (HellaSwag: 4x)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on CUDA), float32, ...")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .lmeval import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run_cli)
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``llm-adapter evaluate`` from parsed arguments; returns the exit status."""
-    neither = args.wikitext is None and args.hellaswag is None
+    tasks = getattr(args, "tasks", None)
+    neither = args.wikitext is None and args.hellaswag is None and tasks is None
     hub_w = neither or args.wikitext == "hub"
     hub_h = neither or args.hellaswag == "hub"
     wikitext = None if args.wikitext in (None, "hub") else args.wikitext
@@ -889,6 +898,15 @@ def run_cli(args: argparse.Namespace) -> int:
     for value in (wikitext, hellaswag):
         if value is not None and not Path(value).is_file():
             raise AdapterError(f"{value} is not a file; give an existing path or 'hub'")
+    manager: Any = None
+    task_data: dict[str, str] = {}
+    if tasks is not None:  # harness tasks: checked (offline, names, files) before loading
+        from .lmeval import check_tasks, parse_task_data
+
+        task_data = parse_task_data(getattr(args, "task_data", None))
+        manager = check_tasks(tasks, task_data)
+    elif getattr(args, "task_data", None) or getattr(args, "num_fewshot", None) is not None:
+        raise AdapterError("--task-data and --num-fewshot go with --tasks; add --tasks NAMES")
     model, tokenizer = load_for_eval(args.model, device=args.device)
     model = prepare_for_eval(model, args.device, args.dtype)
     out = evaluate_model(
@@ -906,11 +924,31 @@ def run_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = {"model": str(args.model), "device": str(model_device(model)), **out}
+    if tasks is not None:
+        from .lmeval import run_tasks
+
+        out["lm_eval"] = run_tasks(
+            model,
+            tokenizer,
+            tasks,
+            task_data=task_data,
+            limit=args.limit,
+            num_fewshot=args.num_fewshot,
+            batch_size=args.batch_size,
+            task_manager=manager,
+        )
     if args.json:
         print(json.dumps(out, indent=2))
     else:
+        harness = out.pop("lm_eval", None)
         for key, value in out.items():
             shown = f"{value:.6g}" if isinstance(value, float) else value
             print(f"{key:28s} {shown}")
+        if harness is not None:
+            print(f"{'harness':28s} {harness['harness']}")
+            for task, row in harness["tasks"].items():
+                for key, value in row.items():
+                    shown = f"{value:.6g}" if isinstance(value, float) else value
+                    print(f"{task + ' ' + key:28s} {shown}")
     sys.stdout.flush()
     return 0
