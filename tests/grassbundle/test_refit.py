@@ -309,3 +309,14 @@ def test_refit_left_solves_its_regularised_normal_equations(ridge) -> None:
     grad += eps * (A @ Z - W[0]) @ Z.T
     scale = np.linalg.norm(W[0]) * np.linalg.norm(Ch[0]) * np.linalg.norm(Z)
     assert np.linalg.norm(grad) <= 1e-10 * scale
+
+
+@given(p=shapes, dfrac=st.floats(0.0, 1.0))
+def test_theorems_refit_local_fit_dominates_the_authors_update(p, dfrac) -> None:
+    """Towards W x_hat, the best rank-d map beats the best left factor for Z fixed."""
+    seed, m, n, shift = p
+    d = 1 + int(dfrac * (min(m, n) - 1))
+    W, _, _, C, Ch, _ = samples(seed, m, n, N=4 * n + 10, shift=shift)
+    upd = gb.svd_llm_update(W[0], C[0], rank=d, C_update=Ch[0], ridge=0.0)
+    local = gb.residual_fit(W[0], Ch[0], rank=d, ridge=0.0)
+    assert local.error[0] <= upd.error + 1e-9 * upd.reference

@@ -248,6 +248,20 @@ def _eig_psd(C: F64, name: str) -> tuple[F64, F64]:
     return np.maximum(c, 0.0), Q
 
 
+def _check_psd(C: F64, name: str) -> None:
+    """Raise unless symmetric ``C`` is PSD within ``PSD_RTOL`` (a Cholesky test first).
+
+    ``C + PSD_RTOL * lambda_bound * I`` has a Cholesky factor for every PSD
+    ``C`` (``lambda_bound = max_i sum_j |C_ij| >= lambda_max``); only when it
+    fails are the eigenvalues computed (the exact test, and the message).
+    """
+    bound = float(np.max(np.sum(np.abs(C), axis=1)))
+    try:
+        np.linalg.cholesky(C + PSD_RTOL * max(bound, np.finfo(np.float64).tiny) * np.eye(len(C)))
+    except np.linalg.LinAlgError:
+        _eig_psd(C, name)  # the exact test: raises with the smallest eigenvalue
+
+
 def _eps(C_hat: F64, ridge: float, name: str) -> float:
     n = C_hat.shape[0]
     tr = float(np.trace(C_hat))
@@ -326,7 +340,7 @@ def refit_left(
     if not np.all(np.isfinite(Z)):
         raise ValueError("right must have finite entries; found NaN or inf")
     Ch = _stack(C_hat, 1, n, "C_hat", psd=True)[0]
-    _eig_psd(Ch, "C_hat")
+    _check_psd(Ch, "C_hat")
     Cx = Ch if C_cross is None else _stack(C_cross, 1, n, "C_cross", psd=False)[0]
     eps = _eps(Ch, _check_ridge(ridge), "C_hat")
     G = Z @ Ch @ Z.T + eps * (Z @ Z.T)
@@ -492,16 +506,15 @@ def residual_fit(
     eps = np.empty(k)
     T = np.empty((k, m, n))
     Ys = []
-    eye = np.eye(n)
     for l in range(k):
         c, Q = _eig_psd(Ch[l], f"C_hat[{l}]" if k > 1 else "C_hat")
         if C64 is not None and C64 is not Ch:
-            _eig_psd(C64[l], f"C[{l}]" if k > 1 else "C")
+            _check_psd(C64[l], f"C[{l}]" if k > 1 else "C")
         eps[l] = _eps(Ch[l], r, f"C_hat[{l}]" if k > 1 else "C_hat")
         ce = c + eps[l]
         keep = ce > RCOND * float(ce[-1]) if eps[l] == 0 else np.ones(n, dtype=bool)
         Qk, ck = Q[:, keep], ce[keep]
-        G = W64[l] @ ((Cx[l] + eps[l] * eye) @ Qk)  # W Xe Q   (m x r)
+        G = (W64[l] @ Cx[l] + eps[l] * W64[l]) @ Qk  # W Xe Q   (m x r)
         Ys.append(math.sqrt(om[l]) * (G / np.sqrt(ck)))
         T[l] = (G / ck) @ Qk.T
     F = np.concatenate(Ys, axis=1)
