@@ -1,4 +1,5 @@
-"""The corner theorems (``pytest -k theorems`` selects exactly this file).
+"""The corner theorems (``pytest -k theorems`` selects this file and the
+``test_theorems_*`` tests of test_allocation.py and test_refit.py).
 
 Each check of :mod:`grassbundle.theorems` must hold for the closed-form solver
 on Hypothesis-drawn random problems with controlled eigengaps and on seeded
