@@ -36,7 +36,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _args(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
         "compress", "--model", str(tiny["model"]), "--calib-text", str(tiny["text"]),
-        "--calib-samples", "4", "--seq-len", "64", "--device", "cpu", "--out", str(out), *extra,
+        "--calib-samples", "4", "--calib-seq-len", "64", "--device", "cpu",
+        "--out", str(out), *extra,
     ]  # fmt: skip
 
 

@@ -115,7 +115,14 @@ def _subcommand(argv: Sequence[str]) -> str | None:
     return None
 
 
-def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+def deprecated_alias(
+    parser: argparse.ArgumentParser,
+    old: str,
+    new: str,
+    *,
+    dest: str | None = None,
+    **kwargs: Any,
+) -> None:
     """Accept ``old`` as a hidden, deprecated spelling of the option ``new``.
 
     Parameters
@@ -123,10 +130,12 @@ def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwar
     parser : argparse.ArgumentParser
     old, new : str
         Option strings, e.g. ``"--seq-len"`` and ``"--calib-seq-len"``.
+    dest : str, optional
+        The attribute ``new`` sets; default: derived from ``new``.
     **kwargs
         ``type`` and the like, as for ``new``.
     """
-    dest = new.lstrip("-").replace("-", "_")
+    target: str = dest or new.lstrip("-").replace("-", "_")
 
     class _Deprecated(argparse.Action):
         def __call__(
@@ -140,10 +149,10 @@ def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwar
                 f"llm-adapter: warning: {old} is deprecated in '{parser.prog}'; use {new}",
                 file=sys.stderr,
             )
-            setattr(namespace, dest, values)
+            setattr(namespace, target, values)
 
     parser.add_argument(
-        old, dest=dest, action=_Deprecated, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+        old, dest=target, action=_Deprecated, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
         **kwargs,
     )  # fmt: skip
 

@@ -158,8 +158,15 @@ def _read_text_file(path: Path) -> str:
         opener = gzip.open
     if not path.is_file():
         raise AdapterError(f"{path} is not a file; give the path of an existing text file")
-    with opener(path, "rt", encoding="utf-8", newline=None) as fh:  # newline=None: CRLF -> LF
-        return str(fh.read())
+    try:
+        with opener(path, "rt", encoding="utf-8", newline=None) as fh:  # newline=None: CRLF -> LF
+            return str(fh.read())
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        kind = f"{path.suffix[1:]}-compressed UTF-8 text" if opener is not open else "UTF-8 text"
+        raise AdapterError(
+            f"{path} cannot be read as {kind} ({' '.join(str(exc).split())[:120]}): the file "
+            "is truncated or damaged; download it again"
+        ) from None
 
 
 def read_wikitext(path: str | Path | None = None, *, split: str = "test") -> str:
@@ -863,23 +870,38 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "(needs the 'datasets' package); 'hub' as a value reads that one from the hub."
         ),
     )
-    p.add_argument("model", metavar="MODEL_OR_DIR", help="checkpoint folder or hub name")
+    p.add_argument(
+        "model_pos", nargs="?", metavar="MODEL", help="checkpoint folder or hub name (or --model)"
+    )
+    p.add_argument("--model", help="checkpoint folder or hub name; either form")
     p.add_argument("--wikitext", metavar="PATH", help="WikiText-2 test text file, or 'hub'")
     p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag .txt[.bz2] or .jsonl, or 'hub'")
-    p.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="window length in tokens (default: the model's training context, from its "
+        "TRAINING.json, a compressed checkpoint's record, or max_position_embeddings)",
+    )
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: none)")
     p.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="score only the first N HellaSwag items (and documents of each --tasks task)",
+        help="score only the first N HellaSwag items (and documents of each --tasks task) "
+        "(default: all)",
     )
-    p.add_argument("--max-windows", type=int, default=None, help="score only N perplexity windows")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=None,
+        help="score only N perplexity windows (default: all)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="windows per pass (HellaSwag: 4x)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on CUDA), float32, ...")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
     from .lmeval import add_arguments
 
     add_arguments(p)
@@ -898,6 +920,20 @@ def run_cli(args: argparse.Namespace) -> int:
     for value in (wikitext, hellaswag):
         if value is not None and not Path(value).is_file():
             raise AdapterError(f"{value} is not a file; give an existing path or 'hub'")
+    for flag, number, low in (
+        ("--seq-len", args.seq_len, 2),
+        ("--stride", args.stride, 1),
+        ("--limit", args.limit, 1),
+        ("--max-windows", args.max_windows, 1),
+        ("--batch-size", args.batch_size, 1),
+    ):
+        if number is not None and number < low:
+            raise AdapterError(f"{flag} must be >= {low}; got {flag} {number}")
+    resolve_dtype(None if args.dtype == "auto" else args.dtype)
+    resolve_device(args.device)
+    items = read_hellaswag(hellaswag, limit=args.limit) if hellaswag is not None else None
+    if wikitext is not None:
+        read_wikitext(wikitext)  # a damaged file fails here, before the model loads
     manager: Any = None
     task_data: dict[str, str] = {}
     if tasks is not None:  # harness tasks: checked (offline, names, files) before loading
@@ -907,16 +943,28 @@ def run_cli(args: argparse.Namespace) -> int:
         manager = check_tasks(tasks, task_data)
     elif getattr(args, "task_data", None) or getattr(args, "num_fewshot", None) is not None:
         raise AdapterError("--task-data and --num-fewshot go with --tasks; add --tasks NAMES")
+    from .checkpoint import check_finite, check_weight_files, model_context
+    from .cli import check_hub_dataset, check_hub_model
+
+    check_hub_model(args.model)
+    if hub_w:
+        check_hub_dataset(HUB_WIKITEXT[0], "--wikitext PATH")
+    if hub_h:
+        check_hub_dataset(HUB_HELLASWAG, "--hellaswag PATH")
+    check_weight_files(args.model)
     model, tokenizer = load_for_eval(args.model, device=args.device)
+    check_finite(model.state_dict(), f"the model {str(args.model)!r}")
     model = prepare_for_eval(model, args.device, args.dtype)
+    seq_len = args.seq_len or model_context(args.model, getattr(model, "config", None)) or 2048
     out = evaluate_model(
         model,
         tokenizer,
         wikitext=wikitext,
-        hellaswag=hellaswag,
+        hellaswag=None if items is not None else hellaswag,
+        hellaswag_items=items,
         use_hub_wikitext=hub_w,
         use_hub_hellaswag=hub_h,
-        seq_len=args.seq_len,
+        seq_len=seq_len,
         stride=args.stride,
         limit=args.limit,
         max_windows=args.max_windows,

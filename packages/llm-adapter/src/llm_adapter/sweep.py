@@ -59,7 +59,11 @@ by a hash of everything that determines its row (model, point, calibration
 and evaluation protocol); rows are appended to the JSONL file one whole line
 per ``write`` and flushed to disk, so a killed sweep restarts where it stopped
 and never writes a key twice (a line cut off by the kill is dropped on
-restart). Calibration statistics are cached on disk by :func:`calibrate`;
+restart). While a sweep runs it holds an exclusive lock on its results file,
+so a second sweep on the same file stops at once instead of writing every
+row again, and :func:`read_results` keeps each key once (files written before
+the lock existed). Every point is checked before any runs, and ``--dry-run``
+reports the same errors. Calibration statistics are cached on disk by :func:`calibrate`;
 with ``checkpoints = "DIR"`` every compressed model is also saved, and a
 restarted sweep reloads it instead of factorising again.
 """
@@ -483,7 +487,7 @@ def point_label(point: SweepPoint) -> str:
 
 
 def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """The rows of a results JSONL file.
+    """The rows of a results JSONL file, each key once.
 
     Parameters
     ----------
@@ -495,6 +499,8 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, An
     Returns
     -------
     list of dict
+        In file order; a row whose ``key`` an earlier row has (two sweeps
+        that wrote the same file) is left out, so statistics count it once.
     """
     p = Path(path)
     if not p.is_file():
@@ -520,7 +526,15 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, An
                 with open(p, "r+b") as fh:
                     fh.truncate(len(data) - len(tail))
                 print(f"sweep: dropped an incomplete last line of {p}", file=sys.stderr)
-    return rows
+    seen: set[Any] = set()
+    unique = []
+    for row in rows:
+        key = row.get("key") if isinstance(row, dict) else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        unique.append(row)
+    return unique
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
@@ -581,6 +595,11 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run every point of ``config`` not yet in its results file; return the new rows.
 
+    Every point and setting is checked before anything runs (``dry_run``
+    reports the same errors). While it runs, the sweep holds an exclusive
+    lock on the results file: a second sweep on the same file stops at once
+    with an error instead of computing and writing every row again.
+
     Parameters
     ----------
     config : dict
@@ -599,8 +618,54 @@ def run_sweep(
     list of dict
         The rows appended by this call.
     """
+    locks: list[int] = []
+    try:
+        return _run_sweep(
+            config, only_methods=only_methods, dry_run=dry_run, progress=progress, log=log,
+            locks=locks,
+        )  # fmt: skip
+    finally:
+        for fd in locks:
+            os.close(fd)  # releases the lock
+
+
+def _lock_results(out: Path) -> int:
+    """Open ``out`` (created if needed) and take its exclusive lock; the descriptor."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AdapterError(
+            f"another sweep is writing {out} (it holds the file's lock); wait for it to "
+            "finish, or give another results file (--results)"
+        ) from None
+    return fd
+
+
+def _run_sweep(
+    config: dict[str, Any],
+    *,
+    only_methods: Iterable[str] | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    log: Any = None,
+    locks: list[int],
+) -> list[dict[str, Any]]:
+    """The body of :func:`run_sweep`; the results file's lock descriptor goes to ``locks``."""
     from .calibrate import calibrate
-    from .checkpoint import load, read_manifest, save
+    from .checkpoint import (
+        check_weight_files,
+        crash_point,
+        load,
+        model_context,
+        read_manifest,
+        save,
+    )
+    from .cli import check_hub_dataset, check_hub_model
     from .compress import CompressionReport
     from .evaluate import _tokenize, evaluate_model, prepare_for_eval, read_hellaswag, read_wikitext
     from .lowrank import count_unique_parameters
@@ -610,7 +675,8 @@ def run_sweep(
     check_config(config)
     for key in ("model", "out"):
         if not config.get(key):
-            raise AdapterError(f"the sweep needs '{key}' (in the configuration or as --{key})")
+            flag = "--results" if key == "out" else f"--{key}"
+            raise AdapterError(f"the sweep needs '{key}' (in the configuration or as {flag})")
     out = Path(config["out"])
     calib = dict(config.get("calibration") or {})
     held = dict(config.get("heldout") or {})
@@ -631,6 +697,14 @@ def run_sweep(
         "evaluation": evaluation,
     }
     keys = [point_key(p, protocol) for p in points]
+    compressing = any(p.method != "dense" for p in points)
+    if not dry_run and compressing and ("text" in calib) == ("dataset" in calib):
+        raise AdapterError(
+            "[calibration] needs exactly one of text (a local file) or dataset "
+            "(hub NAME:CONFIG:SPLIT, e.g. wikitext:wikitext-2-raw-v1:train)"
+        )
+    if not dry_run:
+        locks.append(_lock_results(out))
     done = {r.get("key") for r in read_results(out, repair=not dry_run)}
     todo = [(p, k) for p, k in zip(points, keys, strict=True) if k not in done]
     print(
@@ -647,11 +721,21 @@ def run_sweep(
         return []
 
     device = config.get("device", "auto")
+    check_hub_model(str(config["model"]), "--model")
+    for section, key, flag in (("calibration", "dataset", "--calib-text PATH"),
+                               ("heldout", "dataset", "a [heldout] text file")):  # fmt: skip
+        if (config.get(section) or {}).get(key):
+            check_hub_dataset(str(config[section][key]).split(":")[0], flag)
+    for key, name in (("wikitext", "wikitext"), ("hellaswag", "Rowan/hellaswag")):
+        if evaluation.get(key) == "hub":
+            check_hub_dataset(name, f"--{key} PATH")
+    check_weight_files(str(config["model"]))
     base, tokenizer = load_model(config["model"], device=device)
     base.eval()
+    context = model_context(str(config["model"]), base.config) or 2048
     needed = sorted({f for p, _ in todo for f in p.families})
     families_all = list(resolve_families(base, needed)) if needed else []
-    seq = int(calib.get("seq_len", 2048))
+    seq = int(calib.get("seq_len") or context)  # default: the model's training context
     stats = None
     if families_all:
         if ("text" in calib) == ("dataset" in calib):
@@ -712,7 +796,7 @@ def run_sweep(
         model = prepare_for_eval(model, device, config.get("dtype", "auto"))
         metrics = evaluate_model(
             model, tokenizer, wikitext_ids=wiki_ids, hellaswag_items=hs_items,
-            seq_len=int(evaluation.get("seq_len", 2048)), stride=evaluation.get("stride"),
+            seq_len=int(evaluation.get("seq_len") or context), stride=evaluation.get("stride"),
             max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
             batch_size=int(evaluation.get("batch_size", 8)), progress=progress, per_item=True,
         )  # fmt: skip
@@ -773,6 +857,7 @@ def run_sweep(
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         append_row(out, row)
+        crash_point("sweep-row")
         rows.append(row)
         shown = {k: row.get(k) for k in ("frobenius_fraction", "ppl", "hellaswag_acc")}
         print(
@@ -881,6 +966,22 @@ _OVERRIDES: dict[str, tuple[tuple[str, ...], Any]] = {
 }
 
 
+#: the option that sets a namespace attribute, where it is not ``--`` + the attribute
+_FLAG_NAMES = {"out": "--results", "rank_ratios": "--rank-ratio", "methods": "--method"}
+
+
+def _flag(dest: str) -> str:
+    return _FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _convert(dest: str, conv: Any, value: Any) -> Any:
+    """``conv(value)``, a conversion failure as a one-line error naming the flag."""
+    try:
+        return conv(value)
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(f"{_flag(dest)} {value!r} is not valid: {exc}") from None
+
+
 def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Copy of ``config`` with every flag that was given applied; each override is printed."""
     config = copy.deepcopy(config)
@@ -892,12 +993,9 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
         for part in path[:-1]:
             node = node.setdefault(part, {})
         old = node.get(path[-1], "<unset>")
-        new = conv(value)
+        new = _convert(flag, conv, value)
         node[path[-1]] = new
-        print(
-            f"sweep: --{flag.replace('_', '-')} {value} overrides {'.'.join(path)} = {old!r}",
-            file=log,
-        )
+        print(f"sweep: {_flag(flag)} {value} overrides {'.'.join(path)} = {old!r}", file=log)
     grid = {
         k: getattr(args, k)
         for k in ("methods", "lam", "tying", "metric", "coupling", "group_size")
@@ -905,17 +1003,17 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
     }
     if grid:
         if "methods" not in grid:
-            raise AdapterError("--lam/--tying/--metric/--coupling/--group-size need --methods")
+            raise AdapterError("--lam/--tying/--metric/--coupling/--group-size need --method")
         tables = []
         for method in grid["methods"].split(","):
             table: dict[str, Any] = {"method": method.strip()}
             for k, conv in (("lam", _lam), ("tying", int), ("metric", str), ("coupling", float),
                             ("group_size", int)):  # fmt: skip
                 if k in grid and k in RELEVANT.get(method.strip(), ()):
-                    table[k] = [conv(x) for x in str(grid[k]).split(",")]
+                    table[k] = [_convert(k, conv, x) for x in str(grid[k]).split(",")]
             tables.append(table)
         if "points" in config:
-            print(f"sweep: --methods replaces the {len(config['points'])} point tables", file=log)
+            print(f"sweep: --method replaces the {len(config['points'])} point tables", file=log)
         config["points"] = tables
     if args.no_hellaswag:
         config.setdefault("evaluation", {}).pop("hellaswag", None)
@@ -927,6 +1025,8 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to ``subparsers``."""
+    from .cli import deprecated_alias
+
     p = subparsers.add_parser(
         "sweep",
         help="run a grid of compression points, one JSONL row each (resumable)",
@@ -938,23 +1038,41 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="CONFIG", nargs="?", help="sweep configuration .toml/.yaml")
     p.add_argument("--model", help="model directory or hub id")
-    p.add_argument("--out", help="results JSONL file")
+    p.add_argument("--results", dest="out", metavar="FILE", help="results JSONL file")
+    deprecated_alias(p, "--out", "--results", dest="out")
     p.add_argument("--device", help="auto | cpu | cuda[:N]")
     p.add_argument("--dtype", help="evaluation weight dtype (auto: bf16/fp16 on CUDA)")
     p.add_argument("--families", help="family sets separated by ';', each 'a,b' or 'all'")
-    p.add_argument("--rank-ratios", help="comma-separated d/D values")
-    p.add_argument("--methods", help="comma-separated methods (replaces the point tables)")
-    p.add_argument("--lam", help="comma-separated anchor strengths (with --methods bundle)")
+    p.add_argument(
+        "--rank-ratio", "--rank-ratios", dest="rank_ratios", help="comma-separated d/D values"
+    )
+    p.add_argument(
+        "--method",
+        "--methods",
+        dest="methods",
+        help="comma-separated methods (replaces the point tables)",
+    )
+    p.add_argument("--lam", help="comma-separated anchor strengths (with --method bundle)")
     p.add_argument("--tying", help="comma-separated tying degrees k")
     p.add_argument("--metric", help="comma-separated metrics: weight, activation")
     p.add_argument("--coupling", help="comma-separated soft couplings mu")
     p.add_argument("--group-size", help="comma-separated basis-sharing group sizes")
     p.add_argument("--calib-text", help="calibration text file")
     p.add_argument("--calib-samples", type=int, help="calibration windows")
-    p.add_argument("--calib-seq-len", type=int, help="calibration window length")
+    p.add_argument(
+        "--calib-seq-len",
+        type=int,
+        help="calibration window in tokens (default: the configuration's, else the model's "
+        "training context)",
+    )
     p.add_argument("--wikitext", help="perplexity text file")
     p.add_argument("--hellaswag", help="HellaSwag file")
-    p.add_argument("--seq-len", type=int, help="perplexity window length")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help="perplexity (evaluation) window in tokens (default: the configuration's, else "
+        "the model's training context)",
+    )
     p.add_argument("--max-windows", type=int, help="perplexity windows to score")
     p.add_argument("--limit", type=int, help="HellaSwag items to score")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -964,7 +1082,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-hellaswag", action="store_true", help="skip HellaSwag")
     p.add_argument("--no-baseline", action="store_true", help="skip the uncompressed model")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
+    for action in p._actions:
+        if action.option_strings and action.default is None and action.help:
+            if "default" not in action.help and action.help is not argparse.SUPPRESS:
+                action.help += " (default: the configuration's)"
     p.set_defaults(func=run_cli)
     return p
 
