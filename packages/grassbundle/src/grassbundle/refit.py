@@ -31,9 +31,10 @@ original's.  It makes every solve positive definite, pulls the fit towards
 ``W`` (not towards zero) in directions the calibration inputs never visit,
 and keeps the reduction to SVD-LLM: with ``x_hat = x`` the residual fit is
 the top-``d`` eigenspace of ``W (C + eps I) W^T``.  ``ridge = 0`` gives the
-unregularised optimum, with pseudo-inverses on the numerical range (no
-inverse of a singular matrix is ever formed; every solve is an
-eigendecomposition with a stated cut-off).
+unregularised optimum, with pseudo-inverses on the numerical range.  No
+inverse is ever formed: with ``ridge > 0`` the positive definite
+``C_hat + eps I`` is applied through its Cholesky factor (triangular solves),
+with ``ridge = 0`` through an eigendecomposition with a stated cut-off.
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ class ResidualFit:
         :func:`grassbundle.allocate_ranks` takes.
     target : ndarray, shape=[k, m, n]
         ``T_l = W_l (C_cross_l + eps_l I)(C_hat_l + eps_l I)^{-1}``, the
-        unconstrained least-squares map (applied with an eigendecomposition,
-        see :func:`residual_fit`).
+        unconstrained least-squares map (computed without an inverse, see
+        :func:`residual_fit`).
     error : ndarray, shape=[k], or None
         ``E||W_l x - U B_l x_hat||^2`` per map, without the ridge term; None
         when ``C_cross`` is given and ``C`` is not.
@@ -255,9 +256,10 @@ def _check_psd(C: F64, name: str) -> None:
     ``C`` (``lambda_bound = max_i sum_j |C_ij| >= lambda_max``); only when it
     fails are the eigenvalues computed (the exact test, and the message).
     """
-    bound = float(np.max(np.sum(np.abs(C), axis=1)))
+    bound = max(float(np.max(np.sum(np.abs(C), axis=1))), float(np.finfo(np.float64).tiny))
+    shift = PSD_RTOL * bound
     try:
-        np.linalg.cholesky(C + PSD_RTOL * max(bound, np.finfo(np.float64).tiny) * np.eye(len(C)))
+        np.linalg.cholesky(C + shift * np.eye(len(C)))
     except np.linalg.LinAlgError:
         _eig_psd(C, name)  # the exact test: raises with the smallest eigenvalue
 
@@ -287,6 +289,33 @@ def _spd_solve_right(G: F64, R: F64) -> F64:
         return np.zeros_like(R)
     Vk = V[:, keep]
     return np.asarray(((R @ Vk) / g[keep]) @ Vk.T)
+
+
+def _whiten_solve(G: F64, C_hat: F64, eps: float, name: str) -> tuple[F64, F64]:
+    """``Y`` with ``Y Y^T = G Ce^+ G^T`` and ``T = G Ce^+`` for ``Ce = C_hat + eps I``.
+
+    ``eps > 0``: ``Ce`` is positive definite; Cholesky ``Ce = L L^T``, ``Y =
+    G L^{-T}`` and ``T = G Ce^{-1}`` by triangular solves (the condition
+    number of ``Ce`` is at most ``(c_max + eps) / eps``).  ``eps = 0`` (or a
+    Cholesky failure at roundoff level): the eigendecomposition ``C_hat = Q
+    diag(c) Q^T``, ``Y = G Q_r diag(c_r^{-1/2})`` and ``T = G Q_r diag(1/c_r)
+    Q_r^T`` on the eigenvalues ``c > RCOND * c_max`` (the pseudo-inverse).
+    """
+    if eps > 0:
+        try:
+            Lc = np.linalg.cholesky(C_hat + eps * np.eye(len(C_hat)))
+        except np.linalg.LinAlgError:
+            pass
+        else:
+            Y = scipy.linalg.solve_triangular(Lc, G.T, lower=True).T
+            T = scipy.linalg.solve_triangular(Lc, Y.T, lower=True, trans="T").T
+            return np.ascontiguousarray(Y), np.ascontiguousarray(T)
+    c, Q = _eig_psd(C_hat, name)
+    ce = c + eps
+    keep = ce > RCOND * float(ce[-1])
+    Qk, ck = Q[:, keep], ce[keep]
+    GQ = G @ Qk
+    return GQ / np.sqrt(ck), (GQ / ck) @ Qk.T
 
 
 # -- the fits ---------------------------------------------------------------------
@@ -411,8 +440,19 @@ def svd_llm_update(
     C64 = _stack(C, 1, n, "C", psd=True)[0]
     Cu = C64 if C_update is None else _stack(C_update, 1, n, "C_update", psd=True)[0]
     r = _check_ridge(ridge)
-    trunc = residual_fit(Wm, C64, rank=d, ridge=0.0)
-    U = trunc.basis
+    # SVD-LLM's truncation: the top-d left singular vectors of W R, R R^T = C
+    # (Cholesky as the authors; the eigh square root on the range if C is singular)
+    try:
+        R = np.linalg.cholesky(C64)
+    except np.linalg.LinAlgError:
+        c, Q = _eig_psd(C64, "C")
+        R = Q[:, c > 0] * np.sqrt(c[c > 0])
+    if R.shape[1] < d:
+        raise ValueError(
+            f"C has rank {R.shape[1]} < rank = {d}: too few calibration tokens for this rank"
+        )
+    Uf, _, _ = scipy.linalg.svd(Wm @ R, full_matrices=False, lapack_driver="gesdd")
+    U = np.ascontiguousarray(Uf[:, :d])
     Z = U.T @ Wm
     A = refit_left(Wm, Z, Cu, ridge=r)
     before = _output_error(Wm, U, Z, Cu, Cu, Cu)
@@ -453,11 +493,14 @@ def residual_fit(
     (``C_hat = C_cross = C``) and ``ridge = 0`` this is SVD-LLM (one map) and
     the tied activation corner (a group); see ``docs/theory/allocation.rst``.
 
-    ``Ce^{-1}`` is applied through the eigendecomposition ``C_hat = Q diag(c)
-    Q^T``: ``T = W Xe Q diag(1 / (c + eps)) Q^T`` and ``K = Y Y^T`` with ``Y
-    = W Xe Q diag((c + eps)^{-1/2})``.  With ``ridge = 0`` the eigenvalues
-    ``c <= RCOND * c_max`` are dropped (the pseudo-inverse: the fit is
-    minimum-norm off the range of ``C_hat``).
+    No inverse is formed.  With ``ridge > 0``, ``Ce = L L^T`` (Cholesky),
+    ``Y = W Xe L^{-T}`` and ``T = Y L^{-1}`` by triangular solves, ``K = Y
+    Y^T``.  With ``ridge = 0``, the eigendecomposition ``C_hat = Q diag(c)
+    Q^T`` gives ``Y = W Xe Q diag(c^{-1/2})`` and ``T = W Xe Q diag(1/c)
+    Q^T`` on the eigenvalues ``c > RCOND * c_max`` (the pseudo-inverse: the
+    fit is minimum-norm off the range of ``C_hat``).  ``U`` comes from the SVD
+    of ``[sqrt(omega_l) Y_l]_l`` (or the eigendecomposition of its Gram when
+    it is wider than ``m``).
 
     Parameters
     ----------
@@ -507,16 +550,14 @@ def residual_fit(
     T = np.empty((k, m, n))
     Ys = []
     for l in range(k):
-        c, Q = _eig_psd(Ch[l], f"C_hat[{l}]" if k > 1 else "C_hat")
+        name = f"C_hat[{l}]" if k > 1 else "C_hat"
         if C64 is not None and C64 is not Ch:
             _check_psd(C64[l], f"C[{l}]" if k > 1 else "C")
-        eps[l] = _eps(Ch[l], r, f"C_hat[{l}]" if k > 1 else "C_hat")
-        ce = c + eps[l]
-        keep = ce > RCOND * float(ce[-1]) if eps[l] == 0 else np.ones(n, dtype=bool)
-        Qk, ck = Q[:, keep], ce[keep]
-        G = (W64[l] @ Cx[l] + eps[l] * W64[l]) @ Qk  # W Xe Q   (m x r)
-        Ys.append(math.sqrt(om[l]) * (G / np.sqrt(ck)))
-        T[l] = (G / ck) @ Qk.T
+        _check_psd(Ch[l], name)
+        eps[l] = _eps(Ch[l], r, name)
+        G = W64[l] @ Cx[l] + eps[l] * W64[l]  # W Xe   (m x n)
+        Y, T[l] = _whiten_solve(G, Ch[l], eps[l], name)
+        Ys.append(math.sqrt(om[l]) * Y)
     F = np.concatenate(Ys, axis=1)
     if F.shape[1] <= m:
         Uf, s, _ = scipy.linalg.svd(F, full_matrices=False, lapack_driver="gesdd")
