@@ -157,7 +157,8 @@ def activation_spectrum(
     ndarray, shape=[m], float64
         The ``m`` eigenvalues, descending (zeros padded where the rank is
         below ``m``), computed as squared singular values of the factor
-        ``[sqrt(omega_l) W_l R_l]`` with ``R_l R_l^T = C_l``.
+        ``[sqrt(omega_l) W_l R_l]`` with ``R_l R_l^T = C_l`` (Cholesky, or
+        the eigendecomposition when ``C_l`` is singular).
     """
     W64 = np.asarray(W, dtype=np.float64)
     if W64.ndim == 2:
@@ -197,8 +198,17 @@ def _cov(C: ArrayLike, k: int, n: int, l: int, name: str) -> F64:
 
 
 def _sqrt_factor(C: F64, name: str) -> F64:
-    """``R`` with ``R R^T = C`` on the range of a PSD ``C`` (eigh; tiny negatives clipped)."""
+    """``R`` with ``R R^T = C`` for a PSD ``C``: Cholesky, else eigh on the range.
+
+    A positive definite ``C`` has a Cholesky factor; otherwise the
+    eigendecomposition decides (eigenvalues below ``-PSD_RTOL * lambda_max``
+    are an error, the rest are clipped at zero).
+    """
     Cs = 0.5 * (C + C.T)
+    try:
+        return np.asarray(np.linalg.cholesky(Cs))
+    except np.linalg.LinAlgError:
+        pass
     ev, V = np.linalg.eigh(Cs)
     top = max(float(ev[-1]), 0.0)
     if ev[0] < -PSD_RTOL * top:

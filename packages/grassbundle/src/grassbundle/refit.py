@@ -377,10 +377,16 @@ def refit_left(
     return _spd_solve_right(G, R)
 
 
-def _output_error(W: F64, A: F64, B: F64, C: F64, C_hat: F64, C_cross: F64) -> float:
-    """``E||W x - A B x_hat||^2 = tr(W C W^T) - 2 <A B, W C_cross> + tr(A B C_hat B^T A^T)``."""
-    AB = A @ B
-    return float(np.vdot(W @ C, W) - 2.0 * np.vdot(AB, W @ C_cross) + np.vdot(AB @ C_hat, AB))
+def _output_error(ref: float, A: F64, B: F64, WCx: F64, C_hat: F64) -> float:
+    """``E||W x - A B x_hat||^2 = tr(W C W^T) - 2 <A B, W C_cross> + tr(A B C_hat B^T A^T)``.
+
+    ``ref = tr(W C W^T)`` and ``WCx = W C_cross`` are given; the rest costs
+    ``O(d n^2 + m n d)``: ``<A B, WCx> = <A, WCx B^T>`` and ``tr(A B C_hat
+    B^T A^T) = <A^T A, B C_hat B^T>``.  Absolute roundoff about ``n eps
+    ref``.
+    """
+    BC = B @ C_hat
+    return float(ref - 2.0 * np.vdot(A, WCx @ B.T) + np.vdot(A.T @ A, BC @ B.T))
 
 
 def svd_llm_update(
@@ -455,9 +461,10 @@ def svd_llm_update(
     U = np.ascontiguousarray(Uf[:, :d])
     Z = U.T @ Wm
     A = refit_left(Wm, Z, Cu, ridge=r)
-    before = _output_error(Wm, U, Z, Cu, Cu, Cu)
-    after = _output_error(Wm, A, Z, Cu, Cu, Cu)
-    ref = float(np.vdot(Wm @ Cu, Wm))
+    WCu = Wm @ Cu
+    ref = float(np.vdot(WCu, Wm))
+    before = _output_error(ref, U, Z, WCu, Cu)
+    after = _output_error(ref, A, Z, WCu, Cu)
     return LowRankFit(
         left=A,
         right=Z,
@@ -549,13 +556,15 @@ def residual_fit(
     eps = np.empty(k)
     T = np.empty((k, m, n))
     Ys = []
+    WCx = np.empty((k, m, n))
     for l in range(k):
         name = f"C_hat[{l}]" if k > 1 else "C_hat"
         if C64 is not None and C64 is not Ch:
             _check_psd(C64[l], f"C[{l}]" if k > 1 else "C")
         _check_psd(Ch[l], name)
         eps[l] = _eps(Ch[l], r, name)
-        G = W64[l] @ Cx[l] + eps[l] * W64[l]  # W Xe   (m x n)
+        WCx[l] = W64[l] @ Cx[l]
+        G = WCx[l] + eps[l] * W64[l]  # W Xe   (m x n)
         Y, T[l] = _whiten_solve(G, Ch[l], eps[l], name)
         Ys.append(math.sqrt(om[l]) * Y)
     F = np.concatenate(Ys, axis=1)
@@ -572,10 +581,11 @@ def residual_fit(
     err: F64 | None = None
     ref: F64 | None = None
     if C64 is not None:
-        err = np.array(
-            [max(_output_error(W64[l], U, B[l], C64[l], Ch[l], Cx[l]), 0.0) for l in range(k)]
-        )
-        ref = np.array([float(np.vdot(W64[l] @ C64[l], W64[l])) for l in range(k)])
+        if C64 is Ch:  # target W x_hat: tr(W C_hat W^T) = <W C_cross, W>
+            ref = np.array([float(np.vdot(WCx[l], W64[l])) for l in range(k)])
+        else:
+            ref = np.array([float(np.vdot(W64[l] @ C64[l], W64[l])) for l in range(k)])
+        err = np.array([max(_output_error(ref[l], U, B[l], WCx[l], Ch[l]), 0.0) for l in range(k)])
     return ResidualFit(
         basis=U, right=B, spectrum=spec, target=T, error=err, reference=ref, ridge=eps
     )
