@@ -150,6 +150,9 @@ def test_bad_points() -> None:
         chordal_mean(random_point(6, 2, rng=12))
     with pytest.raises(ValueError, match="orthonormal"):
         chordal_mean(2 * random_point(6, 2, rng=12, batch=3))
+    for mean in (chordal_mean, karcher_mean):  # the mean of nothing
+        with pytest.raises(ValueError, match="at least one basis"):
+            mean(np.zeros((0, 6, 2)))
 
 
 # -- Karcher mean ------------------------------------------------------------

@@ -45,6 +45,8 @@ def _points_and_weights(points: ArrayLike, weights: ArrayLike | None) -> tuple[F
             f"points must be a stack of bases with shape (..., k, n, p); got shape {P.shape}"
         )
     k = P.shape[-3]
+    if k == 0:
+        raise ValueError(f"points must hold at least one basis; got shape {P.shape}")
     w: F64
     if weights is None:
         w = np.full(P.shape[:-2], 1.0 / k)

@@ -795,6 +795,16 @@ def compress_model(
                 f"calibration statistics of {family} have shape {C.shape}, the model needs "
                 f"{(L, n, n)}: they belong to another model"
             )
+        if C is not None:
+            energy = np.einsum("lij,ljk,lik->l", W, C, W)  # tr(W_l C_l W_l^T)
+            zero = [int(l) for l in np.flatnonzero(~(energy > 0))]
+            if zero:
+                raise AdapterError(
+                    f"the calibration covariance of {family} gives zero activation energy "
+                    f"tr(W C W^T) in layers {zero}: activation errors are undefined there (and "
+                    "the anchor of SVD-LLM, lam = inf); calibrate on text that reaches these "
+                    "layers, or use --method svd without calibration"
+                )
         if config.method == "basis-sharing":
             import grassbundle as gb
 

@@ -874,8 +874,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "model_pos", nargs="?", metavar="MODEL", help="checkpoint folder or hub name (or --model)"
     )
     p.add_argument("--model", help="checkpoint folder or hub name; either form")
-    p.add_argument("--wikitext", metavar="PATH", help="WikiText-2 test text file, or 'hub'")
-    p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag .txt[.bz2] or .jsonl, or 'hub'")
+    p.add_argument(
+        "--wikitext",
+        metavar="PATH",
+        help="WikiText-2 test text file, or 'hub' (default: none; 'hub' when no other "
+        "benchmark is given)",
+    )
+    p.add_argument(
+        "--hellaswag",
+        metavar="PATH",
+        help="HellaSwag .txt[.bz2] or .jsonl, or 'hub' (default: none; 'hub' when no other "
+        "benchmark is given)",
+    )
     p.add_argument(
         "--seq-len",
         type=int,
