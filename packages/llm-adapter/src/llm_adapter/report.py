@@ -454,13 +454,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("results", metavar="RESULTS", nargs="+", help="sweep JSONL file(s)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--title", default=None, help="heading of results.md")
+    p.add_argument(
+        "--title", default=None, help="heading of results.md (default: the sweep's name)"
+    )
     p.set_defaults(func=run_cli)
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``llm-adapter report``."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise AdapterError(f"--out {args.out!r} exists and is not a directory; give a directory")
     written = write_report(args.results, args.out, title=args.title)
     for name, path in written.items():
         print(f"{name:26s} {path}")
