@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from llm_adapter import AdapterError, calibrate
+from llm_adapter import AdapterError
+from llm_adapter.calibrate import calibrate
 from llm_adapter.data import sample_windows, tokenize_text
-from llm_adapter.models import random_neox
+from llm_adapter.models import random_model, random_neox
 
 FEW_TOKENS = "ignore:.*calibration tokens are fewer:UserWarning"
 
@@ -177,3 +178,115 @@ def test_layerwise_equals_full_forward() -> None:
         np.testing.assert_allclose(lw.covariance(f), full.covariance(f), rtol=1e-12, atol=1e-15)
     # the model is left as it was: every block back on its device, no catcher left
     assert type(model.gpt_neox.layers[0]).__name__ == "GPTNeoXLayer"
+
+
+LLAMA_ALL = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+
+def _llama_inputs(model: torch.nn.Module, windows: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every map's input, recomputed from the blocks' hidden states without hooks."""
+    hidden = _layer_inputs(model, windows)
+    out: dict[str, list[torch.Tensor]] = {f: [] for f in LLAMA_ALL}
+    for l, layer in enumerate(model.model.layers):
+        h = hidden[l]
+        with torch.no_grad():
+            x_attn = layer.input_layernorm(h)
+            rope = model.model.rotary_emb(h, _positions(h))
+            # the MLP reads the post-attention norm of the residual after attention
+            # (causal attention: sdpa without a mask, as in the model's own forward)
+            attn = layer.self_attn(x_attn, position_embeddings=rope, attention_mask=None)[0]
+            x_mlp = layer.post_attention_layernorm(h + attn)
+            x_down = layer.mlp.act_fn(layer.mlp.gate_proj(x_mlp)) * layer.mlp.up_proj(x_mlp)
+        n = h.shape[-1]
+        for f in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            out[f].append(x_attn.reshape(-1, n))
+        for f in ("mlp.gate_proj", "mlp.up_proj"):
+            out[f].append(x_mlp.reshape(-1, n))
+        out["mlp.down_proj"].append(x_down.reshape(-1, x_down.shape[-1]))
+    return out
+
+
+def _positions(h: torch.Tensor) -> torch.Tensor:
+    return torch.arange(h.shape[1]).unsqueeze(0).expand(h.shape[0], -1)
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_maps_sharing_an_input_share_one_gram() -> None:
+    from llm_adapter.calibrate import _accumulate
+
+    model = random_model("llama", num_hidden_layers=3, dtype=torch.float64)
+    windows = _windows(3, 16)
+    grams, n_shared = _accumulate(model, LLAMA_ALL, windows, batch_size=2, progress=False)
+    # k and v read q's input, up reads gate's: three of seven Grams per layer are shared
+    assert n_shared == 3 * 3
+    for l in range(3):
+        assert grams["self_attn.k_proj"][l] is grams["self_attn.q_proj"][l]
+        assert grams["self_attn.v_proj"][l] is grams["self_attn.q_proj"][l]
+        assert grams["mlp.up_proj"][l] is grams["mlp.gate_proj"][l]
+        assert grams["self_attn.o_proj"][l] is not grams["self_attn.q_proj"][l]
+    stats = calibrate(model, None, "all", token_windows=windows, batch_size=2)
+    inputs = _llama_inputs(model, windows)
+    for f in LLAMA_ALL:
+        if f == "self_attn.o_proj":
+            continue  # the attention core's output: checked through the NeoX test's route
+        for l in range(3):
+            x = inputs[f][l]
+            ref = (x.T @ x / x.shape[0]).numpy()
+            # float64 forwards in two batchings: roundoff ~1e-15 relative
+            np.testing.assert_allclose(stats.covariance(f)[l], ref, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_parallel_block_shares_attention_input_with_the_mlp() -> None:
+    from llm_adapter.calibrate import _accumulate
+
+    # Cohere's block feeds one normed input to q, k, v and to the MLP's gate and up
+    model = random_model("cohere", num_hidden_layers=2)
+    grams, n_shared = _accumulate(model, LLAMA_ALL, _windows(2, 8), batch_size=2, progress=False)
+    assert n_shared == 4 * 2
+    for l in range(2):
+        assert grams["mlp.up_proj"][l] is grams["self_attn.q_proj"][l]
+    # GPT-NeoX's attention and MLP read two different norms: nothing is shared
+    neox = random_neox(num_hidden_layers=2)
+    fams = (
+        "attention.query_key_value",
+        "attention.dense",
+        "mlp.dense_h_to_4h",
+        "mlp.dense_4h_to_h",
+    )
+    _, n_neox = _accumulate(neox, fams, _windows(2, 8), batch_size=2, progress=False)
+    assert n_neox == 0
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_calibration_skips_the_output_head() -> None:
+    model = random_model("llama", num_hidden_layers=2)
+    calls: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        calibrate(model, None, "mlp.down_proj", token_windows=_windows(4, 8), batch_size=2)
+        assert calls == []
+        with torch.no_grad():
+            model(input_ids=_windows(1, 4))
+        assert calls == [1]  # the hook works; the model is left as it was
+    finally:
+        handle.remove()
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_layerwise_shares_inputs_and_matches_full_forward_on_llama() -> None:
+    model = random_model("llama", num_hidden_layers=3, dtype=torch.float64)
+    windows = _windows(4, 12)
+    full = calibrate(model, None, "all", token_windows=windows, batch_size=2)
+    lw = calibrate(model, None, "all", token_windows=windows, batch_size=2, layerwise=True)
+    for f in LLAMA_ALL:
+        # the same float64 arithmetic on the same batches, block by block: roundoff only
+        np.testing.assert_allclose(lw.covariance(f), full.covariance(f), rtol=1e-12, atol=1e-14)

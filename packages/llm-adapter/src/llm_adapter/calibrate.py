@@ -2,7 +2,12 @@
 
 Forward pre-hooks on the targeted modules accumulate ``sum_t x_t x_t^T`` in
 float64 on the module's own device, and the token count; only the Grams of the
-targeted families exist, one ``(n, n)`` matrix per targeted module.  The
+targeted families exist, one ``(n, n)`` matrix per distinct input: maps that
+read the very same tensor (Llama's q, k and v; its gate and up; all five in a
+parallel block such as Cohere's) share one Gram, accumulated once.  The
+forward stops after the last transformer block, since no Gram needs the final
+norm or the output head, so calibrating costs about one forward pass plus the
+Gram updates (``benchmarks/bench_calibration.py`` measures the ratio).  The
 statistics are cached on disk, keyed by the model's fingerprint, the exact
 calibration token windows (which fixes the text, the tokenizer and the
 sampling protocol) and the family, so sweeps do not recompute them.
@@ -86,33 +91,88 @@ def _windows_key(model: nn.Module, windows: torch.Tensor, family: str) -> str:
     return h.hexdigest()[:32]
 
 
+class _SharedInputs:
+    """One Gram per distinct input: maps fed the very same tensor share it.
+
+    Attention's q, k and v maps (and a gated MLP's gate and up maps) are
+    called on one tensor, so their covariances are equal; the first map to
+    see a tensor accumulates its Gram, and any map that later sees the same
+    object (checked by identity, ``is``) adds nothing and is recorded as an
+    alias of the first.  The pairing is fixed on a map's first call and
+    checked on every later one; the two most recent inputs are remembered,
+    which covers maps called back to back and a parallel block whose MLP
+    reads the attention's input.
+    """
+
+    def __init__(self) -> None:
+        self.recent: list[tuple[torch.Tensor, int]] = []
+        self.alias: dict[int, int | None] = {}  # map -> the map whose Gram it shares, or None
+        self.grams: list[torch.Tensor] = []
+        self.names: list[str] = []
+
+    def hook(self, index: int) -> Any:
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            owner = next((i for t, i in self.recent if t is x), None)
+            if index not in self.alias:
+                self.alias[index] = owner
+            elif self.alias[index] != owner:
+                raise AdapterError(
+                    f"calibration: {self.names[index]} shares its input with another map in "
+                    "one batch and not in another; this model's forward varies its structure "
+                    "between batches, which the shared-input Grams do not support"
+                )
+            if owner is not None:
+                return
+            gram = self.grams[index]
+            x2 = x.detach().reshape(-1, x.shape[-1]).to(device=gram.device, dtype=torch.float64)
+            gram.addmm_(x2.T, x2)
+            self.recent = [(x, index), *self.recent[:1]]
+
+        return pre_hook
+
+    def new_batch(self) -> None:
+        self.recent = []
+
+    def resolved(self, index: int) -> torch.Tensor:
+        """The Gram of map ``index``, following its alias."""
+        owner = self.alias.get(index)
+        return self.grams[index if owner is None else owner]
+
+
+class _StopForward(Exception):
+    """Raised after the last transformer block: the final norm and the head are not needed."""
+
+
 def _accumulate(
     model: nn.Module,
     families: Sequence[str],
     windows: torch.Tensor,
     batch_size: int,
     progress: bool,
-) -> dict[str, list[torch.Tensor]]:
-    grams: dict[str, list[torch.Tensor]] = {}
+) -> tuple[dict[str, list[torch.Tensor]], int]:
+    """Grams of every targeted map, and the number of maps whose Gram was shared."""
+    from .models import _layers
+
+    shared = _SharedInputs()
     handles = []
-
-    def make_hook(gram: torch.Tensor) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            x2 = x.detach().reshape(-1, x.shape[-1]).to(device=gram.device, dtype=torch.float64)
-            gram.addmm_(x2.T, x2)
-
-        return hook
-
+    index: dict[str, list[int]] = {}
     for family in families:
-        grams[family] = []
-        for module in family_modules(model, family):
+        index[family] = []
+        for l, module in enumerate(family_modules(model, family)):
             n = int(module.in_features)  # type: ignore[arg-type]
             weight = next(module.parameters())
             dev = weight.device if weight.device.type != "meta" else model_device(model)
-            gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
-            grams[family].append(gram)
-            handles.append(module.register_forward_pre_hook(make_hook(gram)))
+            i = len(shared.grams)
+            shared.grams.append(torch.zeros(n, n, dtype=torch.float64, device=dev))
+            shared.names.append(f"{family} of layer {l}")
+            index[family].append(i)
+            handles.append(module.register_forward_pre_hook(shared.hook(i)))
+
+    def stop(module: nn.Module, args: Any, output: Any) -> None:
+        raise _StopForward
+
+    handles.append(_layers(model)[-1].register_forward_hook(stop))
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -121,12 +181,19 @@ def _accumulate(
             starts = range(0, windows.shape[0], batch_size)
             for s in tqdm(starts, desc="calibration", unit="batch", disable=not progress):
                 batch = windows[s : s + batch_size].to(device)
-                model(input_ids=batch, use_cache=False)
+                shared.new_batch()
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except _StopForward:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return grams
+        shared.new_batch()
+    grams = {f: [shared.resolved(i) for i in idx] for f, idx in index.items()}
+    n_shared = sum(1 for owner in shared.alias.values() if owner is not None)
+    return grams, n_shared
 
 
 class _Stop(Exception):
@@ -196,29 +263,26 @@ def _accumulate_layerwise(
         layer = layers[i]
         layer.to(device)
         handles = []
-        local: dict[str, torch.Tensor] = {}
+        shared = _SharedInputs()
         for f in families:
             module = spec_paths[f][i]
             n = int(module.in_features)
-            gram = torch.zeros(n, n, dtype=torch.float64, device=device)
-            local[f] = gram
-
-            def hook(mod: nn.Module, args: tuple[Any, ...], gram: torch.Tensor = gram) -> None:
-                x2 = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-                gram.addmm_(x2.T, x2)
-
-            handles.append(module.register_forward_pre_hook(hook))
+            shared.grams.append(torch.zeros(n, n, dtype=torch.float64, device=device))
+            shared.names.append(f"{f} of layer {i}")
+            handles.append(module.register_forward_pre_hook(shared.hook(len(shared.grams) - 1)))
         try:
             with torch.no_grad():
                 for j, (hidden, args, kwargs) in enumerate(captured):
+                    shared.new_batch()
                     out = layer(hidden, *args, **kwargs)
                     captured[j] = (out[0] if isinstance(out, tuple) else out, args, kwargs)
         finally:
             for h in handles:
                 h.remove()
+            shared.new_batch()
             layer.to(home[i])
-        for f in families:
-            grams[f].append(local[f].cpu())
+        for k, f in enumerate(families):
+            grams[f].append(shared.resolved(k).cpu())
     return grams
 
 
@@ -340,7 +404,7 @@ def calibrate(
                 raise AdapterError("layer-wise calibration does not combine with --device-map")
             grams = _accumulate_layerwise(model, missing, windows, batch_size, progress, run_on)
         else:
-            grams = _accumulate(model, missing, windows, batch_size, progress)
+            grams, _ = _accumulate(model, missing, windows, batch_size, progress)
         for f in missing:
             C = torch.stack([g.cpu() for g in grams[f]]).numpy() / tokens
             if not np.all(np.isfinite(C)):
