@@ -9,6 +9,17 @@ layers assigned to the wrong groups.  The anchor-dropped solver is identical
 to the correct one at ``lam = 0``, so the ``lam = 0`` statements (Theorem B
 and the principal-angle expansion) cannot and do not detect it; that is
 asserted too, so the mutation matrix is explicit.
+
+The checks must also fail when the *package* is wrong, not only the solver
+handed to them: the ``test_theorems_mutation_of_the_package_*`` tests patch
+the package (the checks' principal-angle sine taking the smallest angle,
+``omega_l = 1``, the Basis Sharing core built from ``N_l`` instead of ``M_l``,
+Theorem A's constant halved, principal angles sorted descending) and expect
+``python -m grassbundle check`` to exit 1 with the named checks failing on
+every default problem and through both solver routes.  Since each of these
+makes ``run_all_checks`` fail, the same edit made to the source also fails
+``test_theorems_all_checks_hold_on_default_problems``, i.e. ``pytest -k
+theorems``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ The references share no code with what they check.  From the problem's raw
 Every check also verifies, for the section the solver returns,
 
 * *tying*: the layers of each consecutive group of ``k`` share one subspace
-  (largest principal-angle sine below ``TYING_ATOL``);
+  (``||P_U - P_V||_2`` below ``TYING_ATOL``);
 * *optimality* where the statement relies on it: ``J`` of the section equals
   the Ky Fan optimum ``sum_g [tr K_g - (sum of the top d eigenvalues of K_g)]``.
 
