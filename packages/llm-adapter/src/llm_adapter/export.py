@@ -21,7 +21,7 @@ form by everything else.
 
 Tolerance: the two forms compute the same map in a different order
 (``L (R x)`` against ``(L R) x``), so their outputs differ by rounding only:
-in float32 the logits agree to about ``1e-5`` of their largest magnitude on
+in float32 the logits agree to about ``1e-6`` of their largest magnitude on
 the shipped tiny model (the tests allow ``1e-4``), in float64 to about
 ``1e-12``.
 """
