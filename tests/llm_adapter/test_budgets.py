@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from llm_adapter.budgets import budget_markdown, paired_rows, pareto_figure
+from llm_adapter.budgets import budget_csv, budget_markdown, paired_rows, pareto_figure
 
 
 def _row(method: str, budget: str, shift: float, kept: float, *, label: str = "") -> dict[str, Any]:
@@ -58,6 +58,8 @@ def test_rows_pair_with_the_reference_of_their_own_budget() -> None:
     assert "| svd | self_attn.o_proj | model ratio 0.1 |" in table
     lines = {line.split(" | ")[0]: line for line in table.splitlines()}
     assert "| worse |" in lines["| svd"] and "| tie |" in lines["| bundle k=2"]
+    csv_lines = budget_csv(rows).splitlines()
+    assert len(csv_lines) == 1 + 4 and csv_lines[2].startswith("svd,self_attn.o_proj,")
 
 
 def test_pareto_figure_draws_budget_rows_only(tmp_path: Path) -> None:

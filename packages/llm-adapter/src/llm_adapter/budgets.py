@@ -16,7 +16,14 @@ from typing import Any
 
 from .paired import paired_accuracy, paired_perplexity
 
-__all__ = ["budget_markdown", "paired_rows", "pareto_figure"]
+__all__ = [
+    "budget_cells",
+    "budget_csv",
+    "budget_markdown",
+    "cells_csv",
+    "paired_rows",
+    "pareto_figure",
+]
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -94,8 +101,10 @@ def _verdict(significant: bool, better: bool) -> str:
     return "better" if better else "worse"
 
 
-def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
-    """The paired comparison as a Markdown table (see :func:`paired_rows`).
+def budget_cells(
+    rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm"
+) -> tuple[list[str], list[list[str]]]:
+    """The paired comparison as a header and formatted cells (see :func:`paired_rows`).
 
     Parameters
     ----------
@@ -104,18 +113,17 @@ def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm
 
     Returns
     -------
-    str
+    head : list of str
+    cells : list of list of str
         Empty when no row can be paired.
     """
     pairs = paired_rows(rows, reference=reference)
-    if not pairs:
-        return ""
     head = [
         "point", "families", "budget", "params kept", "model ratio", "perplexity",
         f"ppl / {reference} [95% CI]", "verdict", "acc_norm", f"acc_norm - {reference} [95% CI]",
         "verdict",
     ]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for p in pairs:
         cells = [
             str(p["label"]),
@@ -135,8 +143,68 @@ def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm
             ]
         else:
             cells += ["-", "-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    return head, body
+
+
+def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
+    """The paired comparison as a Markdown table (see :func:`budget_cells`).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+    reference : str
+
+    Returns
+    -------
+    str
+        Empty when no row can be paired.
+    """
+    head, body = budget_cells(rows, reference=reference)
+    if not body:
+        return ""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def budget_csv(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
+    """The paired comparison as CSV (see :func:`budget_cells`), e.g. for ``csv-table``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+    reference : str
+
+    Returns
+    -------
+    str
+        Empty when no row can be paired.
+    """
+    head, body = budget_cells(rows, reference=reference)
+    return cells_csv(head, body) if body else ""
+
+
+def cells_csv(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A header and rows of cells as CSV text.
+
+    Parameters
+    ----------
+    head : sequence of str
+    body : sequence of sequence of str
+
+    Returns
+    -------
+    str
+    """
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(head)
+    writer.writerows(body)
+    return buf.getvalue()
 
 
 def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> bool:

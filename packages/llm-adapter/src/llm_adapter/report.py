@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .budgets import budget_markdown, pareto_figure
+from .budgets import budget_csv, budget_markdown, cells_csv, pareto_figure
 from .errors import AdapterError
 from .sweep import read_results
 
@@ -180,15 +180,7 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     -------
     str
     """
-    import csv
-    import io
-
-    head, body = table_cells(rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(head)
-    writer.writerows(body)
-    return buf.getvalue()
+    return cells_csv(*table_cells(rows))
 
 
 def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -441,6 +433,9 @@ def write_report(
     written["table"] = table
     written["csv"] = out / "results.csv"
     written["csv"].write_text(csv_table(rows))
+    if paired:
+        written["paired_csv"] = out / "paired.csv"
+        written["paired_csv"].write_text(budget_csv(rows))
     return written
 
 
