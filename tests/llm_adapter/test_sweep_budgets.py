@@ -162,7 +162,13 @@ def test_private_applies_to_basis_sharing_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["smollm2_paper.toml", "smollm2_budgets_oproj.toml", "smollm2_budgets_all.toml"]
+    "name",
+    [
+        "smollm2_paper.toml",
+        "smollm2_hellaswag.toml",
+        "smollm2_budgets_oproj.toml",
+        "smollm2_budgets_all.toml",
+    ],
 )
 def test_smollm2_configs_parse(name: str) -> None:
     """The shipped SmolLM2 configurations are valid, with distinct point keys."""
@@ -173,4 +179,4 @@ def test_smollm2_configs_parse(name: str) -> None:
     keys = [sw.point_key(p, {"x": 1}) for p in points]
     assert len(set(keys)) == len(keys)
     budgets = {p.budget for p in points if p.method != "dense"}
-    assert len(budgets) == (1 if "paper" in name else 2)
+    assert len(budgets) == (2 if "budgets" in name else 1)
