@@ -106,9 +106,23 @@ def _agree_item_by_item(model: Any, tok: Any, data: Path, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny64() -> tuple[Any, Any]:
+def tiny64(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """The shipped tiny model, compressed (SVD-LLM on two families), saved and reloaded
+    by llm_adapter.load: the harness runs on the low-rank modules as they are."""
+    from llm_adapter import CompressionConfig, calibrate, compress_model, load, save
+    from llm_adapter.lowrank import LowRankLinear
+
     model, tok = load_model(TINY_MODEL, device="cpu")
-    return model.to(torch.float64), tok
+    model.to(torch.float64)
+    windows = torch.from_numpy(np.random.default_rng(0).integers(0, 4096, size=(16, 64)))
+    families = ("attention.dense", "mlp.dense_4h_to_h")
+    stats = calibrate(model, None, families, token_windows=windows)
+    config = CompressionConfig(method="svd-llm", rank_ratio=0.25, families=families)
+    report = compress_model(model, config, stats)
+    path = save(model, tok, report, tmp_path_factory.mktemp("lmeval") / "ck")
+    loaded, tok = load(path, device="cpu")
+    assert sum(isinstance(m, LowRankLinear) for m in loaded.modules()) == 8
+    return loaded, tok
 
 
 def test_harness_hellaswag_agrees_with_project_scorer(tmp_path: Path, tiny64: Any) -> None:
