@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| greedy | 1 | {g.exact} | {g.energy:.6g} | {g.energy / g.lower_bound - 1:.2e} | - "
         f"| {fmt(tg)} |"
     )
+    same: list[bool] = []
     for step in (64, 32, 16):
         spare = budget - sum(c * step for c in costs)
         gcd = int(np.gcd.reduce(np.array(costs) * step))
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             max_dp_work=max(work * 2, MAX_DP_WORK),
         )
         ta = time.perf_counter() - t0
+        same.append(abs(gs.energy - a.energy) <= 1e-12 * a.energy)
         say(
             f"| greedy | {step} | {gs.exact} | {gs.energy:.6g} | "
             f"{gs.energy / gs.lower_bound - 1:.2e} | - | - |"
@@ -246,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Greedy allocation: {g.energy / uni_e:.3f} x the uniform allocation's summed energy "
         "on these synthetic spectra. The greedy allocation is within "
         f"{g.energy / g.lower_bound - 1:.1e} (relative) of the relaxation bound, so of the "
-        "optimum; the dynamic programme is exact on the coarser rank grids."
+        "optimum; the dynamic programme is exact on the coarser rank grids, where the "
+        f"greedy allocation reached the exact optimum on {sum(same)} of {len(same)} grids "
+        "(to 1e-12 relative)."
     )
     Path(args.out).write_text("\n".join(out) + "\n")
     return 0

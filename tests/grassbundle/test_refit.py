@@ -320,3 +320,26 @@ def test_theorems_refit_local_fit_dominates_the_authors_update(p, dfrac) -> None
     upd = gb.svd_llm_update(W[0], C[0], rank=d, C_update=Ch[0], ridge=0.0)
     local = gb.residual_fit(W[0], Ch[0], rank=d, ridge=0.0)
     assert local.error[0] <= upd.error + 1e-9 * upd.reference
+
+
+def test_svd_llm_update_on_a_singular_whitening_covariance() -> None:
+    """C of rank 3 (three dead inputs): every rank works, with no jitter."""
+    rng = np.random.default_rng(8)
+    W = rng.standard_normal((6, 6))
+    X = np.concatenate([rng.standard_normal((40, 3)), np.zeros((40, 3))], axis=1)
+    C = X.T @ X / 40
+    for d in (2, 3, 4, 5):
+        fit = gb.svd_llm_update(W, C, rank=d, ridge=0.0)
+        assert fit.left.shape == (6, d) and np.all(np.isfinite(fit.weight()))
+        # the activation error is SVD-LLM's optimum: the tail of the spectrum of M
+        mu = np.linalg.eigvalsh(W @ C @ W.T)[::-1]
+        err = np.trace((W - fit.weight()) @ C @ (W - fit.weight()).T)
+        assert abs(err - mu[d:].sum()) <= 1e-10 * mu[0]
+    # beyond the rank of C the extra direction is the top one of the rest of W
+    # (plain SVD), and with a positive ridge the update keeps W along it (the
+    # ridge pulls towards W where the data says nothing; ridge = 0 would give
+    # the minimum-norm left factor, zero there)
+    fit = gb.svd_llm_update(W, C, rank=4, ridge=1e-6)
+    U3 = np.linalg.eigh(W @ C @ W.T)[1][:, ::-1][:, :3]
+    u = np.linalg.svd(W - U3 @ U3.T @ W)[0][:, :1]
+    assert np.linalg.norm(u.T @ (W - fit.weight())) <= 1e-8 * np.linalg.norm(W)

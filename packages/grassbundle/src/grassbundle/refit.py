@@ -411,6 +411,14 @@ def svd_llm_update(
        ``torch.linalg.lstsq`` on the tokens; here it is the same least-squares
        problem on its covariance, plus the ridge.
 
+    When ``C`` has rank ``r < d`` (fewer calibration tokens than ``d``, dead
+    inputs) the truncation is not unique; its last ``d - r`` directions are
+    then the top left singular vectors of ``W - P_U W`` (plain SVD of what the
+    calibration cannot rank), where SVD-LLM's authors add a jitter to ``C``.
+    The update keeps ``W`` along them only with ``ridge > 0``; with ``ridge =
+    0`` it returns the minimum-norm left factor, which is zero in directions
+    the update statistics never see.
+
     When ``C_update`` equals ``C`` and ``ridge = 0`` step 2 changes nothing
     (``Z`` is already optimal for ``C``): the update acts only through the
     shift of the inputs (and a different calibration sample).  Only the left
@@ -453,12 +461,15 @@ def svd_llm_update(
     except np.linalg.LinAlgError:
         c, Q = _eig_psd(C64, "C")
         R = Q[:, c > 0] * np.sqrt(c[c > 0])
-    if R.shape[1] < d:
-        raise ValueError(
-            f"C has rank {R.shape[1]} < rank = {d}: too few calibration tokens for this rank"
-        )
     Uf, _, _ = scipy.linalg.svd(Wm @ R, full_matrices=False, lapack_driver="gesdd")
     U = np.ascontiguousarray(Uf[:, :d])
+    if U.shape[1] < d:
+        # C has rank r < d: any completion is optimal for C (the extra directions
+        # see no calibration input); take the top singular vectors of the rest
+        # of W, so the weight energy that C cannot rank is kept by Frobenius norm
+        rest = Wm - U @ (U.T @ Wm)
+        Ur, _, _ = scipy.linalg.svd(rest, full_matrices=False, lapack_driver="gesdd")
+        U = np.linalg.qr(np.concatenate([U, Ur[:, : d - U.shape[1]]], axis=1))[0]
     Z = U.T @ Wm
     A = refit_left(Wm, Z, Cu, ridge=r)
     WCu = Wm @ Cu
