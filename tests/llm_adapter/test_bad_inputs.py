@@ -445,3 +445,16 @@ def test_deprecated_spelling_still_works_and_says_so(
     out, err = capsys.readouterr()
     assert "--seq-len is deprecated in 'llm-adapter compress'; use --calib-seq-len" in err
     assert json.loads(out)["calibration"]["seq_len"] == 16  # stdout: the JSON alone
+
+
+def test_nan_weights_in_calibration_name_the_tensor_not_a_dtype() -> None:
+    import llm_adapter as la
+
+    model = random_neox(num_hidden_layers=2, seed=1)
+    with torch.no_grad():
+        model.gpt_neox.layers[0].mlp.dense_4h_to_h.weight[:, 0] = float("nan")
+    windows = torch.from_numpy(np.random.default_rng(0).integers(0, 128, size=(2, 8)))
+    with pytest.raises(la.AdapterError) as info:
+        la.calibrate(model, None, "attention.dense", token_windows=windows)
+    assert "tensor gpt_neox.layers.0.mlp.dense_4h_to_h.weight" in str(info.value)
+    assert "dtype" not in str(info.value)

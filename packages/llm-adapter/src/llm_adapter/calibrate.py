@@ -144,6 +144,27 @@ class _StopForward(Exception):
     """Raised after the last transformer block: the final norm and the head are not needed."""
 
 
+def _non_finite_message(model: nn.Module, family: str) -> str:
+    """Why the statistics of ``family`` are not finite: the tensor at fault, or overflow."""
+    from .checkpoint import check_finite
+
+    try:
+        check_finite(dict(model.named_parameters()), "the model")
+    except AdapterError as exc:
+        return str(exc)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes & {torch.float16, torch.bfloat16}:
+        return (
+            f"non-finite calibration statistics for {family}: the half-precision forward pass "
+            "overflowed; load the model with --dtype float32"
+        )
+    return (
+        f"non-finite calibration statistics for {family}, with finite weights in "
+        f"{', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}: the forward pass "
+        "overflowed on these inputs; check the calibration text and the model"
+    )
+
+
 def _accumulate(
     model: nn.Module,
     families: Sequence[str],
@@ -408,10 +429,7 @@ def calibrate(
         for f in missing:
             C = torch.stack([g.cpu() for g in grams[f]]).numpy() / tokens
             if not np.all(np.isfinite(C)):
-                raise AdapterError(
-                    f"non-finite calibration statistics for {f} (overflow in the forward pass?); "
-                    "try --dtype float32 or bfloat16"
-                )
+                raise AdapterError(_non_finite_message(model, f))
             covariances[f] = 0.5 * (C + np.swapaxes(C, -1, -2))
         seconds = time.perf_counter() - t0
         if cache is not None:
