@@ -54,8 +54,10 @@ Method = Literal["auto", "greedy", "dp"]
 
 #: Largest dynamic programme :func:`allocate_ranks` runs by itself
 #: (``method="auto"``): the number of (budget cell, rank choice) pairs it
-#: visits, ``sum_u (J_u + 1) * (cells + 1)``.  2e7 takes about a second of
-#: vectorised numpy on one core (``benchmarks/bench_allocation.py``).
+#: visits, ``sum_u (J_u + 1) * (cells + 1)``.  2e7 takes well under a second
+#: of vectorised numpy on one core (6e7 took 0.2 s in
+#: ``benchmarks/bench_allocation.py``), and bounds the back-tracking table
+#: (``U * (cells + 1)`` int32, at most 80 MB).
 MAX_DP_WORK = 20_000_000
 
 
