@@ -188,3 +188,23 @@ def test_cli_export_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err.startswith("llm-adapter: error:") and "--overwrite" in err and "\n" not in err
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_llama_with_tied_embeddings_exports_tied(tmp_path: Path) -> None:
+    """A Llama-layout model (SmolLM2's: GQA, SwiGLU, tied head) exports to plain Llama."""
+    from llm_adapter.models import random_model
+
+    model = random_model("llama", num_hidden_layers=2, seed=3, tie_word_embeddings=True)
+    report = _compress(model, rank_ratio=0.25)
+    ck = save(model, None, report, tmp_path / "ck")
+    out = export_dense(ck, tmp_path / "dense")
+    exported = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert type(exported).__name__ == "LlamaForCausalLM"
+    assert not any(isinstance(m, LowRankLinear) for m in exported.modules())
+    w_in = exported.get_input_embeddings().weight
+    assert w_in.data_ptr() == exported.get_output_embeddings().weight.data_ptr()
+    keys = _file_keys(out / "model.safetensors")
+    assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
+    compressed, _ = load(ck, device="cpu")
+    a, b = _logits(compressed, _ids(128)), _logits(exported, _ids(128))
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
