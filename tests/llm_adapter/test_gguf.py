@@ -79,7 +79,9 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def write_gguf(model: Any, path: Path, *, arch: str = "llama") -> Path:
+def write_gguf(
+    model: Any, path: Path, *, arch: str = "llama", tokenizer_model: str = "gpt2"
+) -> Path:
     """Write ``model`` as an F32 GGUF file in llama.cpp's layout."""
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     w = gguf.GGUFWriter(str(path), arch)
@@ -94,7 +96,7 @@ def write_gguf(model: Any, path: Path, *, arch: str = "llama") -> Path:
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(TOKENS))
-    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_model(tokenizer_model)
     w.add_token_list(TOKENS)
     w.add_token_types([1] * (len(TOKENS) - 1) + [3])
     w.add_token_merges(MERGES)
@@ -302,3 +304,24 @@ def test_load_and_info_accept_a_gguf_file(
     assert f"GGUF file {gguf_file}" in out and sha in out
     assert "dequantized copy (cached)" in out  # load above built the entry
     assert "model_type: llama" in out
+
+
+def test_unreadable_tokenizer_fails_in_one_line_before_the_weights(
+    source: Any, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = write_gguf(source, tmp_path / "odd-tok.gguf", tokenizer_model="nosuchtokenizer")
+    loaded: list[int] = []
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        loaded.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    with pytest.raises(AdapterError, match=r"cannot read the tokenizer of the GGUF file") as info:
+        load_model(bad, device="cpu")
+    assert "\n" not in str(info.value)
+    assert loaded == []  # failed before any weight was dequantized
+    assert not (cache / "gguf" / gguf_cache._sha256_file(bad)).exists()
