@@ -175,7 +175,7 @@ def test_smollm2_configs_parse(name: str) -> None:
     path = Path(__file__).resolve().parents[2] / "experiments" / name
     config = sw.load_config(path)
     points = sw.expand_points(config)
-    assert {p.method for p in points} >= {"svd-llm", "basis-sharing"}
+    assert "svd-llm" in {p.method for p in points}  # the reference of every table
     keys = [sw.point_key(p, {"x": 1}) for p in points]
     assert len(set(keys)) == len(keys)
     budgets = {p.budget for p in points if p.method != "dense"}
