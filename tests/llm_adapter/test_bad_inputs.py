@@ -297,6 +297,11 @@ CASES: dict[str, Case] = {
         "points[1] (bundle lam=-1 k=1 weight): anchor strength must be >= 0",
         True,
     ),
+    "sweep results file is a directory": (
+        lambda f: [*_sweep(f, "--method", "svd"), "--results", str(f["foreign"])],
+        "cannot be opened for writing (Is a directory)",
+        True,
+    ),
     "report into a file": (
         lambda f: ["report", str(f["root"] / "none.jsonl"), "--out", str(f["file"])],
         "exists and is not a directory",

@@ -189,7 +189,10 @@ def clean_leftovers(out: str | os.PathLike[str]) -> list[str]:
     done: list[str] = []
     for kind, entry in sorted(found, key=lambda e: e[0] != "old"):  # restore before removing
         if kind == "old" and not target.exists() and not target.is_symlink():
-            os.rename(entry, target)
+            try:
+                os.rename(entry, target)
+            except OSError:  # not ours to move after all (permissions): leave it
+                continue
             done.append(f"restored {target} from {entry.name} (an earlier write died mid-swap)")
         else:
             shutil.rmtree(entry, ignore_errors=True)

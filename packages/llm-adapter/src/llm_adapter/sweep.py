@@ -634,8 +634,14 @@ def _lock_results(out: Path) -> int:
     """Open ``out`` (created if needed) and take its exclusive lock; the descriptor."""
     import fcntl
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise AdapterError(
+            f"results file {str(out)!r} cannot be opened for writing ({exc.strerror}); "
+            "give a writable file path (--results)"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
