@@ -137,7 +137,7 @@ def calibration_windows(name: str, tok: Any, seed: int) -> Any:
     from llm_adapter.data import sample_windows
 
     ids = np.asarray(tok(WIKI_VALID.read_text(encoding="utf-8"))["input_ids"], dtype=np.int64)
-    return torch.from_numpy(sample_windows(ids, 16, 256, seed))
+    return sample_windows(ids, 16, 256, seed)
 
 
 def prepare(name: str, ratios: list[float], root: Path, seed: int) -> list[dict[str, Any]]:
@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "one linear map, y = W x against y = L (R x) (best of "
         f"{args.repeats} timings; d* = mn/(m+n), where the factors hold mn entries)",
         break_even_table(breakeven),
+        break_even_summary(breakeven),
     ]
     text = "\n".join(body)
     print(text)
@@ -474,24 +475,41 @@ NOTES = """\
 - Columns: `params` are the unique parameters of the loaded model; `file MB` the saved
   `model.safetensors`; `pre T` prefill tokens/s for one sequence of T tokens (best of
   {repeats}); `dec b=B` decode tokens/s, B sequences advancing {steps} tokens each with the
-  KV cache after a 32-token prompt; `RSS MB` the worker's peak resident set (Python and
-  torch included); `ppl` WikiText-2 raw test perplexity over the first {windows} windows of
-  512 tokens (models with real weights only).
+  KV cache after a 32-token prompt (best of {repeats}); `RSS MB` the worker's peak resident
+  set (Python and torch included); `ppl` WikiText-2 raw test perplexity over the first
+  {windows} windows of 512 tokens (models with real weights only).
 - The compressed forms are SVD-LLM at the given parameter ratio p over every linear family
   (the embeddings and norms stay dense, so the model shrinks by less than p).
+- `smollm2-135m` is SmolLM2-135M-Instruct (Q4_1, dequantized to float32), calibrated on
+  16 windows of 256 tokens of WikiText-2 validation text; `smollm2-135m-shape` (when
+  the GGUF file is absent) has random weights and no perplexity.
 - When low-rank is slower: a map of m x n at rank d costs d(m+n) multiply-adds per token
-  against mn, so it can win only below the break-even rank d* = mn/(m+n) (d* = 288 for
-  576x576, 419 for 576x1536); near d* it does the same arithmetic in two thinner, slower
-  matrix products and loses.  The map table shows where it pays off on this machine:
-  at 512 tokens (prefill) the speed-up tracks the arithmetic (d/d* = 0.5 gives close to
-  2x) until d/d* nears 1; at 1 token (decode) both forms are bound by call overhead and
-  memory traffic, so a low-rank map needs d/d* well under 1 to help, and whole-model
-  decode speed changes little.  Budgets above p = 0.5 buy little speed on a CPU; the
-  saving that always holds is memory and file size, in proportion to the parameters.
+  against mn, so it can only win below the break-even rank d* = mn/(m+n) (d* = 288 for
+  576x576, 419 for 576x1536 and 1536x576); near d* it does the same arithmetic in two
+  thinner matrix products (each below peak rate, the activations read twice) and loses.
+  The map table measures where it pays off on this machine; the line after it gives, per
+  shape and token count, the largest d/d* at which the low-rank form was still faster.
+  A parameter ratio p over a family is d/d* = p, so p = 0.9 sits next to break-even and
+  buys memory and file size but no speed.
+- Timings on shared cores are noisy even as the best of several runs: compare rows of
+  one run (the machine load is printed above the table), not runs.
 - No GPU on the machine that wrote `deploy.md`: the CUDA path (`--device cuda`: bfloat16
   weights, peak `torch.cuda.max_memory_allocated` in an extra column, results in
   `deploy-cuda.md`) exists but has not been run here.
 """
+
+
+def break_even_summary(rows: list[dict[str, Any]]) -> str:
+    """Per shape and token count: the largest d/d* at which ``L (R x)`` beat ``W x``."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], int(r["tokens"])), []).append(r)
+    parts = []
+    for (shape, tokens), rs in groups.items():
+        faster = [r["d"] / r["d_star"] for r in rs if r["lowrank_us"] < r["dense_us"]]
+        best = f"{max(faster):.3f}" if faster else "none measured"
+        parts.append(f"{shape} at {tokens} token(s): {best}")
+    return "largest d/d* still faster than dense: " + "; ".join(parts)
 
 
 if __name__ == "__main__":
