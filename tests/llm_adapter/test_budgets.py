@@ -69,3 +69,14 @@ def test_pareto_figure_draws_budget_rows_only(tmp_path: Path) -> None:
     rank_rows = [dict(r, budget="d/D=0.25") for r in rows]
     assert not pareto_figure(rank_rows, tmp_path / "q.png")
     assert not (tmp_path / "q.png").exists()
+
+
+def test_hellaswag_only_rows_pair_on_items() -> None:
+    keep = ("sweep", "method", "label", "families", "budget", "param_ratio", "model_ratio")
+    rows = [
+        {k: v for k, v in _row(m, "d/D=0.25", s, 0.5).items() if k in keep or "hellaswag" in k}
+        for m, s in (("svd-llm", 0.0), ("svd", 0.3))
+    ]
+    pairs = paired_rows(rows)
+    assert "ppl_ratio" not in pairs[1] and pairs[1]["acc_norm_diff"] == -30 / 200
+    assert budget_csv(rows).splitlines()[2].split(",")[5:8] == ["-", "-", "-"]

@@ -31,7 +31,9 @@ def _key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _pairable(row: dict[str, Any]) -> bool:
-    return row.get("method") != "dense" and row.get("ppl_window_nll") is not None
+    return row.get("method") != "dense" and (
+        row.get("ppl_window_nll") is not None or row.get("hellaswag_correct_norm") is not None
+    )
 
 
 def paired_rows(
@@ -58,7 +60,9 @@ def paired_rows(
         ``ppl``, ``ppl_ratio`` / ``ppl_low`` / ``ppl_high`` / ``ppl_significant``
         and, with HellaSwag, ``acc_norm``, ``acc_norm_diff`` / ``acc_norm_low`` /
         ``acc_norm_high`` / ``acc_norm_significant``. The reference row itself is
-        included with a ratio of 1.
+        included with a ratio of 1. The perplexity keys are absent where the
+        rows have no per-window scores (a HellaSwag-only sweep), the acc_norm
+        keys where they have no per-item hits.
     """
     refs: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
@@ -69,19 +73,22 @@ def paired_rows(
         ref = refs.get(_key(r))
         if ref is None or not _pairable(r):
             continue
-        ppl = paired_perplexity(ref, r, seed=seed)
         entry: dict[str, Any] = {
             "label": r.get("label", r.get("method")),
             "families": list(r.get("families") or []),
             "budget": r.get("budget"),
             "param_ratio": r.get("param_ratio"),
             "model_ratio": r.get("model_ratio"),
-            "ppl": r.get("ppl"),
-            "ppl_ratio": ppl.estimate,
-            "ppl_low": ppl.low,
-            "ppl_high": ppl.high,
-            "ppl_significant": ppl.significant,
         }
+        if r.get("ppl_window_nll") is not None and ref.get("ppl_window_nll") is not None:
+            ppl = paired_perplexity(ref, r, seed=seed)
+            entry.update(
+                ppl=r.get("ppl"),
+                ppl_ratio=ppl.estimate,
+                ppl_low=ppl.low,
+                ppl_high=ppl.high,
+                ppl_significant=ppl.significant,
+            )
         if r.get("hellaswag_correct_norm") is not None and ref.get("hellaswag_correct_norm"):
             acc = paired_accuracy(ref, r, seed=seed)
             entry.update(
@@ -131,10 +138,15 @@ def budget_cells(
             str(p["budget"]),
             f"{p['param_ratio']:.3f}" if p.get("param_ratio") is not None else "-",
             f"{p['model_ratio']:.3f}" if p.get("model_ratio") is not None else "-",
-            f"{p['ppl']:.3f}",
-            f"{p['ppl_ratio']:.4f} [{p['ppl_low']:.4f}, {p['ppl_high']:.4f}]",
-            _verdict(p["ppl_significant"], p["ppl_ratio"] < 1.0),
         ]
+        if "ppl_ratio" in p:
+            cells += [
+                f"{p['ppl']:.3f}",
+                f"{p['ppl_ratio']:.4f} [{p['ppl_low']:.4f}, {p['ppl_high']:.4f}]",
+                _verdict(p["ppl_significant"], p["ppl_ratio"] < 1.0),
+            ]
+        else:
+            cells += ["-", "-", "-"]
         if "acc_norm" in p:
             cells += [
                 f"{p['acc_norm']:.3f}",
