@@ -139,6 +139,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--stages",
+        default="load,calibrate,compress",
+        help="comma-separated subset of load, calibrate, compress (default: all three)",
+    )
     p.add_argument("--out", default=str(HERE / "results" / "smollm2.md"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--calib-cache", default=None, help=argparse.SUPPRESS)
@@ -151,29 +156,37 @@ def main(argv: list[str]) -> int:
         return 0
     import torch
 
+    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    unknown = stages - {"load", "calibrate", "compress"}
+    if unknown:
+        p.error(f"unknown stages {sorted(unknown)}; valid: load, calibrate, compress")
     rows: list[str] = []
     args.calib_cache = ""
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "LLM_ADAPTER_CACHE": cache}
-        cold = _run("load", args, env)
-        warm = _run("load", args, env)
-    rows.append(
-        f"| load (cold: dequantize, cache) | {cold['seconds']:.1f} | {cold['peak_mb']:.0f} |"
-    )
-    rows.append(f"| load (cached) | {warm['seconds']:.1f} | {warm['peak_mb']:.0f} |")
-    cal = _run("calibrate", args, dict(os.environ))
-    tokens = args.calib_samples * args.seq_len
-    fwd = cal["forward_seconds"]
-    rows.append(f"| bare forward, {tokens} tokens | {fwd:.1f} | |")
-    for label in ("o_proj", "all"):
-        t = cal[f"calibrate_{label}_seconds"]
+    if "load" in stages:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "LLM_ADAPTER_CACHE": cache}
+            cold = _run("load", args, env)
+            warm = _run("load", args, env)
         rows.append(
-            f"| calibrate {label} ({t / fwd:.2f} x the bare forward) | {t:.1f} | "
-            + (f"{cal['peak_mb']:.0f} |" if label == "all" else " |")
+            f"| load (cold: dequantize, cache) | {cold['seconds']:.1f} | {cold['peak_mb']:.0f} |"
         )
-    with tempfile.TemporaryDirectory() as calib_cache:
-        args.calib_cache = calib_cache
-        compress_runs = {name: _run(name, args, dict(os.environ)) for name in METHODS}
+        rows.append(f"| load (cached) | {warm['seconds']:.1f} | {warm['peak_mb']:.0f} |")
+    if "calibrate" in stages:
+        cal = _run("calibrate", args, dict(os.environ))
+        tokens = args.calib_samples * args.seq_len
+        fwd = cal["forward_seconds"]
+        rows.append(f"| bare forward, {tokens} tokens | {fwd:.1f} | |")
+        for label in ("o_proj", "all"):
+            t = cal[f"calibrate_{label}_seconds"]
+            rows.append(
+                f"| calibrate {label} ({t / fwd:.2f} x the bare forward) | {t:.1f} | "
+                + (f"{cal['peak_mb']:.0f} |" if label == "all" else " |")
+            )
+    compress_runs: dict[str, dict[str, Any]] = {}
+    if "compress" in stages:
+        with tempfile.TemporaryDirectory() as calib_cache:
+            args.calib_cache = calib_cache
+            compress_runs = {name: _run(name, args, dict(os.environ)) for name in METHODS}
     for name, r in compress_runs.items():
         rows.append(
             f"| compress o_proj d/D 0.25, {name} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |"
