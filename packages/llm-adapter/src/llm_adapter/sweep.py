@@ -619,21 +619,27 @@ def run_sweep(
     list of dict
         The rows appended by this call.
     """
-    locks: list[int] = []
+    locks: list[tuple[int, Path | None]] = []
     try:
         return _run_sweep(
             config, only_methods=only_methods, dry_run=dry_run, progress=progress, log=log,
             locks=locks,
         )  # fmt: skip
     finally:
-        for fd in locks:
+        for fd, created in locks:
+            if created is not None and os.fstat(fd).st_size == 0:
+                created.unlink(missing_ok=True)  # created for the lock, nothing written
             os.close(fd)  # releases the lock
 
 
-def _lock_results(out: Path) -> int:
-    """Open ``out`` (created if needed) and take its exclusive lock; the descriptor."""
+def _lock_results(out: Path) -> tuple[int, Path | None]:
+    """Open ``out`` (created if needed) and take its exclusive lock.
+
+    Returns the descriptor, and ``out`` when this call created the file (else None).
+    """
     import fcntl
 
+    created = None if out.exists() else out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -650,7 +656,7 @@ def _lock_results(out: Path) -> int:
             f"another sweep is writing {out} (it holds the file's lock); wait for it to "
             "finish, or give another results file (--results)"
         ) from None
-    return fd
+    return fd, created
 
 
 def _run_sweep(
@@ -660,7 +666,7 @@ def _run_sweep(
     dry_run: bool = False,
     progress: bool = True,
     log: Any = None,
-    locks: list[int],
+    locks: list[tuple[int, Path | None]],
 ) -> list[dict[str, Any]]:
     """The body of :func:`run_sweep`; the results file's lock descriptor goes to ``locks``."""
     from .calibrate import calibrate
