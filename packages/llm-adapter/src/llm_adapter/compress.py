@@ -777,8 +777,9 @@ def compress_model(
         t0 = time.perf_counter()
         reports = _per_layer_families(model, config, families, ranks, stats, windows, progress)
         t_fact = time.perf_counter() - t0
+    done = bool(reports)  # the per-layer path has compressed every family already
     for family in tqdm(
-        families if not reports else (), desc="compression", unit="family", disable=not progress
+        () if done else families, desc="compression", unit="family", disable=not progress or done
     ):
         t0 = time.perf_counter()
         W = family_weights(model, family)
