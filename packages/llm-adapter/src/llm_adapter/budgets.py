@@ -21,6 +21,7 @@ __all__ = [
     "budget_csv",
     "budget_markdown",
     "cells_csv",
+    "cells_markdown",
     "paired_rows",
     "pareto_figure",
 ]
@@ -173,11 +174,7 @@ def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm
         Empty when no row can be paired.
     """
     head, body = budget_cells(rows, reference=reference)
-    if not body:
-        return ""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    return cells_markdown(head, body) if body else ""
 
 
 def budget_csv(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
@@ -195,6 +192,23 @@ def budget_csv(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") ->
     """
     head, body = budget_cells(rows, reference=reference)
     return cells_csv(head, body) if body else ""
+
+
+def cells_markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A header and rows of cells as a Markdown table.
+
+    Parameters
+    ----------
+    head : sequence of str
+    body : sequence of sequence of str
+
+    Returns
+    -------
+    str
+    """
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
 
 
 def cells_csv(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .budgets import budget_csv, budget_markdown, cells_csv, pareto_figure
+from .budgets import budget_csv, budget_markdown, cells_csv, cells_markdown, pareto_figure
 from .errors import AdapterError
 from .sweep import read_results
 
@@ -163,10 +163,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     -------
     str
     """
-    head, body = table_cells(rows)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    return cells_markdown(*table_cells(rows))
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
