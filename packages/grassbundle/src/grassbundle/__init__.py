@@ -31,6 +31,12 @@ from .distances import (
     procrustes_dist,
     projection_dist,
 )
+from .factorise import (
+    Factorisation,
+    ReconstructionErrors,
+    factorise,
+    reconstruction_errors,
+)
 from .grassmann import (
     as_point,
     exp,
@@ -51,10 +57,12 @@ __all__ = [
     "Allocation",
     "BundleProblem",
     "CoupledSection",
+    "Factorisation",
     "InputSharing",
     "KarcherMeanResult",
     "LowRankFit",
     "PhaseDiagram",
+    "ReconstructionErrors",
     "ResidualFit",
     "Section",
     "__version__",
@@ -71,6 +79,7 @@ __all__ = [
     "evaluate_section",
     "exp",
     "factor_cost",
+    "factorise",
     "fubini_study_dist",
     "geodesic",
     "group_index",
@@ -85,6 +94,7 @@ __all__ = [
     "projection_dist",
     "projector",
     "random_point",
+    "reconstruction_errors",
     "refit_left",
     "residual_fit",
     "retraction",
