@@ -51,7 +51,8 @@ FAMILY_SETS = {
 
 
 def _model(device: str) -> tuple[Any, str]:
-    from llm_adapter.models import load_model, random_model
+    from llm_adapter import load_model
+    from llm_adapter.models import random_model
 
     if SMOLLM2.is_file():
         model, _ = load_model(SMOLLM2, device=device, dtype="float32")

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
     _, tokenizer = ev.load_for_eval(MODEL, device="cpu")
-    ids = ev._tokenize(tokenizer, ev.read_wikitext(WIKI))
+    ids = ev.tokenize_for_eval(tokenizer, ev.read_wikitext(WIKI))
     all_items = ev.read_hellaswag(HELLASWAG)
     sample = all_items[:n_items]
 

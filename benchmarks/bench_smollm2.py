@@ -64,9 +64,8 @@ def _peak_mb() -> float:
 def _child(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one stage in this process and return its figures."""
     import torch
-    from llm_adapter import CompressionConfig, compress_model
+    from llm_adapter import CompressionConfig, compress_model, load_model
     from llm_adapter.calibrate import calibrate
-    from llm_adapter.models import load_model
 
     if stage == "load":
         t0 = time.perf_counter()

@@ -333,14 +333,15 @@ def test_bad_input(
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
     if before_load:
+        import llm_adapter.checkpoint
         import llm_adapter.evaluate
-        import llm_adapter.models
 
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise _Loaded("the model was loaded")
 
-        monkeypatch.setattr(llm_adapter.models, "load_model", refuse)
-        monkeypatch.setattr(llm_adapter.evaluate, "load_model", refuse)
+        # the one loader, and evaluate's reference to it
+        monkeypatch.setattr(llm_adapter.checkpoint, "load", refuse)
+        monkeypatch.setattr(llm_adapter.evaluate, "load", refuse)
     before = _tree(files["root"])
     capsys.readouterr()
     rc = main(argv(files))
@@ -369,7 +370,7 @@ def test_a_locked_results_file_stops_a_second_sweep(
     """While one sweep holds the results file, another stops at once with one line."""
     import fcntl
 
-    from llm_adapter import sweep as sw
+    from llm_adapter.experiment import sweep as sw
 
     results = tmp_path / "r.jsonl"
     config = {
@@ -387,7 +388,7 @@ def test_a_locked_results_file_stops_a_second_sweep(
 
 def test_duplicated_rows_are_counted_once(tmp_path: Path) -> None:
     """Rows that two sweeps both wrote (before the lock) are read once each."""
-    from llm_adapter import sweep as sw
+    from llm_adapter.experiment import sweep as sw
 
     path = tmp_path / "r.jsonl"
     for key, ppl in [("a", 1.0), ("b", 2.0), ("a", 1.5), ("b", 2.5), ("c", 3.0)]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from llm_adapter.budgets import budget_csv, budget_markdown, paired_rows, pareto_figure
+from llm_adapter.experiment.budgets import budget_csv, budget_markdown, paired_rows, pareto_figure
 
 
 def _row(method: str, budget: str, shift: float, kept: float, *, label: str = "") -> dict[str, Any]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from llm_adapter import read_manifest
-from llm_adapter import sweep as sw
 from llm_adapter.checkpoint import clean_leftovers
 from llm_adapter.cli import main
+from llm_adapter.experiment import sweep as sw
 from llm_adapter.models import random_neox
 
 

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (make installs it)")
 
-from llm_adapter import AdapterError
+from llm_adapter import AdapterError, load_model
 from llm_adapter.assets import TINY_MODEL
 from llm_adapter.cli import main
 from llm_adapter.evaluate import (
@@ -28,7 +28,6 @@ from llm_adapter.lmeval import (
     parse_task_data,
     run_tasks,
 )
-from llm_adapter.models import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 

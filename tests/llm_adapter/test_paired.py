@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from llm_adapter.errors import AdapterError
-from llm_adapter.paired import paired_accuracy, paired_perplexity
+from llm_adapter.experiment.paired import paired_accuracy, paired_perplexity
 
 
 def _row(nll, tokens, correct=None):

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from llm_adapter import AdapterError
-from llm_adapter import report as rp
 from llm_adapter.cli import main
+from llm_adapter.experiment import report as rp
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -19,11 +19,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from llm_adapter import CompressionConfig, compress_model, count_unique_parameters, load, save
+from llm_adapter import (
+    CompressionConfig,
+    compress_model,
+    count_unique_parameters,
+    load,
+    load_model,
+    save,
+)
 from llm_adapter.calibrate import calibrate
 from llm_adapter.checkpoint import main_file_tensor_bytes
 from llm_adapter.evaluate import evaluate_hellaswag, perplexity, read_hellaswag, read_wikitext
-from llm_adapter.models import family_weights, load_model
+from llm_adapter.models import family_weights
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("GRASSBUNDLE_SHARED", REPO.parent / "shared"))
@@ -214,7 +221,7 @@ def test_command_line_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_one_point_sweep(tmp_path: Path) -> None:
-    from llm_adapter.sweep import run_sweep
+    from llm_adapter.experiment.sweep import run_sweep
 
     config = {
         "name": "smollm2 smoke",

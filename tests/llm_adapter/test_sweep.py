@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from llm_adapter import AdapterError
-from llm_adapter import sweep as sw
+from llm_adapter.cli import sweep as sweep_cli
+from llm_adapter.experiment import sweep as sw
 
 
 def test_expand_points_crosses_lists_and_keeps_only_relevant_params() -> None:
@@ -19,7 +20,7 @@ def test_expand_points_crosses_lists_and_keeps_only_relevant_params() -> None:
         "families": ["attention.dense", "mlp.dense_4h_to_h"],
         "rank_ratios": [0.25, 0.5],
         "points": [
-            {"method": "svd-llm", "lam": 3.0},  # lam does not matter for svd-llm
+            {"method": "svd-llm", "lam": 0.0},  # lam at its default: allowed, left out
             {"method": "bundle", "lam": [0.0, "inf"], "tying": [1, 2, 6]},
             {"method": "bundle", "lam": 0.0, "tying": 1},  # a duplicate of one above
         ],
@@ -42,6 +43,9 @@ def test_expand_points_errors_name_the_problem() -> None:
         sw.expand_points({"points": [{"lam": 1.0}]})
     with pytest.raises(AdapterError, match="not a number"):
         sw.expand_points({"points": [{"method": "bundle", "lam": "big"}]})
+    # a parameter the method does not take is an error, named as the configuration spells it
+    with pytest.raises(AdapterError, match=r"points\[0\] lam applies to --method bundle only"):
+        sw.expand_points({"points": [{"method": "svd-llm", "lam": 3.0}]})
     with pytest.raises(AdapterError, match=r"unknown key\(s\) \['lamda'\]"):
         sw.check_config({"points": [{"method": "bundle", "lamda": 1.0}]})
     with pytest.raises(AdapterError, match=r"\[evaluation\]"):
@@ -99,7 +103,7 @@ def _touch(path: Path) -> Path:
 
 
 def _args(**kw: Any) -> argparse.Namespace:
-    base: dict[str, Any] = {k: None for k in sw._OVERRIDES}
+    base: dict[str, Any] = {k: None for k in sweep_cli._OVERRIDES}
     base.update(methods=None, lam=None, tying=None, metric=None, coupling=None, group_size=None)
     base.update(no_hellaswag=False, no_baseline=False)
     base.update(kw)
@@ -113,12 +117,13 @@ def test_flags_override_only_where_given_and_say_so() -> None:
         "points": [{"method": "svd"}],
     }
     log = io.StringIO()
-    new = sw.apply_overrides(config, _args(limit=20), log)
+    new = sweep_cli.apply_overrides(config, _args(limit=20), log)
     assert new["evaluation"] == {"limit": 20, "seq_len": 128}
     assert config["evaluation"]["limit"] == 500  # the loaded configuration is not mutated
     assert "--limit 20 overrides evaluation.limit = 500" in log.getvalue()
     assert log.getvalue().count("overrides") == 1
-    new = sw.apply_overrides(config, _args(methods="svd-llm,bundle", lam="0,inf"), io.StringIO())
+    args = _args(methods="svd-llm,bundle", lam="0,inf")
+    new = sweep_cli.apply_overrides(config, args, io.StringIO())
     assert new["points"] == [{"method": "svd-llm"}, {"method": "bundle", "lam": [0.0, math.inf]}]
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from llm_adapter import AdapterError
-from llm_adapter import sweep as sw
-from llm_adapter.paired import paired_perplexity
+from llm_adapter.experiment import sweep as sw
+from llm_adapter.experiment.paired import paired_perplexity
 
 
 def test_budget_lists_expand_and_rank_ratio_keys_are_unchanged() -> None:

@@ -18,9 +18,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .calibrate import CalibrationStats, calibrate
-    from .checkpoint import load, read_manifest, save
+    from .checkpoint import load, load_model, read_manifest, save
     from .compress import (
-        METHODS,
         CompressionConfig,
         CompressionReport,
         FamilyReport,
@@ -30,12 +29,13 @@ if TYPE_CHECKING:
     from .errors import AdapterError
     from .gguf_cache import dequantize_gguf
     from .lowrank import LowRankLinear, count_unique_parameters
-    from .models import ARCHITECTURES, family_modules, family_weights, load_model
+    from .methods import METHODS
+    from .models import ARCHITECTURES, family_modules, family_weights
 
 #: public name -> the module that defines it
 _HOMES: dict[str, str] = {
     "ARCHITECTURES": "models",
-    "METHODS": "compress",
+    "METHODS": "methods",
     "AdapterError": "errors",
     "CalibrationStats": "calibrate",
     "CompressionConfig": "compress",
@@ -49,7 +49,7 @@ _HOMES: dict[str, str] = {
     "family_modules": "models",
     "family_weights": "models",
     "load": "checkpoint",
-    "load_model": "models",
+    "load_model": "checkpoint",
     "rank_for": "compress",
     "read_manifest": "checkpoint",
     "save": "checkpoint",

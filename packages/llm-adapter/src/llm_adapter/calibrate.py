@@ -33,7 +33,13 @@ from tqdm.auto import tqdm
 
 from .data import load_text, sample_windows, tokenize_text
 from .errors import AdapterError
-from .models import family_modules, model_device, model_identity, resolve_families
+from .models import (
+    check_finite,
+    family_modules,
+    model_device,
+    model_identity,
+    resolve_families,
+)
 
 __all__ = ["CalibrationStats", "calibrate"]
 
@@ -146,8 +152,6 @@ class _StopForward(Exception):
 
 def _non_finite_message(model: nn.Module, family: str) -> str:
     """Why the statistics of ``family`` are not finite: the tensor at fault, or overflow."""
-    from .checkpoint import check_finite
-
     try:
         check_finite(dict(model.named_parameters()), "the model")
     except AdapterError as exc:

@@ -38,7 +38,6 @@ Writes never lose data:
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import errno
 import hashlib
@@ -52,7 +51,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +59,13 @@ import torch
 from torch import nn
 
 from .errors import AdapterError
+from .gguf_cache import load_gguf
 from .lowrank import LowRankLinear, count_unique_parameters
 from .models import (
+    check_finite,
     dtype_kwargs,
     get_arch,
+    load_pretrained,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -72,7 +74,6 @@ from .models import (
 
 __all__ = [
     "FORMAT_VERSION",
-    "check_finite",
     "check_output_dir",
     "check_weight_files",
     "clean_leftovers",
@@ -351,33 +352,6 @@ def _swap_into_place(tmp: Path, out: Path, tag: str) -> None:
     os.rename(tmp, out)
     os.rename(old, tmp)  # from here on a leftover to remove, never to restore
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    """Raise naming the first floating-point tensor that holds a NaN or an infinity.
-
-    Parameters
-    ----------
-    tensors : mapping of str to torch.Tensor
-        Named tensors (a state dict); tensors on the meta device are skipped.
-    where : str
-        What holds them, for the message (e.g. ``"the model 'pythia-70m'"``).
-
-    Raises
-    ------
-    AdapterError
-        Naming the tensor and how many of its values are not finite.
-    """
-    with torch.no_grad():
-        for name, t in tensors.items():
-            if t.device.type == "meta" or not t.is_floating_point():
-                continue
-            if not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise AdapterError(
-                    f"tensor {name} of {where} holds {bad} NaN or infinite value(s) of "
-                    f"{t.numel()}: the weights are corrupt; re-create or re-download them"
-                )
 
 
 def _to_file_key(key: str, renames: dict[str, str]) -> str:
@@ -659,7 +633,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``checkpoint`` section, its schema checked; the weights file inside."""
     where = f"{str(root / MANIFEST)!r}"
     fix = "the checkpoint is damaged: write it again with llm-adapter compress"
@@ -744,8 +718,11 @@ def load(
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Any]:
-    """Reload a checkpoint written by :func:`save`, or a plain Hugging Face one.
+    """Load any model: a checkpoint written by :func:`save`, a plain one, a GGUF file, a hub id.
+
+    This is the one loader (``llm_adapter.load_model`` is this function).
 
     Everything in the directory is checked before any tensor is read (see the
     module notes): a damaged or hand-edited checkpoint is an
@@ -755,10 +732,16 @@ def load(
     ----------
     path : str or path
         Directory; without ``compression.json`` it is loaded as a plain
-        checkpoint (:func:`llm_adapter.load_model`), as is a ``.gguf`` file.
+        checkpoint (:func:`llm_adapter.models.load_pretrained`), a ``.gguf``
+        file through its dequantized cache entry
+        (:func:`llm_adapter.gguf_cache.load_gguf`), anything else as a hub id.
     device : {"auto", "cpu", "cuda", "cuda:N"}
+        Ignored when ``device_map`` is given.
     dtype : str or torch.dtype, optional
         Cast after loading; default: as stored.
+    device_map : str or dict, optional
+        ``"auto"`` hands placement (and CPU offload) to ``accelerate``; plain
+        checkpoints only.
 
     Returns
     -------
@@ -771,23 +754,22 @@ def load(
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    root = Path(path)
-    if root.is_file():  # a .gguf file: dequantized through the cache by load_model
-        from .models import load_model
-
-        return load_model(root, device=device, dtype=dtype)
-    if not root.is_dir():
-        raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
+    root = Path(path).expanduser()
+    if root.is_file() or str(path).lower().endswith(".gguf"):
+        return load_gguf(root, device=device, dtype=dtype, device_map=device_map)
     if not (root / MANIFEST).is_file():
-        from .models import load_model
-
-        check_weight_files(root)
-        return load_model(root, device=device, dtype=dtype)
+        if root.is_dir():
+            check_weight_files(root)
+        return load_pretrained(path, device=device, dtype=dtype, device_map=device_map)
+    if device_map is not None:
+        raise AdapterError(
+            f"{str(path)!r} is a compressed checkpoint: load it without --device-map"
+        )
     torch_dtype = resolve_dtype(dtype)
     target_device = resolve_device(device)
     fix = "the checkpoint is damaged: write it again with llm-adapter compress"
     manifest = read_manifest(root)
-    ck = _check_schema(root, manifest)
+    ck = check_schema(root, manifest)
     weights = root / ck.get("weights", WEIGHTS)
     header = read_safetensors_header(weights)
     stored_dtypes = {info["dtype"] for info in header.values()}
@@ -967,100 +949,5 @@ def model_context(name_or_path: str | os.PathLike[str], config: Any = None) -> i
     return value if type(value) is int and value >= 2 else None
 
 
-# ---------------------------------------------------------------- command line
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``info`` subcommand."""
-    p = subparsers.add_parser(
-        "info",
-        help="describe a saved checkpoint",
-        description="Describe a checkpoint written by llm-adapter compress: method, ranks, "
-        "parameters and per-family errors (or a plain Hugging Face checkpoint's shape).",
-    )
-    p.add_argument("model_pos", nargs="?", metavar="MODEL", help="checkpoint directory")
-    p.add_argument("--model", metavar="MODEL", help="the same, as an option (either form)")
-    p.add_argument("--json", action="store_true", help="print compression.json as is")
-    p.set_defaults(func=run_info)
-
-
-def _info_plain(root: Path) -> int:
-    """Describe a plain Hugging Face checkpoint (no compression manifest)."""
-    try:
-        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{str(root / 'config.json')!r} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"{str(root / 'config.json')!r} is not a JSON object")
-    check_weight_files(root)
-    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
-    print(f"checkpoint {root}")
-    print("  plain Hugging Face checkpoint (no compression.json)")
-    print(
-        f"  model_type: {config.get('model_type')}, layers: {config.get('num_hidden_layers')}, "
-        f"hidden: {config.get('hidden_size')}, intermediate: {config.get('intermediate_size')}"
-    )
-    for file in files:
-        print(f"  {file.name}: {file.stat().st_size} bytes")
-    from .export import checkpoint_summary, format_summary
-
-    print("\n".join(format_summary(checkpoint_summary(root))))
-    return 0
-
-
-def run_info(args: argparse.Namespace) -> int:
-    """The ``info`` subcommand."""
-    from .cli import model_argument
-    from .compress import CompressionReport
-
-    path = model_argument(getattr(args, "model_pos", None), args.model)
-    root = Path(path)
-    if root.is_file():  # a .gguf file: describe its dequantized (cached) copy
-        from .gguf_cache import describe_gguf
-
-        return _info_plain(describe_gguf(root))
-    if root.is_dir() and not (root / MANIFEST).is_file() and (root / "config.json").is_file():
-        return _info_plain(root)
-    manifest = read_manifest(path)
-    ck = _check_schema(root, manifest)
-    if args.json:
-        print(json.dumps(manifest, indent=2))
-        return 0
-    weights = root / ck.get("weights", WEIGHTS)
-    size = weights.stat().st_size if weights.is_file() else 0
-    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
-    report = None
-    if manifest.get("method") is not None:
-        try:
-            report = CompressionReport.from_dict(manifest)
-            table = report.summary_table()
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise AdapterError(
-                f"{str(root / MANIFEST)!r} does not describe a compression ({exc!r}); {fix}"
-            ) from None
-    print(f"checkpoint {path}")
-    print(f"  model: {manifest.get('model') or '?'}")
-    print(f"  parameters: {ck.get('parameters')}  ({', '.join(map(str, ck.get('dtype', [])))})")
-    print(f"  {weights.name}: {size} bytes")
-    print(
-        f"  low-rank modules: {len(ck.get('lowrank_modules', {}))}, "
-        f"shared tensors stored once: {len(ck.get('aliases', {}))}"
-    )
-    cal = manifest.get("calibration")
-    if isinstance(cal, dict) and cal:
-        src = cal.get("text_path") or cal.get("dataset") or "token windows"
-        print(
-            f"  calibration: {src}, {cal.get('samples')} x {cal.get('seq_len')} tokens, "
-            f"seed {cal.get('seed')}"
-        )
-    if report is None:
-        print("  plain (uncompressed) checkpoint")
-        return 0
-    timings = manifest.get("timings", {})
-    if isinstance(timings, dict) and timings:
-        print("  timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-    print(table)
-    from .export import checkpoint_summary, format_summary
-
-    print("\n".join(format_summary(checkpoint_summary(root))))
-    return 0
+#: the one loader under the name the package exports (``llm_adapter.load_model``)
+load_model = load

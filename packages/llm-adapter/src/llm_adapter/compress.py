@@ -48,13 +48,12 @@ factor is counted once: ``d = floor(p k m n / (m + k n))`` (shared ``U``) or
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -66,6 +65,18 @@ from tqdm.auto import tqdm
 from .calibrate import CalibrationStats
 from .errors import AdapterError
 from .lowrank import LowRankLinear
+from .methods import (
+    DEFAULT_FAMILIES,
+    DEFAULT_RANK_RATIO,
+    FLAGS,
+    METHOD_TABLE,
+    METHODS,
+    METRICS,
+    PARAMS,
+    Spelling,
+    check_params,
+    split_families,
+)
 from .models import (
     family_module_names,
     family_modules,
@@ -87,28 +98,6 @@ __all__ = [
     "rank_for",
 ]
 
-METHODS = ("svd", "svd-llm", "basis-sharing", "bundle", "residual")
-#: rank allocation modes (``"none"``: one rank per family)
-ALLOCATIONS = ("none", "sum", "normalised")
-METRICS = ("weight", "activation")
-#: the parameters each method takes; every other one must keep its default
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "svd": (),
-    "svd-llm": ("update", "allocate"),
-    "basis-sharing": ("group_size",),
-    "bundle": ("lam", "tying", "metric", "coupling"),
-    "residual": ("allocate",),
-}
-#: the method parameters' defaults
-PARAM_DEFAULTS: dict[str, Any] = {
-    "lam": 0.0,
-    "tying": 1,
-    "metric": "weight",
-    "coupling": 0.0,
-    "group_size": 2,
-    "update": False,
-    "allocate": "none",
-}
 ALL_FAMILIES = known_family_names()  # every architecture's families, then neutral names
 
 
@@ -140,12 +129,18 @@ class CompressionConfig:
     allocate : {"none", "sum", "normalised"}, default "none"
         ``svd-llm`` and ``residual``: per-layer ranks under the uniform ranks'
         parameter budget.
+    spelling : llm_adapter.methods.Spelling, default command-line flags
+        How error messages name a bad value (``--lam -1`` or ``points[0] lam = -1``);
+        not a field.
+
+    Every method parameter is checked by :func:`llm_adapter.methods.check_params`
+    (the method table): a parameter the method does not take must keep its default.
     """
 
     method: str = "svd-llm"
-    rank_ratio: float = 0.25
+    rank_ratio: float = DEFAULT_RANK_RATIO
     param_ratio: float | None = None
-    families: tuple[str, ...] | str = ("attention.dense",)
+    families: tuple[str, ...] | str = DEFAULT_FAMILIES
     lam: float = 0.0
     tying: int = 1
     metric: str = "weight"
@@ -153,25 +148,12 @@ class CompressionConfig:
     group_size: int = 2
     update: bool = False
     allocate: str = "none"
+    spelling: InitVar[Spelling] = FLAGS
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise AdapterError(
-                f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}"
-            )
-        for key, default in PARAM_DEFAULTS.items():
-            if key not in METHOD_PARAMS[self.method] and getattr(self, key) != default:
-                takers = [m for m, keys in METHOD_PARAMS.items() if key in keys]
-                flag = "--" + key.replace("_", "-")
-                raise AdapterError(
-                    f"{flag} applies to --method {' or '.join(takers)}"
-                    f"{' only' if len(takers) == 1 else ''}; got --method {self.method} "
-                    f"(drop {flag}, or choose a method that takes it)"
-                )
-        if self.metric not in METRICS:
-            raise AdapterError(
-                f"unknown metric {self.metric!r}; valid metrics: {', '.join(METRICS)}"
-            )
+    def __post_init__(self, spelling: Spelling) -> None:
+        given = {key: getattr(self, key) for key in PARAMS}
+        for key, value in check_params(self.method, given, spelling).items():
+            object.__setattr__(self, key, value)
         if self.param_ratio is None:
             if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
                 raise AdapterError(
@@ -181,11 +163,7 @@ class CompressionConfig:
             raise AdapterError(
                 f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}"
             )
-        if isinstance(self.families, str):
-            names = [f.strip() for f in self.families.split(",") if f.strip()]
-            object.__setattr__(self, "families", tuple(names))
-        else:
-            object.__setattr__(self, "families", tuple(self.families))
+        object.__setattr__(self, "families", split_families(self.families))
         for f in self.families:
             if f != "all" and f not in ALL_FAMILIES:
                 raise AdapterError(
@@ -195,50 +173,11 @@ class CompressionConfig:
             raise AdapterError(
                 f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
             )
-        if math.isnan(self.lam) or self.lam < 0:
-            raise AdapterError(f"anchor strength must be >= 0 (inf allowed); got --lam {self.lam}")
-        if not isinstance(self.tying, int) or self.tying < 1:
-            raise AdapterError(f"tying degree must be an integer >= 1; got --tying {self.tying}")
-        if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise AdapterError(
-                f"group size must be an integer >= 1; got --group-size {self.group_size}"
-            )
-        if not (math.isfinite(self.coupling) and self.coupling >= 0):
-            raise AdapterError(f"coupling must be finite and >= 0; got --coupling {self.coupling}")
-        if self.update and self.method != "svd-llm":
-            raise AdapterError(
-                f"--update applies to --method svd-llm only; got --method {self.method}"
-            )
-        if self.allocate not in ALLOCATIONS:
-            raise AdapterError(
-                f"unknown allocation {self.allocate!r}; valid: {', '.join(ALLOCATIONS)}"
-            )
-        if self.allocate != "none" and self.method not in ("svd-llm", "residual"):
-            raise AdapterError(
-                f"--allocate applies to --method svd-llm or residual; got --method {self.method}"
-            )
-        if self.coupling > 0 and self.method != "bundle":
-            raise AdapterError(
-                f"--coupling applies to --method bundle only; got --method {self.method}"
-            )
-        if self.coupling > 0 and math.isinf(self.lam):
-            raise AdapterError(
-                "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
-            )
-        if self.coupling > 0 and self.tying != 1:
-            raise AdapterError(
-                "soft coupling couples untied sections: use --tying 1 with --coupling; "
-                f"got --tying {self.tying}"
-            )
 
     @property
     def needs_calibration(self) -> bool:
         """Whether the method needs the covariances ``C_l`` (``svd`` does not)."""
-        if self.method in ("svd-llm", "basis-sharing", "residual"):
-            return True
-        if self.method == "bundle":
-            return self.metric == "activation" or self.lam > 0
-        return False
+        return METHOD_TABLE[self.method].calibration(asdict(self))
 
     @property
     def sequential(self) -> bool:
@@ -247,9 +186,9 @@ class CompressionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key, default in (("update", False), ("allocate", "none")):
-            if d[key] == default:  # manifests of methods without them read as before
-                del d[key]
+        for key, param in PARAMS.items():
+            if param.optional and d[key] == param.default:
+                del d[key]  # manifests of methods without them read as before
         d["families"] = list(self.families)
         d["lam"] = "inf" if math.isinf(self.lam) else self.lam
         return d
@@ -915,222 +854,3 @@ def compress_model(
         versions=_versions(),
         model=str(getattr(getattr(model, "config", None), "_name_or_path", "")),
     )
-
-
-# ---------------------------------------------------------------- command line
-
-
-def _families_arg(value: str) -> tuple[str, ...]:
-    return tuple(f.strip() for f in value.split(",") if f.strip())
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``compress`` subcommand."""
-    from .cli import deprecated_alias
-
-    p = subparsers.add_parser(
-        "compress",
-        help="calibrate and compress a model, then save it",
-        description="Calibrate, compress the chosen families with one method, and save the "
-        "compressed model with a compression.json manifest. Every argument is checked "
-        "before the model is loaded.",
-    )
-    p.add_argument(
-        "model_pos", nargs="?", metavar="MODEL", help="local directory or hub id (or --model)"
-    )
-    p.add_argument(
-        "--model", help="local directory or hub id (e.g. EleutherAI/pythia-70m); either form"
-    )
-    p.add_argument("--method", required=True, choices=METHODS)
-    rank = p.add_mutually_exclusive_group()
-    rank.add_argument(
-        "--rank-ratio", type=float, default=None, help="d/D, D = output dimension (default 0.25)"
-    )
-    rank.add_argument(
-        "--param-ratio",
-        type=float,
-        default=None,
-        help="fraction of the family's weights kept (default: none, --rank-ratio decides)",
-    )
-    p.add_argument(
-        "--families",
-        type=_families_arg,
-        default=("attention.dense",),
-        help="comma-separated families, or 'all'",
-    )
-    p.add_argument(
-        "--lam", type=float, default=None, help="bundle: anchor strength, inf allowed (default 0)"
-    )
-    p.add_argument(
-        "--tying", type=int, default=None, help="bundle: section-tying degree k (default 1)"
-    )
-    p.add_argument(
-        "--metric", choices=METRICS, default=None, help="bundle: the energy (default weight)"
-    )
-    p.add_argument(
-        "--coupling", type=float, default=None, help="bundle: soft coupling mu, untied (default 0)"
-    )
-    p.add_argument(
-        "--group-size", type=int, default=None, help="basis-sharing: layers per group (default 2)"
-    )
-    p.add_argument(
-        "--update",
-        action="store_true",
-        help="svd-llm: add SVD-LLM's second step (sequential least-squares update of the "
-        "left factor on the compressed model's inputs)",
-    )
-    p.add_argument(
-        "--allocate",
-        choices=ALLOCATIONS,
-        default="none",
-        help="svd-llm, residual: per-layer ranks under the same parameter budget, minimising "
-        "the summed ('sum') or per-layer relative ('normalised') activation energy "
-        "(default none: one rank per family)",
-    )
-    calib = p.add_mutually_exclusive_group()
-    calib.add_argument("--calib-text", default=None, help="calibration text file (default: none)")
-    calib.add_argument(
-        "--calib-dataset",
-        default=None,
-        help="hub dataset NAME[:CONFIG[:SPLIT]] (default: none; needs network or the cache)",
-    )
-    p.add_argument("--calib-samples", type=int, default=256, help="calibration windows")
-    p.add_argument(
-        "--calib-seq-len",
-        type=int,
-        default=None,
-        help="calibration window in tokens (default: the model's training context, from its "
-        "TRAINING.json or max_position_embeddings)",
-    )
-    deprecated_alias(p, "--seq-len", "--calib-seq-len", type=int)
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
-    p.add_argument("--cache-dir", default=None, help="calibration statistics cache (default: none)")
-    p.add_argument(
-        "--layerwise",
-        action="store_true",
-        help="low-resource mode: keep the model on the CPU and calibrate one block at a "
-        "time on --device",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda (auto takes the GPU when there is one)"
-    )
-    p.add_argument(
-        "--device-map",
-        default=None,
-        choices=["auto"],
-        help="let accelerate place the model (default: none, --device decides)",
-    )
-    p.add_argument(
-        "--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)"
-    )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing output directory, if llm-adapter wrote it and it holds "
-        "nothing else",
-    )
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
-    p.set_defaults(func=run_compress)
-
-
-def run_compress(args: argparse.Namespace) -> int:
-    """The ``compress`` subcommand: every argument is checked before the model is loaded."""
-    import sys
-    from pathlib import Path
-
-    from .calibrate import calibrate
-    from .checkpoint import (
-        check_finite,
-        check_output_dir,
-        check_weight_files,
-        clean_leftovers,
-        model_context,
-        save,
-    )
-    from .cli import check_hub_dataset, check_hub_model
-    from .models import load_model, resolve_device, resolve_dtype
-
-    given = {
-        key: getattr(args, key)
-        for key in ("lam", "tying", "metric", "coupling", "group_size")
-        if getattr(args, key) is not None
-    }
-    config = CompressionConfig(
-        method=args.method,
-        rank_ratio=args.rank_ratio if args.rank_ratio is not None else 0.25,
-        param_ratio=args.param_ratio,
-        families=args.families,
-        update=args.update,
-        allocate=args.allocate,
-        **given,
-    )
-    for flag, value, low in (
-        ("--calib-samples", args.calib_samples, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--calib-seq-len", args.calib_seq_len, 2),
-    ):
-        if value is not None and value < low:
-            raise AdapterError(f"{flag} must be >= {low}; got {flag} {value}")
-    resolve_dtype(args.dtype)
-    resolve_device(args.device)
-    out = Path(args.out)
-    for line in clean_leftovers(out):
-        print(f"llm-adapter: {line}", file=sys.stderr)
-    check_output_dir(out, overwrite=args.overwrite, sources=[args.model])
-    if args.calib_text is not None and not Path(args.calib_text).is_file():
-        raise AdapterError(f"calibration file {args.calib_text!r} does not exist")
-    has_data = args.calib_text is not None or args.calib_dataset is not None
-    if config.needs_calibration and not has_data:
-        raise AdapterError(
-            f"method {config.method!r} needs calibration data: pass --calib-text PATH "
-            "or --calib-dataset NAME"
-        )
-    if args.layerwise and args.device_map is not None:
-        raise AdapterError("--layerwise and --device-map are alternatives; pass one of them")
-    check_hub_model(args.model)
-    if args.calib_dataset is not None:
-        check_hub_dataset(args.calib_dataset.split(":")[0], "--calib-text PATH")
-    check_weight_files(args.model)
-    model, tokenizer = load_model(
-        args.model,
-        device="cpu" if args.layerwise else args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-    )
-    check_finite(model.state_dict(), f"the model {str(args.model)!r}")
-    families: Sequence[str] = resolve_families(model, list(config.families))
-    check_config(model, config, families)
-    progress = not args.no_progress
-    stats = None
-    if has_data:
-        seq_len = args.calib_seq_len or model_context(args.model, model.config) or 2048
-        stats = calibrate(
-            model,
-            tokenizer,
-            families,
-            text_path=args.calib_text,
-            dataset=args.calib_dataset,
-            samples=args.calib_samples,
-            seq_len=seq_len,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            progress=progress,
-            layerwise=args.layerwise,
-            device=args.device if args.layerwise else None,
-        )
-    report = compress_model(model, config, stats, progress=progress)
-    report.model = str(args.model)
-    t0 = time.perf_counter()
-    save(model, tokenizer, report, out, overwrite=args.overwrite)
-    report.timings["save"] = time.perf_counter() - t0
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        print()
-    else:
-        print(report.summary_table())
-        print(f"saved to {out}")
-    return 0

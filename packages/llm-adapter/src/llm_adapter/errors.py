@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AdapterError"]
+__all__ = ["AdapterError", "one_line"]
 
 
 class AdapterError(ValueError):
@@ -11,3 +11,9 @@ class AdapterError(ValueError):
     The command line prints it as one line (``llm-adapter: error: ...``) and
     exits with status 2, without a traceback.
     """
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library exception's message on one line, cut at ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text[:limit] + ("..." if len(text) > limit else "")

@@ -28,7 +28,6 @@ the shipped tiny model (the tests allow ``1e-4``), in float64 to about
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import _normal_permissions, load, read_manifest
 from .errors import AdapterError
 from .lowrank import LowRankLinear, count_unique_parameters
 from .models import resolve_dtype, set_module
@@ -50,7 +50,6 @@ __all__ = [
     "export_dense",
     "format_summary",
     "merge_lowrank",
-    "register",
     "safetensors_parameters",
 ]
 
@@ -109,8 +108,6 @@ def _atomic_dir(out: Path, overwrite: bool) -> Path:
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    from .checkpoint import _normal_permissions
-
     _normal_permissions(tmp)
     if out.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -149,8 +146,6 @@ def export_dense(
     Path
         ``out_dir``; ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads it.
     """
-    from .checkpoint import load, read_manifest
-
     src = Path(source)
     if not src.is_dir():
         raise AdapterError(f"checkpoint directory {str(source)!r} does not exist")
@@ -398,69 +393,3 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         note = "" if row["measured"] else "  (computed: dense parameters x item size)"
         lines.append(f"  {row['form']:<22} {params:>14} {size:>14}{note}")
     return lines
-
-
-# ---------------------------------------------------------------- command line
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``export`` subcommand."""
-    p = subparsers.add_parser(
-        "export",
-        help="write a compressed checkpoint as a plain dense transformers checkpoint",
-        description="Multiply out the low-rank factors (W' = L R) and write a checkpoint "
-        "that AutoModelForCausalLM.from_pretrained loads without llm-adapter: the original "
-        "model's size, the compressed model's outputs (to float tolerance).",
-    )
-    p.add_argument(
-        "checkpoint", nargs="?", metavar="CHECKPOINT", help="directory written by compress"
-    )
-    p.add_argument("--model", metavar="CHECKPOINT", help="the same, as an option (either form)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the new directory")
-    p.add_argument(
-        "--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16, float64"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="reload the export with AutoModelForCausalLM and print the largest logit "
-        "difference to the compressed model on a few random token windows",
-    )
-    p.set_defaults(func=run_export)
-
-
-def _verify(source: Path, out: Path) -> float:
-    """Largest |logit difference| between ``load(source)`` and ``from_pretrained(out)``."""
-    from transformers import AutoModelForCausalLM
-
-    from .checkpoint import load
-
-    compressed: Any
-    compressed, _ = load(source, device="cpu")
-    dense = AutoModelForCausalLM.from_pretrained(str(out))
-    dense.eval()
-    vocab = int(compressed.config.vocab_size)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (2, 32), generator=gen)
-    with torch.no_grad():
-        a = compressed(input_ids=ids).logits.double()
-        b = dense(input_ids=ids).logits.double()
-    return float((a - b).abs().max())
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """The ``export`` subcommand."""
-    given = [v for v in (args.checkpoint, getattr(args, "model", None)) if v is not None]
-    if len(set(given)) != 1:
-        raise AdapterError("give the checkpoint once: llm-adapter export CHECKPOINT --out DIR")
-    source = given[0]
-    out = export_dense(source, args.out, dtype=args.dtype, overwrite=args.overwrite)
-    summary = checkpoint_summary(out)
-    print(f"dense export {out}")
-    for line in format_summary(summary):
-        print(line)
-    if args.verify:
-        diff = _verify(Path(source), out)
-        print(f"  max |logit difference| to the compressed model: {diff:.3g}")
-    return 0

@@ -30,10 +30,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .errors import AdapterError
+from .errors import AdapterError, one_line
+from .models import (
+    ARCHITECTURES,
+    check_tokenizer,
+    dtype_kwargs,
+    load_pretrained,
+    resolve_dtype,
+)
 
-__all__ = ["CACHE_ENV", "cache_root", "dequantize_gguf", "describe_gguf", "is_gguf_file"]
+__all__ = [
+    "CACHE_ENV",
+    "cache_root",
+    "dequantize_gguf",
+    "describe_gguf",
+    "is_gguf_file",
+    "load_gguf",
+]
 
 #: The environment variable that overrides the cache root.
 CACHE_ENV = "LLM_ADAPTER_CACHE"
@@ -88,11 +103,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
 def _entry_is_complete(entry: Path, sha: str) -> bool:
     """Whether ``entry`` holds a finished, unmodified copy of the GGUF file ``sha``."""
     marker = entry / MARKER
@@ -130,14 +140,12 @@ def _check_readable(src: Path) -> Any:
         ) from None
     from transformers import AutoConfig
 
-    from .models import ARCHITECTURES
-
     try:
         config = AutoConfig.from_pretrained(str(src.parent), gguf_file=src.name)
     except Exception as exc:  # transformers raises ValueError, KeyError, OSError...
         raise AdapterError(
             f"cannot read the GGUF file {str(src)!r} (unsupported architecture or damaged "
-            f"metadata): {_one_line(exc)}"
+            f"metadata): {one_line(exc)}"
         ) from None
     if config.model_type not in ARCHITECTURES:
         raise AdapterError(
@@ -152,14 +160,12 @@ def _write_entry(src: Path, tmp: Path, sha: str, progress: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .models import check_tokenizer, dtype_kwargs
-
     folder, name = str(src.parent), src.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:
         raise AdapterError(
-            f"cannot read the tokenizer of the GGUF file {str(src)!r}: {_one_line(exc)}"
+            f"cannot read the tokenizer of the GGUF file {str(src)!r}: {one_line(exc)}"
         ) from None
     check_tokenizer(tokenizer, repr(str(src)))
     if not progress:
@@ -170,7 +176,7 @@ def _write_entry(src: Path, tmp: Path, sha: str, progress: bool) -> None:
         )
     except Exception as exc:
         raise AdapterError(
-            f"cannot dequantize the GGUF file {str(src)!r}: {_one_line(exc)}"
+            f"cannot dequantize the GGUF file {str(src)!r}: {one_line(exc)}"
         ) from None
     finally:
         if not progress:
@@ -267,7 +273,7 @@ def dequantize_gguf(
         tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.tmp-", dir=root))
     except OSError as exc:
         raise AdapterError(
-            f"cannot write the GGUF cache under {str(root)!r} ({_one_line(exc)}); "
+            f"cannot write the GGUF cache under {str(root)!r} ({one_line(exc)}); "
             f"set {CACHE_ENV} to a writable directory"
         ) from None
     try:
@@ -319,3 +325,40 @@ def describe_gguf(path: str | os.PathLike[str]) -> Path:
     print(f"GGUF file {src}: {src.stat().st_size} bytes, sha256 {sha}")
     print(f"  dequantized copy ({'cached' if cached else 'built now'}): {entry}")
     return entry
+
+
+def load_gguf(
+    path: Path,
+    *,
+    device: str | torch.device,
+    dtype: str | torch.dtype | None,
+    device_map: str | dict[str, Any] | None,
+) -> tuple[nn.Module, Any]:
+    """Load a GGUF file through its cached dequantized copy; the model keeps the file's name.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.gguf`` file.
+    device, dtype, device_map
+        As for :func:`llm_adapter.models.load_pretrained`.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+    tokenizer : the tokenizer stored in the file
+    """
+
+    if not path.is_file():
+        raise AdapterError(f"model file {str(path)!r} does not exist")
+    if not is_gguf_file(path):
+        raise AdapterError(
+            f"model path {str(path)!r} is a file but not a GGUF file; give a GGUF file, a "
+            "model directory or a hub id"
+        )
+    resolve_dtype(dtype)  # a bad dtype fails before any dequantizing
+    entry = dequantize_gguf(path)
+    model, tokenizer = load_pretrained(entry, device=device, dtype=dtype, device_map=device_map)
+    config: Any = model.config
+    config._name_or_path = str(path)
+    return model, tokenizer

@@ -32,7 +32,6 @@ model is loaded.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import functools
 import json
@@ -48,7 +47,6 @@ from .errors import AdapterError
 
 __all__ = [
     "HARNESS_EXTRA",
-    "add_arguments",
     "check_tasks",
     "harness_version",
     "hellaswag_records",
@@ -470,34 +468,3 @@ def run_tasks(
     if samples:
         out["samples"] = res.get("samples", {})
     return out
-
-
-# ------------------------------------------------------------------ command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add ``--tasks``, ``--task-data`` and ``--num-fewshot`` to the ``evaluate`` parser.
-
-    Parameters
-    ----------
-    p : argparse.ArgumentParser
-    """
-    p.add_argument(
-        "--tasks",
-        metavar="T1,T2",
-        help="lm-evaluation-harness tasks, e.g. hellaswag,arc_easy,piqa (needs "
-        "llm-adapter[eval]); their metrics and stderr go in the output (default: none)",
-    )
-    p.add_argument(
-        "--task-data",
-        action="append",
-        metavar="TASK=PATH",
-        help="read TASK's data from a local file instead of the hub (repeatable); hellaswag "
-        "also takes the six-line text of ../shared/data/hellaswag (default: the hub)",
-    )
-    p.add_argument(
-        "--num-fewshot",
-        type=int,
-        metavar="K",
-        help="few-shot examples per --tasks task (default: each task's own)",
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from .errors import AdapterError
+from .errors import AdapterError, one_line
 
 __all__ = [
     "ARCHITECTURES",
@@ -29,11 +29,12 @@ __all__ = [
     "NEUTRAL_FAMILIES",
     "ArchSpec",
     "canonical_family",
+    "check_finite",
     "family_modules",
     "family_weights",
     "get_arch",
     "known_family_names",
-    "load_model",
+    "load_pretrained",
     "random_model",
     "random_neox",
     "resolve_device",
@@ -377,11 +378,6 @@ def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
     return {key: dtype if dtype is not None else "auto"}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
 def check_tokenizer(tokenizer: Any, source: str) -> None:
     """Fail loudly on an empty or non-working tokenizer.
 
@@ -392,7 +388,7 @@ def check_tokenizer(tokenizer: Any, source: str) -> None:
         size = len(tokenizer)
         ids = tokenizer("Hello world")["input_ids"]
     except Exception as exc:
-        raise AdapterError(f"the tokenizer of {source} does not work: {_one_line(exc)}") from None
+        raise AdapterError(f"the tokenizer of {source} does not work: {one_line(exc)}") from None
     if size < 2 or len(ids) == 0:
         raise AdapterError(
             f"the tokenizer loaded from {source} is empty (vocabulary size {size}); the files are "
@@ -408,31 +404,27 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"cannot load the tokenizer of {source!r}: {_one_line(exc)}") from None
+        raise AdapterError(f"cannot load the tokenizer of {source!r}: {one_line(exc)}") from None
     check_tokenizer(tokenizer, repr(source))
     return tokenizer
 
 
-def load_model(
+def load_pretrained(
     name_or_path: str | os.PathLike[str],
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Any]:
-    """Load a causal LM and its tokenizer from a local directory or a hub id.
+    """Load a plain causal LM and its tokenizer from a local directory or a hub id.
 
-    A directory written by :func:`llm_adapter.save` (it holds
-    ``compression.json``) is reloaded with its low-rank modules through
-    :func:`llm_adapter.load`.
+    Compressed checkpoints and GGUF files go through :func:`llm_adapter.load`
+    (also exported as :func:`llm_adapter.load_model`), the one loader.
 
     Parameters
     ----------
     name_or_path : str or path
-        Local directory, a ``.gguf`` file, or a hub id such as
-        ``EleutherAI/pythia-70m``.  A GGUF file is dequantized once into a
-        plain float32 copy in the cache (:func:`llm_adapter.dequantize_gguf`)
-        and loaded from there, with the tokenizer stored in the file.
+        Local directory or a hub id such as ``EleutherAI/pythia-70m``.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default "auto"
         Where to put the model; ``auto`` takes the GPU when there is one.
         Ignored when ``device_map`` is given.
@@ -449,13 +441,7 @@ def load_model(
     tokenizer : transformers.PreTrainedTokenizerBase
     """
     path = Path(name_or_path).expanduser()
-    if path.is_file() or str(name_or_path).lower().endswith(".gguf"):
-        return _load_gguf(path, device=device, dtype=dtype, device_map=device_map)
     local = path.is_dir()
-    if local and (path / "compression.json").is_file():
-        from .checkpoint import load
-
-        return load(path, device=device, dtype=dtype)
     if not local and (str(name_or_path).startswith((".", "/", "~")) or path.exists()):
         raise AdapterError(f"model directory {str(name_or_path)!r} does not exist")
     torch_dtype = resolve_dtype(dtype)
@@ -470,7 +456,7 @@ def load_model(
             if local
             else "hub id (the hub could not be reached or has no such model)"
         )
-        raise AdapterError(f"cannot load model {source!r} as a {where}: {_one_line(exc)}") from None
+        raise AdapterError(f"cannot load model {source!r} as a {where}: {one_line(exc)}") from None
     if config.model_type not in ARCHITECTURES:
         raise AdapterError(
             f"unsupported architecture {config.model_type!r} in {source!r}; supported: "
@@ -488,7 +474,7 @@ def load_model(
     try:
         model: nn.Module = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"cannot load the weights of {source!r}: {_one_line(exc)}") from None
+        raise AdapterError(f"cannot load the weights of {source!r}: {one_line(exc)}") from None
     if device_map is None:
         model.to(resolve_device(device))
     model.eval()
@@ -496,29 +482,31 @@ def load_model(
     return model, tokenizer
 
 
-def _load_gguf(
-    path: Path,
-    *,
-    device: str | torch.device,
-    dtype: str | torch.dtype | None,
-    device_map: str | dict[str, Any] | None,
-) -> tuple[nn.Module, Any]:
-    """Load a GGUF file through its cached dequantized copy; the model keeps the file's name."""
-    from .gguf_cache import dequantize_gguf, is_gguf_file
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise naming the first floating-point tensor that holds a NaN or an infinity.
 
-    if not path.is_file():
-        raise AdapterError(f"model file {str(path)!r} does not exist")
-    if not is_gguf_file(path):
-        raise AdapterError(
-            f"model path {str(path)!r} is a file but not a GGUF file; give a GGUF file, a "
-            "model directory or a hub id"
-        )
-    resolve_dtype(dtype)  # a bad dtype fails before any dequantizing
-    entry = dequantize_gguf(path)
-    model, tokenizer = load_model(entry, device=device, dtype=dtype, device_map=device_map)
-    config: Any = model.config
-    config._name_or_path = str(path)
-    return model, tokenizer
+    Parameters
+    ----------
+    tensors : mapping of str to torch.Tensor
+        Named tensors (a state dict); tensors on the meta device are skipped.
+    where : str
+        What holds them, for the message (e.g. ``"the model 'pythia-70m'"``).
+
+    Raises
+    ------
+    AdapterError
+        Naming the tensor and how many of its values are not finite.
+    """
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if t.device.type == "meta" or not t.is_floating_point():
+                continue
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise AdapterError(
+                    f"tensor {name} of {where} holds {bad} NaN or infinite value(s) of "
+                    f"{t.numel()}: the weights are corrupt; re-create or re-download them"
+                )
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import AdapterError
 from .paired import paired_accuracy, paired_perplexity
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "cells_markdown",
     "paired_rows",
     "pareto_figure",
+    "pyplot",
 ]
 
 
@@ -249,8 +251,6 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> bool:
     bool
         Whether there was anything to draw.
     """
-    from .report import _pyplot
-
     pts = [
         r
         for r in rows
@@ -259,7 +259,7 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> bool:
     ]
     if not pts:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fam_sets = list(dict.fromkeys(tuple(r.get("families") or ()) for r in pts))
     dense = [r for r in rows if r.get("method") == "dense" and r.get("ppl") is not None]
     has_hs = any(r.get("hellaswag_acc_norm") is not None for r in pts)
@@ -296,3 +296,17 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; a one-line error without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise AdapterError(
+            "the report's figures need matplotlib: pip install 'llm-adapter[report]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 __all__ = ["PairedDifference", "paired_accuracy", "paired_perplexity"]
 

@@ -29,14 +29,21 @@ Figures are drawn with matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .budgets import budget_csv, budget_markdown, cells_csv, cells_markdown, pareto_figure
-from .errors import AdapterError
+from ..errors import AdapterError
+from ..methods import format_float, parse_float
+from .budgets import (
+    budget_csv,
+    budget_markdown,
+    cells_csv,
+    cells_markdown,
+    pareto_figure,
+    pyplot,
+)
 from .sweep import read_results
 
 __all__ = [
@@ -44,7 +51,6 @@ __all__ = [
     "frobenius_reduction_rows",
     "markdown_table",
     "rank_correlations",
-    "register",
     "table_cells",
     "write_report",
 ]
@@ -212,25 +218,8 @@ def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise AdapterError(
-            "the report's figures need matplotlib: pip install 'llm-adapter[report]'"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _lam_value(value: Any) -> float:
-    return math.inf if value == "inf" else float(value)
-
-
 def _phase_diagram(rows: Sequence[dict[str, Any]], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     import numpy as np
 
     grid = [
@@ -240,7 +229,7 @@ def _phase_diagram(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     ]
     if not grid:
         return False
-    lams = sorted({_lam_value(r["lam"]) for r in grid})
+    lams = sorted({parse_float(r["lam"]) for r in grid})
     ks = sorted({int(r["tying"]) for r in grid})
     quantities = [
         ("frobenius_fraction", "Frobenius error fraction"),
@@ -256,12 +245,12 @@ def _phase_diagram(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         Z = np.full((len(ks), len(lams)), np.nan)
         for r in grid:
             if r.get(key) is not None:
-                Z[ks.index(int(r["tying"])), lams.index(_lam_value(r["lam"]))] = r[key]
+                Z[ks.index(int(r["tying"])), lams.index(parse_float(r["lam"]))] = r[key]
         im = ax.imshow(Z, origin="lower", aspect="auto", cmap="viridis")
         for (i, j), v in np.ndenumerate(Z):
             if not np.isnan(v):
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_xticks(range(len(lams)), [("inf" if math.isinf(v) else f"{v:g}") for v in lams])
+        ax.set_xticks(range(len(lams)), [format_float(v) for v in lams])
         ax.set_yticks(range(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("anchor strength lambda")
         ax.set_ylabel("tying degree k")
@@ -275,7 +264,7 @@ def _phase_diagram(rows: Sequence[dict[str, Any]], path: Path) -> bool:
 
 
 def _central(rows: Sequence[dict[str, Any]], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     pts = [
         r
         for r in frobenius_reduction_rows(rows)
@@ -318,7 +307,7 @@ def _central(rows: Sequence[dict[str, Any]], path: Path) -> bool:
 
 
 def _per_layer(rows: Sequence[dict[str, Any]], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     pts = [r for r in rows if r.get("per_layer")]
     if not pts:
         return False
@@ -434,31 +423,3 @@ def write_report(
         written["paired_csv"] = out / "paired.csv"
         written["paired_csv"].write_text(budget_csv(rows))
     return written
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``report`` subcommand to ``subparsers``."""
-    p = subparsers.add_parser(
-        "report",
-        help="Markdown table and figures from sweep results",
-        description="Write results.md and the figures (phase diagram, Frobenius reduction vs "
-        "perplexity ratio, per-layer errors) for one or more sweep JSONL files.",
-    )
-    p.add_argument("results", metavar="RESULTS", nargs="+", help="sweep JSONL file(s)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--title", default=None, help="heading of results.md (default: the sweep's name)"
-    )
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``llm-adapter report``."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise AdapterError(f"--out {args.out!r} exists and is not a directory; give a directory")
-    written = write_report(args.results, args.out, title=args.title)
-    for name, path in written.items():
-        print(f"{name:26s} {path}")
-    return 0

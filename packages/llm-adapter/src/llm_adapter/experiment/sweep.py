@@ -70,7 +70,6 @@ restarted sweep reloads it instead of factorising again.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import itertools
@@ -81,7 +80,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,58 +88,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import AdapterError
+from ..compress import CompressionConfig, CompressionReport
+from ..errors import AdapterError
+from ..methods import (
+    DEFAULT_FAMILIES,
+    DEFAULT_RANK_RATIO,
+    METHOD_TABLE,
+    PARAMS,
+    Spelling,
+    split_families,
+)
+
+#: the methods a point may name: the method table's and ``dense`` (uncompressed)
+METHOD_NAMES = ("dense", *METHOD_TABLE)
 
 __all__ = [
     "SweepPoint",
     "expand_points",
     "load_config",
     "read_results",
-    "register",
     "run_sweep",
 ]
 
-POINT_KEYS = (
-    "method",
-    "lam",
-    "tying",
-    "metric",
-    "coupling",
-    "group_size",
-    "private",
-    "update",
-    "allocate",
-    "families",
-    "rank_ratio",
-    "param_ratio",
-    "model_ratio",
-)
 #: the budget keys of a point, and the top-level lists they come from
 BUDGETS = {
     "rank_ratio": "rank_ratios",
     "param_ratio": "param_ratios",
     "model_ratio": "model_ratios",
 }
-#: the parameters that matter for each method (the others are left out of the key)
-RELEVANT: dict[str, tuple[str, ...]] = {
-    "dense": (),
-    "svd": (),
-    "svd-llm": ("update", "allocate"),
-    "basis-sharing": ("group_size",),
-    "bundle": ("lam", "tying", "metric", "coupling"),
-    "residual": ("allocate",),
-}
-#: options left out of a point (and of its key) at their defaults, so points written
-#: before the option existed keep their keys
-OPTIONAL: dict[str, Any] = {"update": False, "allocate": "none"}
-DEFAULTS: dict[str, Any] = {
-    "lam": 0.0,
-    "tying": 1,
-    "metric": "weight",
-    "coupling": 0.0,
-    "group_size": 2,
-    **OPTIONAL,
-}
+#: every key a point table may have: the method, its parameters (the method table's),
+#: ``private`` (basis-sharing), the families, a budget and a label
+POINT_KEYS = ("method", *PARAMS, "private", "families", *BUDGETS)
 TOP_KEYS = {
     "name", "model", "out", "device", "dtype", "baseline", "families", "rank_ratios",
     "param_ratios", "model_ratios",
@@ -299,21 +277,6 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _families(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(f.strip() for f in value.split(",") if f.strip())
-    return tuple(str(v) for v in value)
-
-
-def _lam(value: Any) -> float:
-    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
-        return math.inf
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise AdapterError(f"lam = {value!r} is not a number (use a float or 'inf')") from None
-
-
 def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
     """Every point of the configuration, in order: the baseline first, then each table's
     cartesian product, crossed with ``families`` and the budgets (``rank_ratios``,
@@ -329,7 +292,7 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
     list of SweepPoint
         Duplicates (the same method and relevant parameters) are kept once.
     """
-    fam_sets = [_families(f) for f in _as_list(config.get("families", ["attention.dense"]))]
+    fam_sets = [split_families(f) for f in _as_list(config.get("families", [DEFAULT_FAMILIES]))]
     budgets = _budgets(config)
     tables: list[dict[str, Any]] = list(config.get("points", []))
     first = 0  # messages count the configuration's own points from 0
@@ -340,42 +303,30 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
     seen: set[str] = set()
     for i, table in enumerate(tables, first):
         if "method" not in table:
-            raise AdapterError(f"points[{i}] has no method; give one of {sorted(RELEVANT)}")
+            raise AdapterError(f"points[{i}] has no method; give one of {sorted(METHOD_NAMES)}")
         axes = {k: _as_list(v) for k, v in table.items() if k != "label"}
         names = list(axes)
         for combo in itertools.product(*(axes[n] for n in names)):
             values = dict(zip(names, combo, strict=True))
             method = str(values.pop("method"))
-            if method not in RELEVANT:
+            if method not in METHOD_NAMES:
                 raise AdapterError(
-                    f"points[{i}]: unknown method {method!r}; valid: {sorted(RELEVANT)}"
+                    f"points[{i}]: unknown method {method!r}; valid: {sorted(METHOD_NAMES)}"
                 )
-            fsets = [_families(values.pop("families"))] if "families" in values else fam_sets
+            fsets = [split_families(values.pop("families"))] if "families" in values else fam_sets
             given = [(k, _ratio(values.pop(k), k, i)) for k in BUDGETS if k in values]
             if len(given) > 1:
                 raise AdapterError(
                     f"points[{i}] gives {' and '.join(k for k, _ in given)}: give one budget"
                 )
             rrs = given or budgets
-            params = {k: values.get(k, DEFAULTS[k]) for k in RELEVANT[method]}
-            if "lam" in params:
-                params["lam"] = _lam(params["lam"])
-            for k in ("tying", "group_size"):
-                if k in params:
-                    params[k] = _integer(params[k], k, i)
-            if "coupling" in params:
-                params["coupling"] = _number(params["coupling"], "coupling", i)
-            if "update" in params and not isinstance(params["update"], bool):
-                raise AdapterError(f"points[{i}] update = {params['update']!r}: give true or false")
-            for k, default in OPTIONAL.items():
-                if k in params and params[k] == default:
-                    del params[k]
+            params = {k: values[k] for k in PARAMS if k in values}
             if "private" in values:
                 if method != "basis-sharing":
                     raise AdapterError(
                         f"points[{i}]: private applies to basis-sharing only; got method {method}"
                     )
-                private = _families(values["private"])
+                private = split_families(values["private"])
                 if private:  # absent when empty, so other points keep their keys
                     params["private"] = list(private)
             label = str(table.get("label", ""))
@@ -391,7 +342,7 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                     param_ratio=value if kind == "param_ratio" else None,
                     model_ratio=value if kind == "model_ratio" else None,
                 )
-                _check_point(point, i)
+                point = _checked(point, i)
                 ident = json.dumps(point.describe(), sort_keys=True)
                 if ident not in seen:
                     seen.add(ident)
@@ -408,39 +359,40 @@ def _ratio(value: Any, key: str, where: int | None = None) -> float:
     return float(value)
 
 
-def _integer(value: Any, key: str, where: int) -> int:
-    """An integer parameter of ``points[where]``: ints (or integral floats) only."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AdapterError(
-            f"points[{where}] {key} = {value!r} is not an integer; give whole numbers"
-        )
-    return value
+def _checked(point: SweepPoint, where: int) -> SweepPoint:
+    """``point`` with its parameters checked and converted by the method table.
 
-
-def _number(value: Any, key: str, where: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AdapterError(f"points[{where}] {key} = {value!r} is not a number")
-    return float(value)
-
-
-def _check_point(point: SweepPoint, where: int) -> None:
-    """Raise naming ``points[where]`` when the point is not a valid compression."""
-    from .compress import PARAM_DEFAULTS, CompressionConfig
-
+    Only the parameters the method takes stay (the optional ones only away from
+    their defaults, so points written before they existed keep their keys); a
+    bad value is an error naming ``points[where]`` and the key.
+    """
     if point.method == "dense":
-        return
+        return point
+    params = {k: v for k, v in point.params.items() if k in PARAMS}
     try:
-        CompressionConfig(
+        config = CompressionConfig(
             method=point.method,
-            rank_ratio=point.rank_ratio or 0.25,
+            rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
             param_ratio=point.param_ratio,
             families=point.families,
-            **{k: v for k, v in point.params.items() if k in PARAM_DEFAULTS},
+            spelling=Spelling(f"points[{where}]"),
+            **params,
         )
     except AdapterError as exc:
-        raise AdapterError(f"points[{where}] ({point_label(point)}): {exc}") from None
+        defaults = {k: PARAMS[k].default for k in METHOD_TABLE[point.method].params}
+        try:
+            label = point_label(replace(point, params={**defaults, **point.params}))
+        except (KeyError, TypeError, ValueError):
+            label = point.method
+        raise AdapterError(f"points[{where}] ({label}): {exc}") from None
+    kept = {
+        k: getattr(config, k)
+        for k in METHOD_TABLE[point.method].params
+        if not (PARAMS[k].optional and getattr(config, k) == PARAMS[k].default)
+    }
+    if "private" in point.params:
+        kept["private"] = point.params["private"]
+    return replace(point, params=kept)
 
 
 def _budgets(config: dict[str, Any]) -> list[tuple[str, float]]:
@@ -448,7 +400,7 @@ def _budgets(config: dict[str, Any]) -> list[tuple[str, float]]:
     out = [
         (key, _ratio(v, key)) for key, top in BUDGETS.items() for v in _as_list(config.get(top, []))
     ]
-    return out or [("rank_ratio", 0.25)]
+    return out or [("rank_ratio", DEFAULT_RANK_RATIO)]
 
 
 def point_key(point: SweepPoint, protocol: dict[str, Any]) -> str:
@@ -557,8 +509,8 @@ def _heldout_fractions(
     dense: dict[str, np.ndarray], model: Any, families: Iterable[str], C: dict[str, np.ndarray]
 ) -> dict[str, list[float]]:
     """Per-layer ``tr(E C E^T) / tr(W C W^T)`` with ``E = W - W'`` on held-out covariances."""
-    from .lowrank import LowRankLinear
-    from .models import family_modules
+    from ..lowrank import LowRankLinear
+    from ..models import family_modules
 
     out: dict[str, list[float]] = {}
     for f in families:
@@ -669,8 +621,8 @@ def _run_sweep(
     locks: list[tuple[int, Path | None]],
 ) -> list[dict[str, Any]]:
     """The body of :func:`run_sweep`; the results file's lock descriptor goes to ``locks``."""
-    from .calibrate import calibrate
-    from .checkpoint import (
+    from ..calibrate import calibrate
+    from ..checkpoint import (
         check_weight_files,
         crash_point,
         load,
@@ -678,11 +630,16 @@ def _run_sweep(
         read_manifest,
         save,
     )
-    from .cli import check_hub_dataset, check_hub_model
-    from .compress import CompressionReport
-    from .evaluate import _tokenize, evaluate_model, prepare_for_eval, read_hellaswag, read_wikitext
-    from .lowrank import count_unique_parameters
-    from .models import family_weights, load_model, resolve_families
+    from ..evaluate import (
+        evaluate_model,
+        prepare_for_eval,
+        read_hellaswag,
+        read_wikitext,
+        tokenize_for_eval,
+    )
+    from ..hub import check_hub_dataset, check_hub_model
+    from ..lowrank import count_unique_parameters
+    from ..models import family_weights, resolve_families
 
     log = log or sys.stderr
     check_config(config)
@@ -743,7 +700,7 @@ def _run_sweep(
         if evaluation.get(key) == "hub":
             check_hub_dataset(name, f"--{key} PATH")
     check_weight_files(str(config["model"]))
-    base, tokenizer = load_model(config["model"], device=device)
+    base, tokenizer = load(config["model"], device=device)
     base.eval()
     context = model_context(str(config["model"]), base.config) or 2048
     needed = sorted({f for p, _ in todo for f in p.families})
@@ -782,7 +739,7 @@ def _run_sweep(
     wiki_ids = None
     if evaluation.get("wikitext"):  # "hub": wikitext-2-raw-v1 test through `datasets`
         source = None if evaluation["wikitext"] == "hub" else evaluation["wikitext"]
-        wiki_ids = _tokenize(tokenizer, read_wikitext(source))
+        wiki_ids = tokenize_for_eval(tokenizer, read_wikitext(source))
     hs_items = None
     if evaluation.get("hellaswag"):  # "hub": Rowan/hellaswag validation through `datasets`
         source = None if evaluation["hellaswag"] == "hub" else evaluation["hellaswag"]
@@ -894,8 +851,8 @@ def _compress_point(model: Any, point: SweepPoint, param_ratio: float | None, st
     as Basis Sharing's authors configure Llama models (attention output and MLP
     down projections private); both parts keep the same fraction of parameters.
     """
-    from .compress import CompressionConfig, compress_model
-    from .models import resolve_families
+    from ..compress import compress_model
+    from ..models import resolve_families
 
     params = dict(point.params)
     private = tuple(resolve_families(model, params.pop("private"))) if "private" in params else ()
@@ -908,7 +865,8 @@ def _compress_point(model: Any, point: SweepPoint, param_ratio: float | None, st
         if not fams:
             continue
         cc = CompressionConfig(
-            method=point.method, rank_ratio=point.rank_ratio or 0.25, param_ratio=param_ratio,
+            method=point.method, rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
+            param_ratio=param_ratio,
             families=fams, **kw,
         )  # fmt: skip
         part = compress_model(model, cc, stats)
@@ -932,7 +890,7 @@ def _param_ratio(
     A model ratio ``r`` removes ``r * P_model`` parameters, all from the point's
     families: they keep ``1 - r * P_model / P_families``.
     """
-    from .models import resolve_families
+    from ..models import resolve_families
 
     if point.param_ratio is not None:
         return point.param_ratio
@@ -953,163 +911,3 @@ def _param_ratio(
 def _default_cache() -> str:
     root = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
     return str(Path(root) / "llm-adapter" / "calibration")
-
-
-# --------------------------------------------------------------------------- CLI
-
-#: flag -> (configuration path, converter)
-_OVERRIDES: dict[str, tuple[tuple[str, ...], Any]] = {
-    "model": (("model",), str),
-    "out": (("out",), str),
-    "device": (("device",), str),
-    "dtype": (("dtype",), str),
-    "families": (("families",), lambda v: [s for s in v.split(";") if s]),
-    "rank_ratios": (("rank_ratios",), lambda v: [float(x) for x in v.split(",")]),
-    "checkpoints": (("checkpoints",), str),
-    "cache_dir": (("cache_dir",), str),
-    "calib_text": (("calibration", "text"), str),
-    "calib_samples": (("calibration", "samples"), int),
-    "calib_seq_len": (("calibration", "seq_len"), int),
-    "wikitext": (("evaluation", "wikitext"), str),
-    "hellaswag": (("evaluation", "hellaswag"), str),
-    "seq_len": (("evaluation", "seq_len"), int),
-    "max_windows": (("evaluation", "max_windows"), int),
-    "limit": (("evaluation", "limit"), int),
-    "batch_size": (("evaluation", "batch_size"), int),
-}
-
-
-#: the option that sets a namespace attribute, where it is not ``--`` + the attribute
-_FLAG_NAMES = {"out": "--results", "rank_ratios": "--rank-ratio", "methods": "--method"}
-
-
-def _flag(dest: str) -> str:
-    return _FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
-
-
-def _convert(dest: str, conv: Any, value: Any) -> Any:
-    """``conv(value)``, a conversion failure as a one-line error naming the flag."""
-    try:
-        return conv(value)
-    except (TypeError, ValueError) as exc:
-        raise AdapterError(f"{_flag(dest)} {value!r} is not valid: {exc}") from None
-
-
-def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) -> dict[str, Any]:
-    """Copy of ``config`` with every flag that was given applied; each override is printed."""
-    config = copy.deepcopy(config)
-    for flag, (path, conv) in _OVERRIDES.items():
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        node = config
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        old = node.get(path[-1], "<unset>")
-        new = _convert(flag, conv, value)
-        node[path[-1]] = new
-        print(f"sweep: {_flag(flag)} {value} overrides {'.'.join(path)} = {old!r}", file=log)
-    grid = {
-        k: getattr(args, k)
-        for k in ("methods", "lam", "tying", "metric", "coupling", "group_size")
-        if getattr(args, k, None) is not None
-    }
-    if grid:
-        if "methods" not in grid:
-            raise AdapterError("--lam/--tying/--metric/--coupling/--group-size need --method")
-        tables = []
-        for method in grid["methods"].split(","):
-            table: dict[str, Any] = {"method": method.strip()}
-            for k, conv in (("lam", _lam), ("tying", int), ("metric", str), ("coupling", float),
-                            ("group_size", int)):  # fmt: skip
-                if k in grid and k in RELEVANT.get(method.strip(), ()):
-                    table[k] = [_convert(k, conv, x) for x in str(grid[k]).split(",")]
-            tables.append(table)
-        if "points" in config:
-            print(f"sweep: --method replaces the {len(config['points'])} point tables", file=log)
-        config["points"] = tables
-    if args.no_hellaswag:
-        config.setdefault("evaluation", {}).pop("hellaswag", None)
-        print("sweep: --no-hellaswag drops evaluation.hellaswag", file=log)
-    if args.no_baseline:
-        config["baseline"] = False
-    return config
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``sweep`` subcommand to ``subparsers``."""
-    from .cli import deprecated_alias
-
-    p = subparsers.add_parser(
-        "sweep",
-        help="run a grid of compression points, one JSONL row each (resumable)",
-        description=(
-            "Compress and evaluate every point of a sweep configuration (TOML or YAML), "
-            "appending one JSON line per point to the results file. Rerunning skips done "
-            "points. Flags override the configuration only where given, and say so."
-        ),
-    )
-    p.add_argument("config", metavar="CONFIG", nargs="?", help="sweep configuration .toml/.yaml")
-    p.add_argument("--model", help="model directory or hub id")
-    p.add_argument("--results", dest="out", metavar="FILE", help="results JSONL file")
-    deprecated_alias(p, "--out", "--results", dest="out")
-    p.add_argument("--device", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dtype", help="evaluation weight dtype (auto: bf16/fp16 on CUDA)")
-    p.add_argument("--families", help="family sets separated by ';', each 'a,b' or 'all'")
-    p.add_argument(
-        "--rank-ratio", "--rank-ratios", dest="rank_ratios", help="comma-separated d/D values"
-    )
-    p.add_argument(
-        "--method",
-        "--methods",
-        dest="methods",
-        help="comma-separated methods (replaces the point tables)",
-    )
-    p.add_argument("--lam", help="comma-separated anchor strengths (with --method bundle)")
-    p.add_argument("--tying", help="comma-separated tying degrees k")
-    p.add_argument("--metric", help="comma-separated metrics: weight, activation")
-    p.add_argument("--coupling", help="comma-separated soft couplings mu")
-    p.add_argument("--group-size", help="comma-separated basis-sharing group sizes")
-    p.add_argument("--calib-text", help="calibration text file")
-    p.add_argument("--calib-samples", type=int, help="calibration windows")
-    p.add_argument(
-        "--calib-seq-len",
-        type=int,
-        help="calibration window in tokens (default: the configuration's, else the model's "
-        "training context)",
-    )
-    p.add_argument("--wikitext", help="perplexity text file")
-    p.add_argument("--hellaswag", help="HellaSwag file")
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        help="perplexity (evaluation) window in tokens (default: the configuration's, else "
-        "the model's training context)",
-    )
-    p.add_argument("--max-windows", type=int, help="perplexity windows to score")
-    p.add_argument("--limit", type=int, help="HellaSwag items to score")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size")
-    p.add_argument("--checkpoints", help="save compressed models here and reuse them")
-    p.add_argument("--cache-dir", help="calibration statistics cache")
-    p.add_argument("--only", help="run only these methods (comma-separated)")
-    p.add_argument("--no-hellaswag", action="store_true", help="skip HellaSwag")
-    p.add_argument("--no-baseline", action="store_true", help="skip the uncompressed model")
-    p.add_argument("--dry-run", action="store_true", help="list the points and their status")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
-    for action in p._actions:
-        if action.option_strings and action.default is None and action.help:
-            if "default" not in action.help and action.help is not argparse.SUPPRESS:
-                action.help += " (default: the configuration's)"
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``llm-adapter sweep`` from parsed arguments."""
-    config = load_config(args.config) if args.config else {}
-    config = apply_overrides(config, args, sys.stderr)
-    if not config.get("points") and not config.get("baseline", True):
-        raise AdapterError("no points: give a configuration with [[points]] or --methods")
-    only = [m.strip() for m in args.only.split(",")] if args.only else None
-    run_sweep(config, only_methods=only, dry_run=args.dry_run, progress=not args.no_progress)
-    return 0

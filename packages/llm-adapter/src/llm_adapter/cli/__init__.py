@@ -1,13 +1,15 @@
 """The ``llm-adapter`` command line.
 
-Each subcommand lives in the module that implements it and registers itself
-through a ``register(subparsers)`` function that adds its parser and sets
-``func`` (called with the parsed namespace, returning an exit status).
+All argument parsing and printing of the package lives here: the library
+modules below expose functions and dataclasses only.  Each subcommand has a
+module of this package (``llm_adapter.cli.compress``, ...) with a
+``register(subparsers)`` function that adds its parser and sets ``func``
+(called with the parsed namespace, returning an exit status).
 
-:func:`main` imports only the module of the subcommand it runs (torch and
-transformers are imported by that module, never for ``--help`` or a
-misspelled command), and every subcommand checks its arguments before it
-loads a model.  Conventions shared by every subcommand:
+:func:`main` imports only the module of the subcommand it runs, and that
+module imports the library (torch, transformers) only when the command runs,
+never for ``--help`` or a misspelled command; every subcommand checks its
+arguments before it loads a model.  Conventions shared by every subcommand:
 
 * the model is given positionally or as ``--model`` (either form);
 * ``--out`` is always a directory, ``--seq-len`` always the evaluation window,
@@ -22,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from .errors import AdapterError
+from ..errors import AdapterError
+from ..hub import check_hub_dataset, check_hub_model
 
 __all__ = [
     "SUBCOMMANDS",
@@ -42,7 +41,8 @@ __all__ = [
     "model_argument",
 ]
 
-#: subcommand -> (module that registers it, one-line help), in the order ``--help`` lists them
+#: subcommand -> (the module of this package that registers it, one-line help), in the
+#: order ``--help`` lists them
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("compress", "calibrate and compress a model, then save it"),
     "info": ("checkpoint", "describe a saved checkpoint"),
@@ -89,7 +89,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="llm-adapter",
@@ -102,7 +102,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             subparsers.add_parser(name, help=help_text)
         elif module not in registered:
-            importlib.import_module(f"llm_adapter.{module}").register(subparsers)
+            importlib.import_module(f"{__name__}.{module}").register(subparsers)
             registered.add(module)
     _annotate_defaults(parser)
     return parser
@@ -177,101 +177,6 @@ def model_argument(positional: str | None, option: str | None) -> str:
     if model is None:
         raise AdapterError("no model given: pass a directory or hub id (MODEL or --model MODEL)")
     return model
-
-
-# ---------------------------------------------------------------- the hub, offline
-
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-_reachable: dict[str, bool] = {}
-
-
-def _offline_env() -> str | None:
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return var
-    return None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub's endpoint opens within ``timeout`` seconds."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if endpoint not in _reachable:
-        url = urlparse(endpoint)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            socket.create_connection((url.hostname or "huggingface.co", port), timeout).close()
-            _reachable[endpoint] = True
-        except OSError:
-            _reachable[endpoint] = False
-    return _reachable[endpoint]
-
-
-def _hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
-    return Path(home) / "hub"
-
-
-def _why_offline() -> str | None:
-    var = _offline_env()
-    if var is not None:
-        return f"{var} is set"
-    if not _hub_reachable():
-        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-        return f"{host} cannot be reached"
-    return None
-
-
-def _is_local(name: str) -> bool:
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-def check_hub_model(name: str, flag: str = "--model") -> None:
-    """Fail at once when ``name`` is a hub id that cannot be fetched (offline, not cached).
-
-    Parameters
-    ----------
-    name : str
-        A local directory (left alone) or a hub id.
-    flag : str
-        The option that takes a local directory instead.
-    """
-    if _is_local(name):
-        return
-    if (_hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
-        return  # in the local cache: transformers reads it from there
-    why = _why_offline()
-    if why is not None:
-        raise AdapterError(
-            f"model {name!r} is a hub id, but {why} and it is not in the local cache "
-            f"({_hub_cache()}); pass a local model directory with {flag} PATH"
-        )
-
-
-def check_hub_dataset(name: str, local_flag: str) -> None:
-    """Fail at once when the hub dataset ``name`` is needed offline and not cached.
-
-    Parameters
-    ----------
-    name : str
-        Hub dataset name (``NAME``, ``OWNER/NAME``).
-    local_flag : str
-        The option that reads a local file instead (``--calib-text PATH``).
-    """
-    why = _why_offline()
-    if why is None:
-        return
-    tail = name.split("/")[-1]
-    home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
-    roots = [_hub_cache(), Path(os.environ.get("HF_DATASETS_CACHE", Path(home) / "datasets"))]
-    for root in roots:
-        if root.is_dir() and any(tail.lower() in p.name.lower() for p in root.iterdir()):
-            return  # something of that name is cached: let `datasets` read it
-    raise AdapterError(
-        f"hub dataset {name!r} is needed, but {why} and it is not in the local cache; "
-        f"pass a local file with {local_flag}"
-    )
 
 
 # ---------------------------------------------------------------- entry point

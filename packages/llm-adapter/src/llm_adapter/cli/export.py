@@ -1,0 +1,77 @@
+"""``llm-adapter export``: a compressed checkpoint as a plain dense one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdapterError
+
+__all__ = ["register", "run_export"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``export`` subcommand."""
+    p = subparsers.add_parser(
+        "export",
+        help="write a compressed checkpoint as a plain dense transformers checkpoint",
+        description="Multiply out the low-rank factors (W' = L R) and write a checkpoint "
+        "that AutoModelForCausalLM.from_pretrained loads without llm-adapter: the original "
+        "model's size, the compressed model's outputs (to float tolerance).",
+    )
+    p.add_argument(
+        "checkpoint", nargs="?", metavar="CHECKPOINT", help="directory written by compress"
+    )
+    p.add_argument("--model", metavar="CHECKPOINT", help="the same, as an option (either form)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new directory")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16, float64"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="reload the export with AutoModelForCausalLM and print the largest logit "
+        "difference to the compressed model on a few random token windows",
+    )
+    p.set_defaults(func=run_export)
+
+
+def _verify(source: Path, out: Path) -> float:
+    """Largest |logit difference| between ``load(source)`` and ``from_pretrained(out)``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..checkpoint import load
+
+    compressed: Any
+    compressed, _ = load(source, device="cpu")
+    dense = AutoModelForCausalLM.from_pretrained(str(out))
+    dense.eval()
+    vocab = int(compressed.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, 32), generator=gen)
+    with torch.no_grad():
+        a = compressed(input_ids=ids).logits.double()
+        b = dense(input_ids=ids).logits.double()
+    return float((a - b).abs().max())
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The ``export`` subcommand."""
+    given = [v for v in (args.checkpoint, getattr(args, "model", None)) if v is not None]
+    if len(set(given)) != 1:
+        raise AdapterError("give the checkpoint once: llm-adapter export CHECKPOINT --out DIR")
+    source = given[0]
+    from ..export import checkpoint_summary, export_dense, format_summary
+
+    out = export_dense(source, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    summary = checkpoint_summary(out)
+    print(f"dense export {out}")
+    for line in format_summary(summary):
+        print(line)
+    if args.verify:
+        diff = _verify(Path(source), out)
+        print(f"  max |logit difference| to the compressed model: {diff:.3g}")
+    return 0

@@ -1,0 +1,319 @@
+"""The table of compression methods: one place for names, parameters, defaults and checks.
+
+:data:`METHOD_TABLE` lists every method with the parameters it takes, whether it
+needs calibration statistics and the label reports print; :data:`PARAMS` gives
+each parameter its type, default, allowed values and help text.  Everything
+that takes a method's parameters derives from these two tables:
+:class:`llm_adapter.CompressionConfig` (the Python API and the ``compress``
+command's flags), the sweep configuration's point tables, and the manifest a
+compressed checkpoint records.  :func:`check_params` is the one validation: an
+unknown parameter, one the method does not take, a wrong type or a value out
+of range is an :class:`~llm_adapter.AdapterError` that names the value as the
+caller spells it (``--group-size 0`` on the command line, ``points[2]
+group_size = 0`` in a sweep configuration).
+
+This module imports neither torch nor numpy, so the command line can build its
+parsers (and ``--help``) from it at no cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AdapterError
+
+__all__ = [
+    "ALLOCATIONS",
+    "DEFAULT_FAMILIES",
+    "DEFAULT_RANK_RATIO",
+    "FLAGS",
+    "METHODS",
+    "METHOD_TABLE",
+    "METRICS",
+    "PARAMS",
+    "Method",
+    "Param",
+    "Spelling",
+    "check_params",
+    "flag",
+    "format_float",
+    "parse_float",
+    "split_families",
+]
+
+#: ``d / D`` when neither a rank ratio nor a parameter budget is given
+DEFAULT_RANK_RATIO = 0.25
+#: the families compressed when none are named
+DEFAULT_FAMILIES: tuple[str, ...] = ("attention.dense",)
+#: rank allocation modes (``"none"``: one rank per family)
+ALLOCATIONS = ("none", "sum", "normalised")
+#: the bundle's energies
+METRICS = ("weight", "activation")
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a parameter: ``group_size`` -> ``--group-size``."""
+    return "--" + key.replace("_", "-")
+
+
+def format_float(value: float) -> str:
+    """A float as the configuration writes it: ``inf`` for infinity, else ``%g``."""
+    return "inf" if math.isinf(value) and value > 0 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How messages name a parameter: as a flag (``where`` empty) or a configuration key.
+
+    ``Spelling()`` writes ``--lam -1``; ``Spelling("points[0]")`` writes
+    ``points[0] lam = -1``.
+    """
+
+    where: str = ""
+
+    def name(self, key: str) -> str:
+        """``--group-size`` or ``points[0] group_size``."""
+        return f"{self.where} {key}" if self.where else flag(key)
+
+    def value(self, key: str, value: Any) -> str:
+        """``--group-size 0`` or ``points[0] group_size = 0``."""
+        if self.where:
+            return f"{self.where} {key} = {value!r}"
+        return f"{flag(key)} {value}"
+
+
+#: the command line's spelling
+FLAGS = Spelling()
+
+
+def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
+    """A float from a number or a string, ``"inf"``/``"infinity"`` allowed.
+
+    Parameters
+    ----------
+    value : float, int or str
+    key : str
+        The parameter, for the message.
+    spell : Spelling
+        How the message names the value.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "+inf"):
+        return math.inf
+    if isinstance(value, bool):
+        raise AdapterError(f"{spell.value(key, value)} is not a number (use a float or 'inf')")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AdapterError(
+            f"{spell.value(key, value)} is not a number (use a float or 'inf')"
+        ) from None
+
+
+def split_families(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Family names from ``"a,b"`` or a sequence; blanks dropped."""
+    if isinstance(value, str):
+        return tuple(f.strip() for f in value.split(",") if f.strip())
+    return tuple(str(f).strip() for f in value if str(f).strip())
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter.
+
+    Attributes
+    ----------
+    name : str
+        As in :class:`~llm_adapter.CompressionConfig` and sweep points.
+    kind : type
+        ``float``, ``int``, ``str`` or ``bool``.
+    default : Any
+    help : str
+        One line for ``--help`` (the default is appended there).
+    what : str
+        The quantity in words, for messages (``anchor strength``).
+    choices : tuple of str
+        Allowed values of a ``str`` parameter.
+    low : float, optional
+        Smallest allowed value (inclusive).
+    allow_inf : bool
+        Whether ``inf`` is allowed (``float`` only).
+    optional : bool
+        Left out of manifests and sweep keys at its default (so records
+        written before the parameter existed read the same).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    what: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    allow_inf: bool = False
+    optional: bool = False
+
+    def check(self, value: Any, spell: Spelling = FLAGS) -> Any:
+        """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``."""
+        key = self.name
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise AdapterError(f"{spell.value(key, value)}: give true or false")
+            return value
+        if self.kind is str:
+            if value not in self.choices:
+                raise AdapterError(
+                    f"unknown {self.what} {value!r}; valid: {', '.join(self.choices)} "
+                    f"(got {spell.value(key, value)})"
+                )
+            return value
+        if self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AdapterError(
+                    f"{spell.value(key, value)} is not an integer; give whole numbers"
+                )
+            if self.low is not None and value < self.low:
+                raise AdapterError(
+                    f"{self.what} must be an integer >= {self.low:g}; got {spell.value(key, value)}"
+                )
+            return value
+        number = parse_float(value, key, spell)
+        if math.isnan(number) or (math.isinf(number) and not self.allow_inf):
+            raise AdapterError(
+                f"{self.what} must be finite and >= 0; got {spell.value(key, value)}"
+            )
+        if self.low is not None and number < self.low:
+            inf = " (inf allowed)" if self.allow_inf else ""
+            raise AdapterError(
+                f"{self.what} must be >= {self.low:g}{inf}; got {spell.value(key, value)}"
+            )
+        return number
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method.
+
+    Attributes
+    ----------
+    name : str
+        As given to ``--method`` and in sweep points.
+    label : str
+        How reports name it.
+    params : tuple of str
+        The parameters (keys of :data:`PARAMS`) it takes; every other
+        parameter must stay at its default.
+    help : str
+        One line.
+    calibration : callable
+        ``calibration(params)``: whether it needs the calibration covariances,
+        given its full parameters.
+    """
+
+    name: str
+    label: str
+    params: tuple[str, ...]
+    help: str
+    calibration: Callable[[Mapping[str, Any]], bool]
+
+
+PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("lam", float, 0.0, "bundle: anchor strength, inf allowed", "anchor strength",
+              low=0.0, allow_inf=True),
+        Param("tying", int, 1, "bundle: section-tying degree k", "tying degree", low=1),
+        Param("metric", str, "weight", "bundle: the energy", "metric", choices=METRICS),
+        Param("coupling", float, 0.0, "bundle: soft coupling mu, untied", "coupling", low=0.0),
+        Param("group_size", int, 2, "basis-sharing: layers per group", "group size", low=1),
+        Param("update", bool, False, "svd-llm: add SVD-LLM's second step (sequential "
+              "least-squares update of the left factor on the compressed model's inputs)",
+              "update", optional=True),
+        Param("allocate", str, "none", "svd-llm, residual: per-layer ranks under the same "
+              "parameter budget, minimising the summed ('sum') or per-layer relative "
+              "('normalised') activation energy ('none': one rank per family)",
+              "allocation", choices=ALLOCATIONS, optional=True),
+    )
+}  # fmt: skip
+
+METHOD_TABLE: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("svd", "SVD", (), "plain truncated SVD per layer", lambda p: False),
+        Method("svd-llm", "SVD-LLM", ("update", "allocate"),
+               "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True),
+        Method("basis-sharing", "Basis Sharing", ("group_size",),
+               "Basis Sharing: one input-side basis per group of layers", lambda p: True),
+        Method("bundle", "bundle", ("lam", "tying", "metric", "coupling"),
+               "the Grassmann-bundle section (anchor lam, tying k)",
+               lambda p: p["metric"] == "activation" or p["lam"] > 0),
+        Method("residual", "residual", ("allocate",),
+               "residual-aware sequential refit, block by block", lambda p: True),
+    )
+}  # fmt: skip
+METHODS = tuple(METHOD_TABLE)
+
+
+def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS) -> dict[str, Any]:
+    """Check a method and the parameters given for it; return every parameter's value.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHOD_TABLE`.
+    given : mapping
+        The parameters that were set (the others take their defaults).
+    spell : Spelling
+        How messages name a value (:data:`FLAGS` or ``Spelling("points[0]")``).
+
+    Returns
+    -------
+    dict
+        Every key of :data:`PARAMS`, checked and converted.
+
+    Raises
+    ------
+    AdapterError
+        For an unknown method or parameter, a parameter the method does not
+        take (set to anything but its default), a wrong type or a value out
+        of range.
+    """
+    entry = METHOD_TABLE.get(method)
+    if entry is None:
+        raise AdapterError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    unknown = sorted(set(given) - set(PARAMS))
+    if unknown:
+        raise AdapterError(
+            f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(PARAMS)}"
+        )
+    values = {key: p.default for key, p in PARAMS.items()}
+    for key, value in given.items():
+        param = PARAMS[key]
+        if key not in entry.params and value != param.default:
+            takers = [m.name for m in METHOD_TABLE.values() if key in m.params]
+            name = spell.name(key)
+            raise AdapterError(
+                f"{name} applies to --method {' or '.join(takers)}"
+                f"{' only' if len(takers) == 1 else ''}; got --method {method} "
+                f"(drop {name}, or choose a method that takes it)"
+            )
+        values[key] = param.check(value, spell)
+    if values["coupling"] > 0:
+        if math.isinf(values["lam"]):
+            raise AdapterError(
+                "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
+            )
+        if values["tying"] != 1:
+            raise AdapterError(
+                "soft coupling couples untied sections: use --tying 1 with --coupling; "
+                f"got {spell.value('tying', values['tying'])}"
+            )
+    return values

@@ -1,0 +1,188 @@
+"""The adapter's layers: every import goes down the intended order, argparse only in the CLI.
+
+The order (docs/architecture.rst): each module may import only modules listed
+before it.  Function-level (lazy) imports count as much as top-level ones;
+imports under ``if TYPE_CHECKING:`` do not (they never run).  The experiment
+layer uses only the library's public names; the command line is the
+outermost shell over both.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import llm_adapter
+import pytest
+
+ROOT = Path(llm_adapter.__file__).parent
+
+#: the layers, lowest first; a module imports only modules of lower layers
+LAYERS: list[tuple[str, ...]] = [
+    ("errors",),
+    ("methods",),
+    ("hub",),
+    ("assets",),
+    ("models",),
+    ("gguf_cache",),
+    ("lowrank",),
+    ("data",),
+    ("calibrate",),
+    ("sequential",),
+    ("compress",),
+    ("checkpoint",),
+    ("export",),
+    ("evaluate",),
+    ("lmeval",),
+    ("experiment",),
+    ("experiment.paired",),
+    ("experiment.budgets",),
+    ("experiment.sweep",),
+    ("experiment.report",),
+    ("cli",),
+    (
+        "cli.__main__",
+        "cli.checkpoint",
+        "cli.compress",
+        "cli.evaluate",
+        "cli.export",
+        "cli.report",
+        "cli.sweep",
+    ),
+]
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+LIBRARY = {name for names in LAYERS[: RANK["experiment"]] for name in names}
+
+
+def module_name(path: Path) -> str:
+    """``cli/compress.py`` -> ``cli.compress``; a package's ``__init__`` is the package."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def imports_of(source: str, module: str, is_package: bool) -> list[tuple[str, list[str], int]]:
+    """``(imported module, names, line)`` of every ``llm_adapter`` import that runs.
+
+    Parameters
+    ----------
+    source : str
+        The module's text.
+    module : str
+        Its dotted name below ``llm_adapter`` (``""`` for the package itself).
+    is_package : bool
+        Whether it is a package's ``__init__`` (relative imports start there).
+    """
+    tree = ast.parse(source)
+    skip = _type_checking_lines(tree)
+    here = module.split(".") if module else []
+    base = here if is_package else here[:-1]
+    out = []
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = [*anchor, *(node.module.split(".") if node.module else [])]
+            elif node.module and node.module.split(".")[0] == "llm_adapter":
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            names = [a.name for a in node.names]
+            if not node.module:  # ``from . import x``: x may be a submodule
+                for name in names:
+                    dotted = ".".join([*target, name])
+                    where = dotted if dotted in RANK else ".".join(target)
+                    out.append((where, [name], node.lineno))
+                continue
+            out.append((".".join(target), names, node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "llm_adapter":
+                    out.append((".".join(alias.name.split(".")[1:]), [], node.lineno))
+    return out
+
+
+def violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    """Every import of ``module`` that breaks the order or the public-API rule."""
+    found = []
+    rank = RANK[module]
+    for target, names, line in imports_of(source, module, is_package):
+        if target == "" and names == ["__version__"]:
+            continue  # the package root holds the version and a lazy name map only
+        if target not in RANK:
+            found.append(f"{module}:{line} imports {target!r}, which has no layer")
+        elif RANK[target] >= rank:
+            found.append(f"{module}:{line} imports {target} (layer {RANK[target]} >= {rank})")
+        if module.startswith("experiment") and target in LIBRARY:
+            private = [n for n in names if n.startswith("_")]
+            if private:
+                found.append(f"{module}:{line} uses private {private} of {target}")
+    return found
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in ROOT.rglob("*.py") if "assets" not in p.relative_to(ROOT).parts[:-1])
+
+
+def test_every_module_has_a_layer() -> None:
+    names = {module_name(p) for p in _modules()} - {""}
+    assert names <= set(RANK), f"modules without a layer: {sorted(names - set(RANK))}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    module = module_name(path)
+    if module == "":
+        assert not imports_of(path.read_text(), "", True)  # lazy: by name, on first use
+        return
+    found = violations(path.read_text(), module, path.name == "__init__.py")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_argparse_only_in_the_cli(path: Path) -> None:
+    if module_name(path).split(".")[0] == "cli":
+        return
+    tree = ast.parse(path.read_text())
+    used = [
+        node.lineno
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and node.module == "argparse")
+    ]
+    assert not used, f"{path.name} imports argparse (lines {used}); parsing belongs in cli/"
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "fragment"),
+    [
+        ("from .checkpoint import load\n", "models", "imports checkpoint"),
+        ("def f():\n    from .cli import main\n", "compress", "imports cli"),
+        ("from ..cli import main\n", "experiment.sweep", "imports cli"),
+        ("from ..evaluate import _tokenize\n", "experiment.sweep", "uses private"),
+        ("from .report import pyplot\n", "experiment.budgets", "imports experiment.report"),
+        ("from .compress import register\n", "cli.evaluate", "imports cli.compress"),
+        ("import llm_adapter.sweep\n", "compress", "has no layer"),
+    ],
+)
+def test_the_checker_catches_what_it_must(source: str, module: str, fragment: str) -> None:
+    """The checker itself: each of these imports is reported."""
+    found = violations(source, module)
+    assert any(fragment in f for f in found), found
+
+
+def test_type_checking_imports_are_not_counted() -> None:
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .cli import main\n"
+    assert violations(source, "models") == []
