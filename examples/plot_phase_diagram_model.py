@@ -79,11 +79,11 @@ print(
     f"activation {svd_llm.activation_error.mean():.4f}"
 )
 for i, k in enumerate(ks):
-    bs = gb.basis_sharing_core(problem, k)
+    bs = gb.shared_output_basis(problem, k)
     print(
         f"k={k}: lambda=0 Frobenius {fro[i, 0]:.4f} activation {act[i, 0]:.4f} | "
         f"lambda=inf Frobenius {fro[i, -1]:.4f} activation {act[i, -1]:.4f} | "
-        f"Basis Sharing core Frobenius {bs.frobenius_error.mean():.4f} "
+        f"shared output basis Frobenius {bs.frobenius_error.mean():.4f} "
         f"activation {bs.activation_error.mean():.4f}"
     )
 print(

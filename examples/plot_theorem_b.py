@@ -6,8 +6,11 @@ At :math:`\lambda = 0` with tying degree :math:`k`, each group's frame
 :math:`U^\star = U_g(0)` is the top-:math:`d` eigenspace of :math:`K =
 \sum_{l \in g} \omega_l N_l` and minimises the group's weighted Frobenius
 energy :math:`E(U) = \operatorname{tr} K - \operatorname{tr}(U^\top K U)`
-over all shared frames.  The Basis Sharing core :math:`B_g` is another
-shared frame, so it can only be worse, and the gap is *exactly*
+over all shared frames.  The shared output basis :math:`B_g`
+(:func:`grassbundle.shared_output_basis`, the top-:math:`d` eigenspace of
+:math:`\sum_{l \in g} M_l`: the best output-side frame for the group's
+activation error) is another shared frame, so it can only be worse, and the
+gap is *exactly*
 
 .. math::
 
@@ -19,7 +22,9 @@ with :math:`\theta_i` the principal angles between :math:`B_g` and
 :doc:`/theory/theorems`).  This example computes both sides from scratch and
 checks the two-sided bound :math:`(\mu_d - \mu_{d+1}) \lVert \sin\Theta
 \rVert_F^2 \le E(B_g) - E(U^\star) \le (\mu_1 - \mu_m) \lVert \sin\Theta
-\rVert_F^2`.
+\rVert_F^2`.  (Basis Sharing as its authors build it shares an *input-side*
+basis instead, :func:`grassbundle.basis_sharing_input`; it is not a section of
+the bundle and Theorem B does not compare with it.)
 """
 
 # %%
@@ -31,7 +36,7 @@ from grassbundle import theorems
 problem = theorems.random_problem(8, 32, 24, 5, rng=np.random.default_rng(3))
 k = 2
 tied = gb.solve(problem, 0.0, k)
-core = gb.basis_sharing_core(problem, k)
+core = gb.shared_output_basis(problem, k)
 d = problem.rank
 
 rows = []
@@ -74,25 +79,25 @@ ax.set_xticks(x)
 ax.set_xlabel("group g (k = 2)")
 ax.set_ylabel("weighted Frobenius energy")
 ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-ax.set_title("Theorem B: tied frame vs Basis Sharing core")
+ax.set_title("Theorem B: tied frame vs shared output basis")
 fig.tight_layout()
 plt.show()
 
 # %%
 # Per layer, in the units of the paper: Frobenius error fractions
 # ||W_l - P_U W_l||_F^2 / ||W_l||_F^2.  Tied, the lambda = 0 frame beats the
-# Basis Sharing core on the group's sum (not necessarily on every layer);
+# shared output basis on the group's sum (not necessarily on every layer);
 # untied, the lambda = 0 corner (plain SVD) beats SVD-LLM on every layer.
 untied = gb.solve(problem, 0.0, 1)
 svd_llm = gb.anchor_section(problem)
-print("layer | tied k=2: lam=0  basis-sharing | untied: lam=0 (SVD)  SVD-LLM")
+print("layer | tied k=2: lam=0  shared output | untied: lam=0 (SVD)  SVD-LLM")
 for l in range(problem.L):
     print(
         f"{l:5d} | {tied.frobenius_error[l]:14.4f}  {core.frobenius_error[l]:13.4f} |"
         f" {untied.frobenius_error[l]:19.4f}  {svd_llm.frobenius_error[l]:7.4f}"
     )
 print(
-    f"weight term, tied: lam=0 {tied.weight_term:.4f} vs Basis Sharing core {core.weight_term:.4f}"
+    f"weight term, tied: lam=0 {tied.weight_term:.4f} vs shared output basis {core.weight_term:.4f}"
 )
 print(f"weight term, untied: lam=0 {untied.weight_term:.4f} vs SVD-LLM {svd_llm.weight_term:.4f}")
 assert np.all(untied.frobenius_error <= svd_llm.frobenius_error + 1e-12)

@@ -26,7 +26,7 @@ import grassbundle as gb
 import numpy as np
 import pytest
 from grassbundle.allocation import MAX_DP_WORK, _tails
-from grassbundle.bundle import BundleProblem, basis_sharing_core
+from grassbundle.bundle import BundleProblem, shared_output_basis
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -226,7 +226,7 @@ def test_tied_groups_use_the_group_spectrum() -> None:
     X = rng.standard_normal((L, n, 3 * n))
     C = X @ np.swapaxes(X, 1, 2) / (3 * n)
     problem = BundleProblem(W, C, rank=d, metric="activation")
-    sec = basis_sharing_core(problem, 2)  # top-d of sum_{l in g} M_l, unweighted
+    sec = shared_output_basis(problem, 2)  # top-d of sum_{l in g} M_l, unweighted
     tr = problem.energy_trace()
     for layers in ([0, 1], [2, 3]):
         spec = gb.activation_spectrum(W[layers], C[layers])

@@ -276,19 +276,19 @@ def test_activation_metric_corners(prob):
     for lam in (0.0, 2.0):
         sec = gb.solve(pa, lam, 1)
         assert max(sine(sec.basis(l), pa.anchors[l]) for l in range(pa.L)) < SINE_ATOL
-    # anchor_section is the anchors; basis_sharing_core is top-d of the unweighted sum of M_l
+    # anchor_section is the anchors; shared_output_basis is top-d of the unweighted sum of M_l
     anc = gb.anchor_section(prob)
     np.testing.assert_array_equal(anc.bases, prob.anchors)
-    bs = gb.basis_sharing_core(prob, 2)
+    bs = gb.shared_output_basis(prob, 2)
     for g, layers in enumerate([[0, 1], [2, 3], [4]]):
         Msum = sum(prob.W[l] @ prob.C[l] @ prob.W[l].T for l in layers)
         assert sine(bs.bases[g], top(Msum, prob.rank)) < SINE_ATOL
 
 
-def test_basis_sharing_core_without_covariance_uses_N():
+def test_shared_output_basis_without_covariance_uses_N():
     W, _ = family(4, 12, 9, np.random.default_rng(6))
     p = BundleProblem(W, rank=2)
-    bs = gb.basis_sharing_core(p, 4)
+    bs = gb.shared_output_basis(p, 4)
     assert sine(bs.bases[0], top(sum(w @ w.T for w in W), 2)) < SINE_ATOL
     assert p.C is None and bs.activation_error is None
 
@@ -388,3 +388,11 @@ def test_phase_diagram_validates(prob):
         gb.phase_diagram(prob, [0.0], [0])
     with pytest.raises(ValueError, match="return_bases"):
         gb.phase_diagram(prob, [0.0], [1]).section(prob, 1, 0.0)
+
+
+def test_basis_sharing_core_is_a_deprecated_alias():
+    W, _ = family(3, 8, 6, np.random.default_rng(7))
+    p = BundleProblem(W, rank=2)
+    with pytest.warns(DeprecationWarning, match="use grassbundle.shared_output_basis"):
+        old = gb.basis_sharing_core(p, 2)
+    np.testing.assert_array_equal(old.bases, gb.shared_output_basis(p, 2).bases)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import grassbundle as gb
 import numpy as np
 import pytest
-from grassbundle.bundle import BundleProblem, anchor_section, basis_sharing_core
+from grassbundle.bundle import BundleProblem, anchor_section, shared_output_basis
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -164,12 +164,12 @@ def test_theorems_refit_shared_basis_is_optimal(seed, k, shift) -> None:
         assert total <= other + 1e-9 * ref
 
 
-def test_theorems_refit_tied_corner_is_the_basis_sharing_core() -> None:
+def test_theorems_refit_tied_corner_is_the_shared_output_basis() -> None:
     """x_hat = x, omega = 1: the shared basis is the top-d eigenspace of sum_l M_l."""
     W, _, _, C, _, _ = samples(3, 7, 6, N=50, k=3)
     d = 2
     fit = gb.residual_fit(W, C, C, rank=d, C=C, ridge=0.0)
-    core = basis_sharing_core(BundleProblem(W, C, rank=d, metric="activation"), 3)
+    core = shared_output_basis(BundleProblem(W, C, rank=d, metric="activation"), 3)
     mu = np.linalg.eigvalsh(sum(W[l] @ C[l] @ W[l].T for l in range(3)))[::-1]
     assert mu[d - 1] - mu[d] > 1e-3 * mu[0]
     assert np.max(gb.principal_angles(fit.basis, core.bases[0])) < 1e-8

@@ -13,7 +13,7 @@ asserted too, so the mutation matrix is explicit.
 The checks must also fail when the *package* is wrong, not only the solver
 handed to them: the ``test_theorems_mutation_of_the_package_*`` tests patch
 the package (the checks' principal-angle sine taking the smallest angle,
-``omega_l = 1``, the Basis Sharing core built from ``N_l`` instead of ``M_l``,
+``omega_l = 1``, the shared output basis built from ``N_l`` instead of ``M_l``,
 Theorem A's constant halved, principal angles sorted descending) and expect
 ``python -m grassbundle check`` to exit 1 with the named checks failing on
 every default problem and through both solver routes.  Since each of these
@@ -139,12 +139,14 @@ def test_theorems_b_regression(weight_problem, k):
     assert r.holds, r.failures
     f = r.figures
     assert max(f["relative_gap_to_ky_fan_min"]) <= 1e-12
-    # omega differs between layers, so the Basis Sharing core differs: strict gap
-    assert min(f["sin_theta_basis_sharing"]) > 1e-3
+    # omega differs between layers, so the shared output basis differs: strict gap
+    assert min(f["sin_theta_shared_output_basis"]) > 1e-3
     assert all(
         g > lb > 0
         for g, lb in zip(
-            f["relative_gap_basis_sharing"], f["relative_lower_bound_basis_sharing"], strict=True
+            f["relative_gap_shared_output_basis"],
+            f["relative_lower_bound_shared_output_basis"],
+            strict=True,
         )
     )
     if k == 1:
@@ -388,7 +390,7 @@ def _mutate_omega_one(monkeypatch) -> None:
     monkeypatch.setattr(BundleProblem, "__init__", omega_one)
 
 
-def _mutate_basis_sharing_from_N(monkeypatch) -> None:
+def _mutate_shared_output_basis_from_N(monkeypatch) -> None:
     def from_N(problem, k):
         groups = bundle_mod._group_layers(problem.L, k)
         bases = np.stack(
@@ -401,7 +403,7 @@ def _mutate_basis_sharing_from_N(monkeypatch) -> None:
         )
         return bundle_mod._make_section(problem, bases, group_index(problem.L, k), 0.0, k)
 
-    _patch_everywhere(monkeypatch, bundle_mod.basis_sharing_core, from_N)
+    _patch_everywhere(monkeypatch, bundle_mod.shared_output_basis, from_N)
 
 
 def _mutate_theorem_a_constant_halved(monkeypatch) -> None:
@@ -425,7 +427,7 @@ def _mutate_angles_descending(monkeypatch) -> None:
 PACKAGE_MUTATIONS = {
     "sin_max_takes_smallest_angle": (_mutate_sin_max_smallest, {"theorem_a", "theorem_b"}),
     "omega_is_one": (_mutate_omega_one, {"theorem_b", "path_monotonicity"}),
-    "basis_sharing_core_from_N": (_mutate_basis_sharing_from_N, {"theorem_b"}),
+    "shared_output_basis_from_N": (_mutate_shared_output_basis_from_N, {"theorem_b"}),
     "theorem_a_constant_halved": (_mutate_theorem_a_constant_halved, {"theorem_a"}),
     "principal_angles_descending": (_mutate_angles_descending, {"theorem_a", "theorem_b"}),
 }

@@ -15,13 +15,14 @@ from .bundle import (
     PhaseDiagram,
     Section,
     anchor_section,
-    basis_sharing_core,
     evaluate_section,
     group_index,
     l2_core,
     phase_diagram,
+    shared_output_basis,
     solve,
 )
+from .bundle import basis_sharing_core as basis_sharing_core  # deprecated alias
 from .coupling import CoupledSection, solve_coupled, solve_trust_regions
 from .distances import (
     binet_cauchy_dist,
@@ -70,7 +71,6 @@ __all__ = [
     "allocate_ranks",
     "anchor_section",
     "as_point",
-    "basis_sharing_core",
     "basis_sharing_input",
     "binet_cauchy_dist",
     "chordal_dist",
@@ -98,6 +98,7 @@ __all__ = [
     "refit_left",
     "residual_fit",
     "retraction",
+    "shared_output_basis",
     "solve",
     "solve_coupled",
     "solve_trust_regions",

@@ -34,6 +34,7 @@ of ``sum_{l in g} A_l A_l^T`` (the group's L2 core).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -47,11 +48,11 @@ __all__ = [
     "PhaseDiagram",
     "Section",
     "anchor_section",
-    "basis_sharing_core",
     "evaluate_section",
     "group_index",
     "l2_core",
     "phase_diagram",
+    "shared_output_basis",
     "solve",
 ]
 
@@ -618,11 +619,25 @@ def anchor_section(problem: BundleProblem) -> Section:
     return _make_section(problem, problem.anchors.copy(), group_index(problem.L, 1), 0.0, 1)
 
 
-def basis_sharing_core(problem: BundleProblem, k: int) -> Section:
-    """The Basis Sharing core: per group, the top-``d`` eigenspace of ``sum_{l in g} M_l``.
+def shared_output_basis(problem: BundleProblem, k: int) -> Section:
+    """One output-side basis per group: the top-``d`` eigenspace of ``sum_{l in g} M_l``.
 
-    Unweighted, as Basis Sharing sums the group's Grams; ``N_l`` in place of
-    ``M_l`` when the problem has no covariances.  Evaluated at ``lam = 0``.
+    The best basis ``U_g`` (``m x d``) that a group of ``k`` consecutive
+    layers can share on the *output* side, each layer keeping its own
+    coefficients ``U_g^T W_l`` (so ``W'_l = P_{U_g} W_l``, a section of the
+    bundle): it minimises the group's summed activation error ``sum_{l in g}
+    A_l(U)`` over shared frames (``docs/theory/equivalences.rst``).  The sum
+    is unweighted (no ``omega_l``), as Basis Sharing sums its group's Grams;
+    ``N_l`` in place of ``M_l`` when the problem has no covariances.  It is
+    the tied ``lam = 0`` corner of the activation objective up to the layer
+    weights, and the frame Theorem B compares the Frobenius corner with
+    (:func:`grassbundle.theorems.theorem_b`).
+
+    It is *not* Basis Sharing as its authors build it: they share a ``d x
+    n`` basis on the *input* side, found in the space whitened by the group's
+    summed Gram ``sum_{l in g} C_l``, with per-layer ``m x d`` factors
+    (:func:`grassbundle.basis_sharing_input`, the adapter's
+    ``basis-sharing``).  Evaluated at ``lam = 0``.
 
     Parameters
     ----------
@@ -643,6 +658,30 @@ def basis_sharing_core(problem: BundleProblem, k: int) -> Section:
         ]
     )
     return _make_section(problem, bases, group_index(problem.L, k), 0.0, k)
+
+
+def basis_sharing_core(problem: BundleProblem, k: int) -> Section:
+    """Deprecated name of :func:`shared_output_basis` (an output-side basis, not Basis Sharing).
+
+    Parameters
+    ----------
+    problem : BundleProblem
+    k : int
+        Tying degree, ``1 <= k <= L``.
+
+    Returns
+    -------
+    Section
+        ``shared_output_basis(problem, k)``.
+    """
+    warnings.warn(
+        "grassbundle.basis_sharing_core is deprecated: use grassbundle.shared_output_basis "
+        "(a shared output-side basis); Basis Sharing as its authors build it is "
+        "grassbundle.basis_sharing_input",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return shared_output_basis(problem, k)
 
 
 def l2_core(problem: BundleProblem, k: int) -> Section:

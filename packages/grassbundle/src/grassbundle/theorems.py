@@ -19,8 +19,9 @@ The references share no code with what they check.  From the problem's raw
   ``tr((W_l - P_U W_l) C_l (W_l - P_U W_l)^T)`` straight from them (no
   Cholesky factor, no ``problem.layer_energies``);
 * the anchors (top-``d`` eigenspace of ``M_l`` by a dense ``eigh``), the L2
-  core and the Basis Sharing core (top-``d`` eigenspace of ``sum_{l in g}
-  M_l``), which is compared with :func:`grassbundle.basis_sharing_core`;
+  core and the shared output basis ``B_g`` (top-``d`` eigenspace of
+  ``sum_{l in g} M_l``), which is compared with
+  :func:`grassbundle.shared_output_basis`;
 * distances as ``||sin Theta(U, V)||_2 = ||P_U - P_V||_2 = ||(I - U U^T)
   V||_2``, a residual norm, not through :func:`grassbundle.principal_angles`;
   the package's principal-angle route (``_sin_max``) is measured alongside
@@ -55,8 +56,8 @@ from .angles import principal_angles
 from .bundle import (
     BundleProblem,
     Section,
-    basis_sharing_core,
     phase_diagram,
+    shared_output_basis,
     solve,
 )
 
@@ -196,7 +197,7 @@ def _energy_kind(problem: BundleProblem) -> str:
 
 
 def _anchor_kind(problem: BundleProblem) -> str:
-    """Anchors and Basis Sharing use ``M_l``, or ``N_l`` without covariances."""
+    """Anchors and the shared output basis use ``M_l``, or ``N_l`` without covariances."""
     return "M" if problem.C is not None else "N"
 
 
@@ -645,10 +646,10 @@ def _expansion_rhs(K: F64, Ustar: F64, U: F64) -> tuple[float, float]:
     return float(np.sum(s2 * rKr - wKw)), float(np.sum(s2))
 
 
-def _basis_sharing_reference(
+def _shared_output_reference(
     problem: BundleProblem, layers: Sequence[int]
 ) -> tuple[F64, float, float]:
-    """Basis Sharing core of a group from its definition: top-``d`` of ``sum_{l in g} M_l``.
+    """The shared output basis of a group from its definition: top-``d`` of ``sum_{l in g} M_l``.
 
     ``N_l`` in place of ``M_l`` without covariances.  Returns the frame,
     ``mu_1`` and the eigengap ``mu_d - mu_{d+1}`` of the sum.
@@ -674,7 +675,7 @@ def theorem_b(
     Proof: a shared frame ``U`` gives the group the energy ``sum_{l in g}
     omega_l E_l(U) = tr K_g - tr(U^T K_g U)``, minimised by the top-``d``
     eigenspace of ``K_g`` (Ky Fan), which is what the ``lam = 0`` closed form
-    returns; the Basis Sharing frame is one shared frame, so it cannot do
+    returns; the shared output basis ``B_g`` is one shared frame, so it cannot do
     better, and by the principal-angle expansion it does worse by at least
     ``(mu_d - mu_{d+1}) ||sin Theta||_F^2 > 0`` whenever it differs and the
     eigengap is positive.
@@ -690,13 +691,20 @@ def theorem_b(
       here with ``eigvalsh``);
     * be no worse than ``n_random`` Haar-random frames and small perturbations
       of itself;
-    * be no worse than the Basis Sharing core frame ``B_g`` (top-``d`` of
-      ``sum_{l in g} M_l``, recomputed here by a dense ``eigh``), and strictly
+    * be no worse than the shared output basis ``B_g`` (top-``d`` of ``sum_{l
+      in g} M_l``, recomputed here by a dense ``eigh``), and strictly
       better -- by at least ``(mu_d - mu_{d+1}) ||sin Theta(B_g, U_g)||_F^2``
       (the expansion's lower bound) -- when the two differ and the eigengap is
       positive.
 
-    :func:`grassbundle.basis_sharing_core` must return ``B_g`` (sine at most
+    ``B_g`` is the best *output-side* frame a group can share under the
+    activation energy (the output-side form of Basis Sharing's core, see
+    :func:`grassbundle.shared_output_basis`); Basis Sharing as its authors
+    build it shares an *input-side* basis whitened by the group's summed
+    Gram (:func:`grassbundle.basis_sharing_input`), which is not a section of
+    the bundle and which the theorem says nothing about.
+
+    :func:`grassbundle.shared_output_basis` must return ``B_g`` (sine at most
     ``1e-10 + 100 eps mu_1 / (mu_d - mu_{d+1})`` of ``sum M_l``: two routes
     to one eigenspace), and the package's principal-angle sine of ``(B_g,
     U_g)`` must agree with ``||P_B - P_U||_2`` to ``SINE_ROUTE_ATOL``.  For
@@ -722,7 +730,7 @@ def theorem_b(
     ref = _reference(problem)
     sec = solver(problem, 0.0, k)
     tying = _tying_defect(sec, L, k)
-    bs = basis_sharing_core(problem, k)
+    bs = shared_output_basis(problem, k)
     opt_gap, rand_margin, bs_gap, bs_lower, bs_sine, gaps = [], [], [], [], [], []
     bs_def_sine: list[float] = []
     route = 0.0
@@ -747,12 +755,12 @@ def theorem_b(
             _perturbed(U, e, rng) for e in (1e-4, 1e-2, 1e-1)
         ]
         rand_margin.append(min(_energy(K, trK, V) - EU for V in others) / trK)
-        B, muB, gapB = _basis_sharing_reference(problem, g)
+        B, muB, gapB = _shared_output_reference(problem, g)
         sdef = _proj_sine(bs.bases[gi], B)
         bs_def_sine.append(sdef)
         if gapB > 0 and sdef > 1e-10 + 100 * EPS * muB / gapB:
             failures.append(
-                f"group {gi}: basis_sharing_core is not the top-d eigenspace of sum M_l "
+                f"group {gi}: shared_output_basis is not the top-d eigenspace of sum M_l "
                 f"(sine {sdef:.3e})"
             )
         EB = _energy(K, trK, B)
@@ -770,10 +778,10 @@ def theorem_b(
         if min(_energy(K, trK, V) for V in others) < EU - tol:
             failures.append(f"group {gi}: a random or perturbed frame beats the tied frame")
         if EB < EU - tol:
-            failures.append(f"group {gi}: the Basis Sharing core beats the tied frame")
+            failures.append(f"group {gi}: the shared output basis beats the tied frame")
         if s > 1e-6 and gap_mu > 1e-12 * mu[0] and not EB - EU >= gap_mu * s2 - tol:
             failures.append(
-                f"group {gi}: Basis Sharing gap {EB - EU:.3e} below the strict lower bound "
+                f"group {gi}: shared output basis gap {EB - EU:.3e} below the strict lower bound "
                 f"{gap_mu * s2:.3e}"
             )
     if route > SINE_ROUTE_ATOL:
@@ -786,10 +794,10 @@ def theorem_b(
         "omega_relative_deviation": omega_dev,
         "relative_gap_to_ky_fan_min": opt_gap,
         "min_relative_margin_random_perturbed": rand_margin,
-        "relative_gap_basis_sharing": bs_gap,
-        "relative_lower_bound_basis_sharing": bs_lower,
-        "sin_theta_basis_sharing": bs_sine,
-        "basis_sharing_core_vs_definition_sine": bs_def_sine,
+        "relative_gap_shared_output_basis": bs_gap,
+        "relative_lower_bound_shared_output_basis": bs_lower,
+        "sin_theta_shared_output_basis": bs_sine,
+        "shared_output_basis_vs_definition_sine": bs_def_sine,
         "sine_route_max_difference": route,
         "relative_eigengap": gaps,
         "tying_defect": tying,
@@ -818,11 +826,11 @@ def theorem_b(
         why=(
             "energies are tr K - tr(U^T K U), differences of O(tr K) terms: roundoff "
             "~m*eps*tr K, and eigenvector errors enter quadratically; 1e-9 tr K; "
-            "basis_sharing_core and the dense eigh compute one eigenspace with error "
+            "shared_output_basis and the dense eigh compute one eigenspace with error "
             "~eps*mu_1/gap"
         ),
         summary=(
-            f"gap to Ky Fan min {_fmt(max(opt_gap))}; BS gap {_fmt(min(bs_gap))} "
+            f"gap to Ky Fan min {_fmt(max(opt_gap))}; B_g gap {_fmt(min(bs_gap))} "
             f">= bound {_fmt(min(bs_lower))}; random margin {_fmt(min(rand_margin))}"
         ),
         failures=failures,
@@ -841,7 +849,7 @@ def principal_angle_expansion(
 
     For each group, ``K = K_g = sum_{l in g} omega_l E_l`` (recomputed from
     ``W`` and ``C``), ``U* = solver(problem, 0, k)``'s frame and ``U`` in
-    {Basis Sharing core frame (top-``d`` of ``sum_{l in g} M_l``, recomputed),
+    {the shared output basis ``B_g`` (top-``d`` of ``sum_{l in g} M_l``, recomputed),
     random frames, perturbations of ``U*``}, with ``E(U) = tr K - tr(U^T K
     U)``::
 
@@ -864,7 +872,7 @@ def principal_angle_expansion(
     100 d eps ||K||_2`` (the traces carry absolute roundoff ~``d eps ||K||``;
     an eigenvector error ``e`` of ``U*`` adds ``O(e * sin theta * ||K||)``).
     The bound is checked with the same absolute slack.  The relative error
-    for the Basis Sharing frame is reported as the exact Theorem B gap.
+    for ``B_g`` is reported as the exact Theorem B gap.
 
     Parameters
     ----------
@@ -896,7 +904,7 @@ def principal_angle_expansion(
         mu = np.linalg.eigvalsh(K)[::-1]
         atol = 100 * d * EPS * float(mu[0])
         Us = sec.basis(g[0])
-        frames = [_basis_sharing_reference(problem, g)[0]]
+        frames = [_shared_output_reference(problem, g)[0]]
         frames += _random_frames(problem.m, d, n_random, rng)
         frames += [_perturbed(Us, e, rng) for e in (1e-6, 1e-3, 1e-1)]
         for fi, U in enumerate(frames):
@@ -943,7 +951,7 @@ def principal_angle_expansion(
             "plus 1e-11 relative for eigenvector error in U*"
         ),
         summary=(
-            f"max rel err {_fmt(_nanmax(rel_errs))}; BS gap rel err {_fmt(_nanmax(bs_rel))}; "
+            f"max rel err {_fmt(_nanmax(rel_errs))}; B_g gap rel err {_fmt(_nanmax(bs_rel))}; "
             f"bound margins >= {_fmt(min(lo_margin))}, {_fmt(min(hi_margin))}"
         ),
         failures=failures,
