@@ -1,10 +1,16 @@
-"""Calibration text and SVD-LLM's sampling protocol.
+"""Calibration text and the project's window sampling.
 
-The protocol (as in SVD-LLM's calibration loader): the text is tokenised once,
-then ``samples`` windows of ``seq_len`` consecutive tokens are taken at
-random start offsets drawn from a seeded generator
-(``numpy.random.default_rng(seed).integers(0, n_tokens - seq_len + 1)``),
-independently, so windows may overlap.
+What the code does: the text is tokenised once, then ``samples`` windows of
+``seq_len`` consecutive *tokens* are taken at start offsets drawn from a
+seeded generator (``numpy.random.default_rng(seed).integers(0, n_tokens -
+seq_len + 1)``), independently, so windows may overlap.
+
+This is not SVD-LLM's loader, though it has its shape (random windows of a
+fixed length from one seeded generator): SVD-LLM's authors draw *character*
+offsets into the raw training split with a fixed seed and tokenise
+each window's text, so their windows differ from these even at the same
+seed and text.  Compare methods within this project's protocol, not against
+figures computed with theirs.
 """
 
 from __future__ import annotations
