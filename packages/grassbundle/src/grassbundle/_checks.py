@@ -18,8 +18,10 @@ __all__ = [
     "broadcast_batch",
     "check_np",
     "check_point",
+    "check_point_pair",
     "check_same_ambient",
     "check_same_point_shape",
+    "check_tangent",
     "check_tangent_shape",
     "default_orthonormality_tol",
 ]
@@ -153,3 +155,32 @@ def broadcast_batch(*arrays: NDArray[np.float64], names: tuple[str, ...]) -> tup
     except ValueError:
         shapes = ", ".join(f"{nm} {a.shape}" for nm, a in zip(names, arrays, strict=True))
         raise ValueError(f"batch axes do not broadcast: {shapes}") from None
+
+
+def check_point_pair(
+    U: ArrayLike, V: ArrayLike, *, same_p: bool = True
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Validate bases ``U`` and ``V`` with broadcastable batch axes, in one ``R^n``.
+
+    With ``same_p`` they must be points of the same Gr(p, n); without, only
+    the ambient dimension must agree (subspaces of different dimensions).
+    """
+    U64 = check_point(U, "U")
+    V64 = check_point(V, "V")
+    if same_p:
+        check_same_point_shape(U64, V64, "U", "V")
+    else:
+        check_same_ambient(U64, V64, "U", "V")
+    broadcast_batch(U64, V64, names=("U", "V"))
+    return U64, V64
+
+
+def check_tangent(
+    U: ArrayLike, X: ArrayLike, name: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Validate a point ``U`` and an ``(..., n, p)`` array ``X`` (called ``name``) beside it."""
+    U64 = check_point(U, "U")
+    X64 = as_float64(X, name)
+    check_tangent_shape(U64, X64, "U", name)
+    broadcast_batch(U64, X64, names=("U", name))
+    return U64, X64

@@ -39,7 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .bundle import PSD_RTOL
+from . import _validate
+from ._validate import PSD_RTOL
 
 __all__ = [
     "MAX_DP_WORK",
@@ -124,7 +125,7 @@ def factor_cost(
         A factorisation saves parameters only while ``c d < k m n``.
     """
     for name, v in (("m", m), ("n", n), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+        if not _validate.is_integer(v) or v < 1:
             raise ValueError(f"{name} must be a positive integer; got {name} = {v!r}")
     if shared == "output":
         return int(m) + int(k) * int(n)
@@ -162,13 +163,7 @@ def activation_spectrum(
         ``[sqrt(omega_l) W_l R_l]`` with ``R_l R_l^T = C_l`` (Cholesky, or
         the eigendecomposition when ``C_l`` is singular).
     """
-    W64 = np.asarray(W, dtype=np.float64)
-    if W64.ndim == 2:
-        W64 = W64[None]
-    if W64.ndim != 3 or min(W64.shape) < 1:
-        raise ValueError(f"W must have shape (m, n) or (k, m, n); got shape {np.shape(W)}")
-    if not np.all(np.isfinite(W64)):
-        raise ValueError("W must have finite entries; found NaN or inf")
+    W64 = _validate.weight_stack(W)
     k, m, n = W64.shape
     om = _weights(omega, k, "omega")
     parts = []
@@ -176,7 +171,7 @@ def activation_spectrum(
         if C is None:
             parts.append(math.sqrt(om[l]) * W64[l])
             continue
-        R = _sqrt_factor(_cov(C, k, n, l, "C"), f"C[{l}]")
+        R = _validate.sqrt_factor(_cov(C, k, n, l, "C"), f"C[{l}]")
         parts.append(math.sqrt(om[l]) * (W64[l] @ R))
     F = np.concatenate(parts, axis=1)
     s = np.linalg.svd(F, compute_uv=False)
@@ -197,29 +192,6 @@ def _cov(C: ArrayLike, k: int, n: int, l: int, name: str) -> F64:
     if not np.all(np.isfinite(Cl)):
         raise ValueError(f"{name}[{l}] must have finite entries; found NaN or inf")
     return Cl
-
-
-def _sqrt_factor(C: F64, name: str) -> F64:
-    """``R`` with ``R R^T = C`` for a PSD ``C``: Cholesky, else eigh on the range.
-
-    A positive definite ``C`` has a Cholesky factor; otherwise the
-    eigendecomposition decides (eigenvalues below ``-PSD_RTOL * lambda_max``
-    are an error, the rest are clipped at zero).
-    """
-    Cs = 0.5 * (C + C.T)
-    try:
-        return np.asarray(np.linalg.cholesky(Cs))
-    except np.linalg.LinAlgError:
-        pass
-    ev, V = np.linalg.eigh(Cs)
-    top = max(float(ev[-1]), 0.0)
-    if ev[0] < -PSD_RTOL * top:
-        raise ValueError(
-            f"{name} must be positive semi-definite: smallest eigenvalue {ev[0]:.3e} < "
-            f"-{PSD_RTOL:g} * largest ({top:.3e})"
-        )
-    keep = ev > 0
-    return np.asarray(V[:, keep] * np.sqrt(ev[keep]))
 
 
 def _weights(w: ArrayLike | None, k: int, name: str) -> F64:
@@ -350,10 +322,10 @@ def allocate_ranks(
     c = c.astype(np.int64)
     if np.any(c < 1):
         raise ValueError(f"costs must be >= 1; got costs = {c.tolist()}")
-    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 0:
+    if not _validate.is_integer(budget) or budget < 0:
         raise ValueError(f"budget must be a non-negative integer; got budget = {budget!r}")
     budget = int(budget)
-    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 1:
+    if not _validate.is_integer(step) or step < 1:
         raise ValueError(f"step must be a positive integer; got step = {step!r}")
     step = int(step)
     if method not in ("auto", "greedy", "dp"):

@@ -35,19 +35,11 @@ from typing import Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._checks import broadcast_batch, check_point, check_same_ambient
+from ._checks import check_point_pair
 
 __all__ = ["principal_angles"]
 
 _QUARTER_PI = np.pi / 4.0
-
-
-def _as_basis_pair(U: ArrayLike, V: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    U64 = check_point(U, "U")
-    V64 = check_point(V, "V")
-    check_same_ambient(U64, V64, "U", "V")
-    broadcast_batch(U64, V64, names=("U", "V"))
-    return U64, V64
 
 
 @overload
@@ -118,7 +110,7 @@ def principal_angles(
     >>> float(principal_angles(U, V)[0])  # doctest: +ELLIPSIS
     0.3...
     """
-    U64, V64 = _as_basis_pair(U, V)
+    U64, V64 = check_point_pair(U, V, same_p=False)
     return _principal_angles(U64, V64, vectors=vectors)
 
 

@@ -37,6 +37,9 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
+from . import _validate
+from .bundle import group_index
+
 __all__ = ["InputSharing", "basis_sharing_input", "consecutive_groups"]
 
 #: eigenvalues of the group Gram at or below ``RTOL * lambda_max`` are treated
@@ -45,7 +48,10 @@ RTOL = 1e-13
 
 
 def consecutive_groups(L: int, k: int) -> NDArray[np.intp]:
-    """Layer -> group labels for consecutive groups of ``k`` layers.
+    """Basis Sharing's groups: ``k`` consecutive layers each, the last one shorter.
+
+    The layer-to-group map of :func:`grassbundle.group_index`, with the
+    arguments checked as a group size.
 
     Parameters
     ----------
@@ -63,7 +69,7 @@ def consecutive_groups(L: int, k: int) -> NDArray[np.intp]:
         raise ValueError(f"need L >= 1 layers; got L = {L}")
     if not isinstance(k, int | np.integer) or not 1 <= k <= L:
         raise ValueError(f"need a group size 1 <= k <= L = {L}; got k = {k}")
-    return np.arange(L, dtype=np.intp) // int(k)
+    return group_index(int(L), int(k))
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ def basis_sharing_input(W: ArrayLike, C: ArrayLike, rank: int, group_size: int) 
         raise ValueError(f"C must have shape (L, n, n) = {(L, n, n)}; got shape {C64.shape}")
     if not (np.all(np.isfinite(W64)) and np.all(np.isfinite(C64))):
         raise ValueError("W and C must have finite entries; found NaN or inf")
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or not 1 <= rank <= n:
+    if not _validate.is_integer(rank) or not 1 <= rank <= n:
         raise ValueError(f"need a rank 1 <= d <= n = {n}; got d = {rank}")
     d = int(rank)
     groups = consecutive_groups(L, group_size)

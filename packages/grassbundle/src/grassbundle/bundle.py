@@ -43,6 +43,10 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
+from . import _validate
+from ._validate import PSD_RTOL as PSD_RTOL  # re-exported: the tolerances live in _validate
+from ._validate import SYMMETRY_RTOL as SYMMETRY_RTOL
+
 __all__ = [
     "BundleProblem",
     "PhaseDiagram",
@@ -59,15 +63,6 @@ __all__ = [
 Metric = Literal["weight", "activation"]
 F64 = NDArray[np.float64]
 
-#: Relative tolerance for the symmetry of a covariance, ``||C - C^T||_max <=
-#: tol * ||C||_max``: covariances accumulated in float64 are symmetric to
-#: roundoff; anything larger is a wrong input, not noise.
-SYMMETRY_RTOL = 1e-8
-#: Relative tolerance for positive semi-definiteness: the smallest eigenvalue
-#: may be as low as ``-tol * lambda_max`` (roundoff in an accumulated Gram is
-#: about ``n * eps * lambda_max``; 1e-8 leaves ample room for n up to 1e6).
-#: Slightly negative eigenvalues within the tolerance are clipped to zero.
-PSD_RTOL = 1e-8
 #: Orthonormality tolerance for bases handed to :func:`evaluate_section`:
 #: ``||U^T U - I||_max <= tol``.  Bases from QR/SVD/eigh in float64 meet it by
 #: six orders of magnitude; float32 bases (1e-7) are re-orthonormalised first.
@@ -95,7 +90,7 @@ def group_index(L: int, k: int) -> NDArray[np.intp]:
 
 
 def _check_k(k: Any, L: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+    if not _validate.is_integer(k):
         raise ValueError(f"tying degree k must be an integer in [1, L = {L}]; got k = {k!r}")
     if not 1 <= int(k) <= L:
         raise ValueError(f"tying degree k must satisfy 1 <= k <= L = {L}; got k = {k}")
@@ -103,13 +98,13 @@ def _check_k(k: Any, L: int) -> int:
 
 
 def _check_lam(lam: Any) -> float:
-    try:
-        value = float(lam)
-    except (TypeError, ValueError):
-        raise ValueError(f"lam must be a number >= 0 or float('inf'); got lam = {lam!r}") from None
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"lam must be >= 0 (or float('inf')); got lam = {lam!r}")
-    return value
+    return _validate.nonnegative(
+        lam,
+        "lam",
+        allow_inf=True,
+        want="a number >= 0 or float('inf')",
+        bad=">= 0 (or float('inf'))",
+    )
 
 
 def _top_eigenspace_dense(K: F64, d: int) -> tuple[F64, F64]:
@@ -200,18 +195,9 @@ class BundleProblem:
         metric: Metric = "weight",
         omega: ArrayLike | None = None,
     ) -> None:
-        W = np.asarray(W)
-        if W.ndim != 3:
-            raise ValueError(f"W must have shape (L, m, n); got shape {W.shape}")
-        if not (np.issubdtype(W.dtype, np.floating) or np.issubdtype(W.dtype, np.integer)):
-            raise ValueError(f"W must be a real array; got dtype {W.dtype}")
-        W64 = np.ascontiguousarray(W, dtype=np.float64)
+        W64 = _validate.family(W)
         L, m, n = W64.shape
-        if min(L, m, n) < 1:
-            raise ValueError(f"W must have L, m, n >= 1; got shape {W64.shape}")
-        if not np.all(np.isfinite(W64)):
-            raise ValueError("W must have finite entries; found NaN or inf")
-        if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        if not _validate.is_integer(rank):
             raise ValueError(f"rank must be an integer; got rank = {rank!r}")
         if not (1 <= rank < m and rank <= n):
             raise ValueError(
@@ -228,13 +214,7 @@ class BundleProblem:
             )
         C64: F64 | None = None
         if C is not None:
-            C64 = np.ascontiguousarray(np.asarray(C), dtype=np.float64)
-            if C64.shape != (L, n, n):
-                raise ValueError(
-                    f"C must have shape (L, n, n) = {(L, n, n)}; got shape {C64.shape}"
-                )
-            if not np.all(np.isfinite(C64)):
-                raise ValueError("C must have finite entries; found NaN or inf")
+            C64 = _validate.covariance_stack(C, L, n, "C", psd=False, matrix=False)
         elif metric == "activation":
             raise ValueError("metric='activation' needs calibration covariances C; got C = None")
         self.W: F64 = W64
@@ -249,29 +229,8 @@ class BundleProblem:
         if C64 is not None:
             Ys = []
             for l in range(L):
-                Cl = C64[l]
-                scale = float(np.max(np.abs(Cl)))
-                asym = float(np.max(np.abs(Cl - Cl.T)))
-                if asym > SYMMETRY_RTOL * max(scale, float(np.finfo(np.float64).tiny)):
-                    raise ValueError(
-                        f"C[{l}] must be symmetric: max |C - C^T| = {asym:.3e} exceeds "
-                        f"{SYMMETRY_RTOL:g} * max|C| = {SYMMETRY_RTOL * scale:.3e}; "
-                        "symmetrise it, e.g. (C + C^T) / 2"
-                    )
-                Cs = 0.5 * (Cl + Cl.T)
-                try:  # positive definite: the Cholesky factor is a square root
-                    Ys.append(W64[l] @ np.linalg.cholesky(Cs))
-                    continue
-                except np.linalg.LinAlgError:
-                    pass  # singular or indefinite: decide with the eigenvalues
-                ev, V = np.linalg.eigh(Cs)
-                if ev[0] < -PSD_RTOL * max(ev[-1], 0.0):
-                    raise ValueError(
-                        f"C[{l}] must be positive semi-definite: smallest eigenvalue "
-                        f"{ev[0]:.3e} < -{PSD_RTOL:g} * largest ({ev[-1]:.3e})"
-                    )
-                keep = ev > 0
-                Ys.append(W64[l] @ (V[:, keep] * np.sqrt(ev[keep])))
+                _validate.check_symmetric(C64[l], f"C[{l}]", "symmetrise it, e.g. (C + C^T) / 2")
+                Ys.append(W64[l] @ _validate.sqrt_factor(C64[l], f"C[{l}]"))
             self._Y = Ys
             self._act_tr: F64 | None = np.array([float(np.sum(Y * Y)) for Y in Ys])
             if metric == "activation" and np.any(self._act_tr == 0):
@@ -369,18 +328,25 @@ class BundleProblem:
                 act[l] = self._act_tr[l] - float(np.sum(Q * Q))
             G = Ut @ A[l]
             adist[l] = 1.0 - float(np.sum(G * G)) / d
-        fro = np.maximum(fro, 0.0)
-        adist = np.maximum(adist, 0.0)
-        if act is not None:
-            act = np.maximum(act, 0.0)
-        metric = fro if self.metric == "weight" else act
-        return {"frobenius": fro, "activation": act, "metric": metric, "anchor_distance": adist}
+        return _energies(self, fro, act, adist)
 
     def __repr__(self) -> str:
         return (
             f"BundleProblem(L={self.L}, m={self.m}, n={self.n}, rank={self.rank}, "
             f"metric={self.metric!r}, C={'yes' if self.C is not None else 'None'})"
         )
+
+
+def _energies(
+    problem: BundleProblem, fro: F64, act: F64 | None, adist: F64
+) -> dict[str, F64 | None]:
+    """Per-layer energies clipped below at 0, keyed as :meth:`BundleProblem.layer_energies`."""
+    fro = np.maximum(fro, 0.0)
+    adist = np.maximum(adist, 0.0)
+    if act is not None:
+        act = np.maximum(act, 0.0)
+    metric = fro if problem.metric == "weight" else act
+    return {"frobenius": fro, "activation": act, "metric": metric, "anchor_distance": adist}
 
 
 @dataclass(frozen=True)
@@ -661,19 +627,7 @@ def shared_output_basis(problem: BundleProblem, k: int) -> Section:
 
 
 def basis_sharing_core(problem: BundleProblem, k: int) -> Section:
-    """Deprecated name of :func:`shared_output_basis` (an output-side basis, not Basis Sharing).
-
-    Parameters
-    ----------
-    problem : BundleProblem
-    k : int
-        Tying degree, ``1 <= k <= L``.
-
-    Returns
-    -------
-    Section
-        ``shared_output_basis(problem, k)``.
-    """
+    """Deprecated: ``shared_output_basis(problem, k)`` (an output-side basis, not Basis Sharing)."""
     warnings.warn(
         "grassbundle.basis_sharing_core is deprecated: use grassbundle.shared_output_basis "
         "(a shared output-side basis); Basis Sharing as its authors build it is "
@@ -785,12 +739,7 @@ class _DenseCache:
                     assert self.M is not None and problem._act_tr is not None
                     act[l] = problem._act_tr[l] - float(np.vdot(self.M[l], P))
                 adist[l] = 1.0 - float(np.vdot(self.PA[l], P)) / d
-        fro = np.maximum(fro, 0.0)
-        adist = np.maximum(adist, 0.0)
-        if act is not None:
-            act = np.maximum(act, 0.0)
-        metric = fro if problem.metric == "weight" else act
-        return {"frobenius": fro, "activation": act, "metric": metric, "anchor_distance": adist}
+        return _energies(problem, fro, act, adist)
 
 
 def phase_diagram(

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import _validate
 from .bundle import (
     BundleProblem,
     _check_k,
@@ -91,13 +92,36 @@ class CoupledSection:
 
 
 def _check_mu(mu: Any) -> float:
-    try:
-        v = float(mu)
-    except (TypeError, ValueError):
-        raise ValueError(f"mu must be a finite number >= 0; got mu = {mu!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"mu must be a finite number >= 0; got mu = {mu!r}")
-    return v
+    want = "a finite number >= 0"
+    return _validate.nonnegative(mu, "mu", allow_inf=False, want=want, bad=want)
+
+
+def _evaluated(
+    problem: BundleProblem,
+    bases: F64,
+    lam: float,
+    mu: float,
+    *,
+    history: list[float] | None,
+    iterations: int,
+    converged: bool,
+    info: dict[str, Any],
+) -> CoupledSection:
+    """A :class:`CoupledSection` of ``bases`` with its energy terms (history ``[J]`` if None)."""
+    J, w, a, c = coupled_energy(problem, bases, lam, mu)
+    return CoupledSection(
+        bases=bases,
+        lam=lam,
+        mu=mu,
+        energy=J,
+        weight_term=w,
+        anchor_term=a,
+        coupling_term=c,
+        history=[J] if history is None else history,
+        iterations=iterations,
+        converged=converged,
+        info=info,
+    )
 
 
 def coupled_energy(
@@ -236,15 +260,11 @@ def solve_coupled(
         if history[-2] - history[-1] <= tol * scale:
             converged = True
             break
-    J, w, a, c = coupled_energy(problem, U, lam, mu)
-    return CoupledSection(
-        bases=U,
-        lam=lam,
-        mu=mu,
-        energy=J,
-        weight_term=w,
-        anchor_term=a,
-        coupling_term=c,
+    return _evaluated(
+        problem,
+        U,
+        lam,
+        mu,
         history=history,
         iterations=sweeps,
         converged=converged,
@@ -374,16 +394,12 @@ def solve_trust_regions(
     frames = stack(np.asarray(res.point))
     frames = np.stack([np.linalg.qr(f)[0] for f in frames])
     bases = frames[gmap]
-    J, w, a, c = coupled_energy(problem, bases, lam, mu)
-    return CoupledSection(
-        bases=bases,
-        lam=lam,
-        mu=mu,
-        energy=J,
-        weight_term=w,
-        anchor_term=a,
-        coupling_term=c,
-        history=[J],
+    return _evaluated(
+        problem,
+        bases,
+        lam,
+        mu,
+        history=None,
         iterations=int(res.iterations),
         converged=res.gradient_norm is not None and res.gradient_norm <= min_gradient_norm,
         info={

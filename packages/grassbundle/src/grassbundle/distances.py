@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._checks import broadcast_batch, check_point, check_same_point_shape
+from ._checks import check_point_pair
 from .angles import _principal_angles
 
 __all__ = [
@@ -61,10 +61,7 @@ F64 = NDArray[np.float64]
 
 
 def _angles(U: ArrayLike, V: ArrayLike) -> F64:
-    U64 = check_point(U, "U")
-    V64 = check_point(V, "V")
-    check_same_point_shape(U64, V64, "U", "V")
-    broadcast_batch(U64, V64, names=("U", "V"))
+    U64, V64 = check_point_pair(U, V)
     theta = _principal_angles(U64, V64)
     assert isinstance(theta, np.ndarray)
     return theta

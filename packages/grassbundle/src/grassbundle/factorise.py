@@ -280,9 +280,7 @@ class Factorisation:
         -------
         ndarray, shape=[m, d_l]
         """
-        if self.side == "left":
-            return self.shared[self.groups[l]]
-        return self.layer_factors[l]
+        return self._factor(l, "left")
 
     def right(self, l: int) -> F64:
         """The ``(d_l, n)`` factor of layer ``l`` (shared by its group when ``side == "right"``).
@@ -296,9 +294,11 @@ class Factorisation:
         -------
         ndarray, shape=[d_l, n]
         """
-        if self.side == "right":
-            return self.shared[self.groups[l]]
-        return self.layer_factors[l]
+        return self._factor(l, "right")
+
+    def _factor(self, l: int, side: Side) -> F64:
+        """Layer ``l``'s factor on ``side``: its group's shared one, or its own."""
+        return self.shared[self.groups[l]] if self.side == side else self.layer_factors[l]
 
     def weight(self, l: int) -> F64:
         """The compressed weight ``W'_l = left(l) @ right(l)``.

@@ -37,7 +37,9 @@ from ._checks import (
     broadcast_batch,
     check_np,
     check_point,
+    check_point_pair,
     check_same_point_shape,
+    check_tangent,
     check_tangent_shape,
 )
 from .angles import _principal_frames
@@ -212,10 +214,7 @@ def project_tangent(U: ArrayLike, Z: ArrayLike) -> F64:
     X : ndarray, shape=[..., n, p], float64
         ``(I - U U^T) Z``, computed as ``Z - U (U^T Z)`` in ``O(n p^2)``.
     """
-    U64 = check_point(U, "U")
-    Z64 = as_float64(Z, "Z")
-    check_tangent_shape(U64, Z64, "U", "Z")
-    broadcast_batch(U64, Z64, names=("U", "Z"))
+    U64, Z64 = check_tangent(U, Z, "Z")
     return _project_tangent(U64, Z64)
 
 
@@ -243,10 +242,7 @@ def retraction(U: ArrayLike, X: ArrayLike) -> F64:
     R : ndarray, shape=[..., n, p], float64
         Orthonormal basis of ``span(U + X)``.
     """
-    U64 = check_point(U, "U")
-    X64 = as_float64(X, "X")
-    check_tangent_shape(U64, X64, "U", "X")
-    broadcast_batch(U64, X64, names=("U", "X"))
+    U64, X64 = check_tangent(U, X, "X")
     W, _, Vt = np.linalg.svd(U64 + _project_tangent(U64, X64), full_matrices=False)
     return W @ Vt
 
@@ -282,10 +278,7 @@ def exp(U: ArrayLike, X: ArrayLike) -> F64:
     >>> float(dist(U, exp(U, X)))  # doctest: +ELLIPSIS
     0.3...
     """
-    U64 = check_point(U, "U")
-    X64 = as_float64(X, "X")
-    check_tangent_shape(U64, X64, "U", "X")
-    broadcast_batch(U64, X64, names=("U", "X"))
+    U64, X64 = check_tangent(U, X, "X")
     return _exp(U64, _project_tangent(U64, X64))
 
 
@@ -331,10 +324,7 @@ def log(U: ArrayLike, V: ArrayLike) -> F64:
         unique and one of them is returned; the result stays finite and
         ``exp(U, X)`` still spans ``V``.
     """
-    U64 = check_point(U, "U")
-    V64 = check_point(V, "V")
-    check_same_point_shape(U64, V64, "U", "V")
-    broadcast_batch(U64, V64, names=("U", "V"))
+    U64, V64 = check_point_pair(U, V)
     return _log(U64, V64)
 
 
@@ -365,10 +355,7 @@ def geodesic(U: ArrayLike, V: ArrayLike, t: ArrayLike) -> F64:
         differs from ``V`` by an O(p) factor), and ``dist(U, G) = |t| dist(U, V)``
         for ``|t| <= 1``.
     """
-    U64 = check_point(U, "U")
-    V64 = check_point(V, "V")
-    check_same_point_shape(U64, V64, "U", "V")
-    broadcast_batch(U64, V64, names=("U", "V"))
+    U64, V64 = check_point_pair(U, V)
     t64 = as_float64(t, "t", min_ndim=0)
     X = _log(U64, V64)
     try:

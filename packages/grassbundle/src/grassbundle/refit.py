@@ -47,7 +47,9 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 
-from .bundle import PSD_RTOL, SYMMETRY_RTOL
+from . import _validate
+from ._validate import PSD_RTOL
+from ._validate import covariance_stack as _stack
 
 __all__ = [
     "RIDGE",
@@ -178,46 +180,8 @@ class ResidualFit:
 # -- validation -------------------------------------------------------------------
 
 
-def _weights_stack(W: ArrayLike) -> F64:
-    W64 = np.asarray(W, dtype=np.float64)
-    if W64.ndim == 2:
-        W64 = W64[None]
-    if W64.ndim != 3 or min(W64.shape) < 1:
-        raise ValueError(f"W must have shape (m, n) or (k, m, n); got shape {np.shape(W)}")
-    if not np.all(np.isfinite(W64)):
-        raise ValueError("W must have finite entries; found NaN or inf")
-    return np.ascontiguousarray(W64)
-
-
-def _stack(C: ArrayLike, k: int, n: int, name: str, *, psd: bool) -> F64:
-    C64 = np.asarray(C, dtype=np.float64)
-    if C64.ndim == 2:
-        C64 = C64[None]
-    if C64.shape != (k, n, n):
-        raise ValueError(
-            f"{name} must have shape (n, n) = ({n}, {n}) or (k, n, n) = ({k}, {n}, {n}); "
-            f"got shape {np.shape(C)}"
-        )
-    if not np.all(np.isfinite(C64)):
-        raise ValueError(f"{name} must have finite entries; found NaN or inf")
-    if not psd:
-        return np.ascontiguousarray(C64)
-    out = np.empty_like(C64)
-    for l in range(k):
-        Cl = C64[l]
-        scale = max(float(np.max(np.abs(Cl))), float(np.finfo(np.float64).tiny))
-        asym = float(np.max(np.abs(Cl - Cl.T)))
-        if asym > SYMMETRY_RTOL * scale:
-            raise ValueError(
-                f"{name}[{l}] must be symmetric: max |C - C^T| = {asym:.3e} exceeds "
-                f"{SYMMETRY_RTOL:g} * max|C| = {SYMMETRY_RTOL * scale:.3e}; symmetrise it"
-            )
-        out[l] = 0.5 * (Cl + Cl.T)
-    return out
-
-
 def _check_rank(rank: Any, m: int, n: int) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+    if not _validate.is_integer(rank):
         raise ValueError(f"rank must be an integer; got rank = {rank!r}")
     if not 1 <= int(rank) <= min(m, n):
         raise ValueError(
@@ -228,25 +192,9 @@ def _check_rank(rank: Any, m: int, n: int) -> int:
 
 
 def _check_ridge(ridge: Any) -> float:
-    try:
-        r = float(ridge)
-    except (TypeError, ValueError):
-        raise ValueError(f"ridge must be a number >= 0; got ridge = {ridge!r}") from None
-    if not math.isfinite(r) or r < 0:
-        raise ValueError(f"ridge must be finite and >= 0; got ridge = {ridge!r}")
-    return r
-
-
-def _eig_psd(C: F64, name: str) -> tuple[F64, F64]:
-    """Eigenvalues (ascending, clipped at 0) and eigenvectors of a symmetric PSD ``C``."""
-    c, Q = np.linalg.eigh(C)
-    top = max(float(c[-1]), 0.0)
-    if c[0] < -PSD_RTOL * top or (top == 0.0 and c[0] < 0):
-        raise ValueError(
-            f"{name} must be positive semi-definite: smallest eigenvalue {c[0]:.3e} < "
-            f"-{PSD_RTOL:g} * largest ({top:.3e})"
-        )
-    return np.maximum(c, 0.0), Q
+    return _validate.nonnegative(
+        ridge, "ridge", allow_inf=False, want="a number >= 0", bad="finite and >= 0"
+    )
 
 
 def _check_psd(C: F64, name: str) -> None:
@@ -261,7 +209,7 @@ def _check_psd(C: F64, name: str) -> None:
     try:
         np.linalg.cholesky(C + shift * np.eye(len(C)))
     except np.linalg.LinAlgError:
-        _eig_psd(C, name)  # the exact test: raises with the smallest eigenvalue
+        _validate.eig_psd(C, name)  # the exact test: raises with the smallest eigenvalue
 
 
 def _eps(C_hat: F64, ridge: float, name: str) -> float:
@@ -310,7 +258,7 @@ def _whiten_solve(G: F64, C_hat: F64, eps: float, name: str) -> tuple[F64, F64]:
             Y = scipy.linalg.solve_triangular(Lc, G.T, lower=True).T
             T = scipy.linalg.solve_triangular(Lc, Y.T, lower=True, trans="T").T
             return np.ascontiguousarray(Y), np.ascontiguousarray(T)
-    c, Q = _eig_psd(C_hat, name)
+    c, Q = _validate.eig_psd(C_hat, name)
     ce = c + eps
     keep = ce > RCOND * float(ce[-1])
     Qk, ck = Q[:, keep], ce[keep]
@@ -359,7 +307,7 @@ def refit_left(
     ndarray, shape=[m, d]
         The left factor ``A``.
     """
-    W64 = _weights_stack(W)
+    W64 = _validate.weight_stack(W)
     if W64.shape[0] != 1:
         raise ValueError(f"W must have shape (m, n); got shape {np.shape(W)}")
     n = W64.shape[2]
@@ -445,7 +393,7 @@ def svd_llm_update(
         and ``E||W x_hat||^2`` under ``C_update``; ``info["error_before"]``
         is the error of the truncation before the update.
     """
-    W64 = _weights_stack(W)
+    W64 = _validate.weight_stack(W)
     if W64.shape[0] != 1:
         raise ValueError(f"W must have shape (m, n); got shape {np.shape(W)}")
     Wm = W64[0]
@@ -456,11 +404,7 @@ def svd_llm_update(
     r = _check_ridge(ridge)
     # SVD-LLM's truncation: the top-d left singular vectors of W R, R R^T = C
     # (Cholesky as the authors; the eigh square root on the range if C is singular)
-    try:
-        R = np.linalg.cholesky(C64)
-    except np.linalg.LinAlgError:
-        c, Q = _eig_psd(C64, "C")
-        R = Q[:, c > 0] * np.sqrt(c[c > 0])
+    R = _validate.sqrt_factor(C64, "C")
     Uf, _, _ = scipy.linalg.svd(Wm @ R, full_matrices=False, lapack_driver="gesdd")
     U = np.ascontiguousarray(Uf[:, :d])
     if U.shape[1] < d:
@@ -545,7 +489,7 @@ def residual_fit(
     -------
     ResidualFit
     """
-    W64 = _weights_stack(W)
+    W64 = _validate.weight_stack(W)
     k, m, n = W64.shape
     d = _check_rank(rank, m, n)
     r = _check_ridge(ridge)

@@ -313,6 +313,14 @@ def _tying_defect(sec: Section, L: int, k: int) -> float:
     return worst
 
 
+def _tied_corner(
+    problem: BundleProblem, k: int, solver: Solver
+) -> tuple[_Reference, Section, float]:
+    """The references, the solver's ``lam = 0`` section at tying ``k``, and its tying defect."""
+    sec = solver(problem, 0.0, k)
+    return _reference(problem), sec, _tying_defect(sec, problem.L, k)
+
+
 def _omega_deviation(problem: BundleProblem, ref: _Reference) -> float:
     """Largest relative difference between ``problem.omega`` and the reference weights."""
     return float(np.max(np.abs(np.asarray(problem.omega) / ref.omega - 1.0)))
@@ -727,9 +735,7 @@ def theorem_b(
     """
     rng = np.random.default_rng(seed)
     d, L = problem.rank, problem.L
-    ref = _reference(problem)
-    sec = solver(problem, 0.0, k)
-    tying = _tying_defect(sec, L, k)
+    ref, sec, tying = _tied_corner(problem, k, solver)
     bs = shared_output_basis(problem, k)
     opt_gap, rand_margin, bs_gap, bs_lower, bs_sine, gaps = [], [], [], [], [], []
     bs_def_sine: list[float] = []
@@ -888,9 +894,7 @@ def principal_angle_expansion(
     """
     rng = np.random.default_rng(seed)
     d, L = problem.rank, problem.L
-    ref = _reference(problem)
-    sec = solver(problem, 0.0, k)
-    tying = _tying_defect(sec, L, k)
+    ref, sec, tying = _tied_corner(problem, k, solver)
     rel_errs: list[float] = []
     slack_used: list[float] = []
     bs_rel: list[float] = []
