@@ -82,6 +82,8 @@ __all__ = [
 #: hub names used when no local file is given (loaded through ``datasets``)
 HUB_WIKITEXT = ("wikitext", "wikitext-2-raw-v1")
 HUB_HELLASWAG = "Rowan/hellaswag"
+#: the fields of an original HellaSwag record
+HELLASWAG_KEYS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
 
 
 # --------------------------------------------------------------------------- devices
@@ -481,7 +483,22 @@ def _item_from_hub(doc: dict[str, Any]) -> HellaSwagItem:
     )
 
 
-def _iter_text_items(lines: list[str], source: str) -> Iterator[HellaSwagItem]:
+def hellaswag_text_blocks(lines: list[str], source: str) -> Iterator[tuple[str, str, list[str]]]:
+    """The items of the six-line HellaSwag text format, checked.
+
+    Parameters
+    ----------
+    lines : list of str
+        The file's lines (no trailing empty line).
+    source : str
+        The file, for messages.
+
+    Yields
+    ------
+    (context, label, endings)
+        ``activity_label: ctx`` with ``ctx_b``'s capital restored, the gold
+        label (``"0"``..``"3"``) and the four endings.
+    """
     if len(lines) % 6:
         raise AdapterError(
             f"{source} has {len(lines)} lines, not a multiple of 6; the text format is six "
@@ -494,11 +511,54 @@ def _iter_text_items(lines: list[str], source: str) -> Iterator[HellaSwagItem]:
                 f"{source} line {i + 2}: gold label {label_text!r} is not 0-3; "
                 "is this the six-lines-per-item HellaSwag text format?"
             )
-        yield HellaSwagItem(
-            query=preprocess(_capitalise_ctx_b(lines[i])),
-            choices=tuple(preprocess(e) for e in lines[i + 2 : i + 6]),
-            label=int(label_text),
-        )
+        yield _capitalise_ctx_b(lines[i]), label_text, lines[i + 2 : i + 6]
+
+
+def hellaswag_jsonl(path: Path, text: str, limit: int | None) -> Iterator[dict[str, Any]]:
+    """The records of a HellaSwag jsonl file, with the original keys checked.
+
+    Parameters
+    ----------
+    path : Path
+        The file, for messages.
+    text : str
+        Its text.
+    limit : int, optional
+        Stop after this many records.
+
+    Yields
+    ------
+    dict
+        ``activity_label``, ``ctx_a``, ``ctx_b``, ``endings``, ``label``.
+    """
+    count = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            record = {k: doc[k] for k in HELLASWAG_KEYS}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise AdapterError(
+                f"{path} line {lineno} is not a HellaSwag jsonl record ({exc!r}); expected "
+                f"keys {', '.join(HELLASWAG_KEYS)}"
+            ) from None
+        yield record
+        count += 1
+        if limit is not None and count >= limit:
+            return
+
+
+def _is_jsonl(path: Path) -> bool:
+    stem = [s for s in path.suffixes if s not in {".bz2", ".gz"}]
+    return bool(stem) and stem[-1] in {".jsonl", ".json"}
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def read_hellaswag(
@@ -533,28 +593,27 @@ def read_hellaswag(
         return items
     p = Path(path)
     text = _read_text_file(p)
-    stem_suffixes = [s for s in p.suffixes if s not in {".bz2", ".gz"}]
-    if stem_suffixes and stem_suffixes[-1] in {".jsonl", ".json"}:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+    if _is_jsonl(p):
+        items = []
+        for doc in hellaswag_jsonl(p, text, limit):
             try:
-                doc = json.loads(line)
                 items.append(_item_from_hub(doc))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (TypeError, ValueError) as exc:  # a label that is not 0-3, an ending not text
                 raise AdapterError(
-                    f"{p} line {lineno} is not a HellaSwag jsonl record ({exc}); expected keys "
-                    "activity_label, ctx_a, ctx_b, endings, label"
-                ) from exc
-            if limit is not None and len(items) >= limit:
-                break
+                    f"{p}: HellaSwag record {len(items) + 1} is malformed ({exc!r})"
+                ) from None
         return items
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = _lines(text)
     if limit is not None:
         lines = lines[: 6 * limit]
-    return list(_iter_text_items(lines, str(p)))
+    return [
+        HellaSwagItem(
+            query=preprocess(context),
+            choices=tuple(preprocess(e) for e in endings),
+            label=int(label),
+        )
+        for context, label, endings in hellaswag_text_blocks(lines, str(p))
+    ]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import AdapterError
+from .evaluate import (
+    _is_jsonl,
+    _lines,
+    _read_text_file,
+    hellaswag_jsonl,
+    hellaswag_text_blocks,
+)
 
 __all__ = [
     "HARNESS_EXTRA",
@@ -59,7 +66,6 @@ __all__ = [
 HARNESS_EXTRA = "pip install 'llm-adapter[eval]' (lm-eval)"
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-_HELLASWAG_KEYS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
 
 
 def harness_version() -> str:
@@ -153,50 +159,17 @@ def hellaswag_records(
         ``ctx_b``'s capital restored, so the harness builds the same query as
         :func:`llm_adapter.evaluate.read_hellaswag`.
     """
-    from .evaluate import _capitalise_ctx_b, _read_text_file
-
     p = Path(path)
     text = _read_text_file(p)
-    stem = [s for s in p.suffixes if s not in {".bz2", ".gz"}]
+    if _is_jsonl(p):
+        return list(hellaswag_jsonl(p, text, limit))
     records: list[dict[str, Any]] = []
-    if stem and stem[-1] in {".jsonl", ".json"}:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                records.append({k: doc[k] for k in _HELLASWAG_KEYS})
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise AdapterError(
-                    f"{p} line {lineno} is not a HellaSwag record ({exc!r}); expected keys "
-                    + ", ".join(_HELLASWAG_KEYS)
-                ) from None
-            if limit is not None and len(records) >= limit:
-                break
-        return records
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) % 6:
-        raise AdapterError(
-            f"{p} has {len(lines)} lines, not a multiple of 6; the text format is six lines "
-            "per item: 'activity_label: ctx', the gold label (0-3), four endings"
-        )
-    for i in range(0, len(lines), 6):
-        label = lines[i + 1].strip()
-        if label not in {"0", "1", "2", "3"}:
-            raise AdapterError(f"{p} line {i + 2}: gold label {label!r} is not 0-3")
-        head, sep, ctx = _capitalise_ctx_b(lines[i]).partition(": ")
+    for context, label, endings in hellaswag_text_blocks(_lines(text), str(p)):
+        head, sep, ctx = context.partition(": ")
         if not sep:
-            head, ctx = "", _capitalise_ctx_b(lines[i])
+            head, ctx = "", context
         records.append(
-            {
-                "activity_label": head,
-                "ctx_a": ctx,
-                "ctx_b": "",
-                "endings": lines[i + 2 : i + 6],
-                "label": label,
-            }
+            {"activity_label": head, "ctx_a": ctx, "ctx_b": "", "endings": endings, "label": label}
         )
         if limit is not None and len(records) >= limit:
             break

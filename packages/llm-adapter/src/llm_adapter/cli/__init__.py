@@ -33,12 +33,14 @@ from ..hub import check_hub_dataset, check_hub_model
 
 __all__ = [
     "SUBCOMMANDS",
+    "add_model",
     "build_parser",
     "check_hub_dataset",
     "check_hub_model",
     "deprecated_alias",
     "main",
     "model_argument",
+    "subcommand",
 ]
 
 #: subcommand -> (the module of this package that registers it, one-line help), in the
@@ -106,6 +108,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             registered.add(module)
     _annotate_defaults(parser)
     return parser
+
+
+def subcommand(subparsers: Any, name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, with its one-line help from :data:`SUBCOMMANDS`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=SUBCOMMANDS[name][1], description=description
+    )
+    return parser
+
+
+def add_model(parser: argparse.ArgumentParser, what: str, metavar: str = "MODEL") -> None:
+    """The model as a positional argument or as ``--model`` (either form, not both)."""
+    parser.add_argument("model_pos", nargs="?", metavar=metavar, help=f"{what} (or --model)")
+    parser.add_argument("--model", metavar=metavar, help=f"{what}; either form")
 
 
 def _subcommand(argv: Sequence[str]) -> str | None:

@@ -8,21 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError
-from . import model_argument
+from . import add_model, model_argument, subcommand
 
 __all__ = ["register", "run_info"]
 
 
 def register(subparsers: Any) -> None:
     """Add the ``info`` subcommand."""
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "info",
-        help="describe a saved checkpoint",
-        description="Describe a checkpoint written by llm-adapter compress: method, ranks, "
+        "Describe a checkpoint written by llm-adapter compress: method, ranks, "
         "parameters and per-family errors (or a plain Hugging Face checkpoint's shape).",
     )
-    p.add_argument("model_pos", nargs="?", metavar="MODEL", help="checkpoint directory")
-    p.add_argument("--model", metavar="MODEL", help="the same, as an option (either form)")
+    add_model(p, "checkpoint directory or .gguf file")
     p.add_argument("--json", action="store_true", help="print compression.json as is")
     p.set_defaults(func=run_info)
 

@@ -18,7 +18,7 @@ from ..methods import (
     PARAMS,
     split_families,
 )
-from . import check_hub_dataset, check_hub_model, deprecated_alias
+from . import add_model, check_hub_dataset, check_hub_model, deprecated_alias, subcommand
 
 __all__ = ["add_method_params", "method_params", "register", "run_compress"]
 
@@ -47,19 +47,14 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(subparsers: Any) -> None:
     """Add the ``compress`` subcommand."""
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "compress",
-        help="calibrate and compress a model, then save it",
-        description="Calibrate, compress the chosen families with one method, and save the "
+        "Calibrate, compress the chosen families with one method, and save the "
         "compressed model with a compression.json manifest. Every argument is checked "
         "before the model is loaded.",
     )
-    p.add_argument(
-        "model_pos", nargs="?", metavar="MODEL", help="local directory or hub id (or --model)"
-    )
-    p.add_argument(
-        "--model", help="local directory or hub id (e.g. EleutherAI/pythia-70m); either form"
-    )
+    add_model(p, "local directory, .gguf file or hub id (e.g. EleutherAI/pythia-70m)")
     p.add_argument("--method", required=True, choices=METHODS)
     rank = p.add_mutually_exclusive_group()
     rank.add_argument(

@@ -9,17 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError
-from . import check_hub_dataset, check_hub_model
+from . import add_model, check_hub_dataset, check_hub_model, subcommand
 
 __all__ = ["register", "run_cli"]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to ``subparsers`` (``func`` = :func:`run_cli`)."""
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "evaluate",
-        help="WikiText-2 perplexity and HellaSwag accuracy of a model or checkpoint",
-        description=(
+        (
             "Evaluate a model: WikiText-2 perplexity (SVD-LLM protocol: non-overlapping "
             "windows of --seq-len tokens, or a sliding window with --stride) and HellaSwag "
             "acc/acc_norm (lm-evaluation-harness preprocessing and length normalisation). "
@@ -27,10 +27,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "(needs the 'datasets' package); 'hub' as a value reads that one from the hub."
         ),
     )
-    p.add_argument(
-        "model_pos", nargs="?", metavar="MODEL", help="checkpoint folder or hub name (or --model)"
-    )
-    p.add_argument("--model", help="checkpoint folder or hub name; either form")
+    add_model(p, "checkpoint folder, .gguf file or hub name")
     p.add_argument(
         "--wikitext",
         metavar="PATH",

@@ -6,24 +6,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError
+from . import add_model, subcommand
 
 __all__ = ["register", "run_export"]
 
 
 def register(subparsers: Any) -> None:
     """Add the ``export`` subcommand."""
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "export",
-        help="write a compressed checkpoint as a plain dense transformers checkpoint",
-        description="Multiply out the low-rank factors (W' = L R) and write a checkpoint "
+        "Multiply out the low-rank factors (W' = L R) and write a checkpoint "
         "that AutoModelForCausalLM.from_pretrained loads without llm-adapter: the original "
         "model's size, the compressed model's outputs (to float tolerance).",
     )
-    p.add_argument(
-        "checkpoint", nargs="?", metavar="CHECKPOINT", help="directory written by compress"
-    )
-    p.add_argument("--model", metavar="CHECKPOINT", help="the same, as an option (either form)")
+    add_model(p, "directory written by compress", metavar="CHECKPOINT")
     p.add_argument("--out", required=True, metavar="DIR", help="the new directory")
     p.add_argument(
         "--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16, float64"
@@ -60,10 +57,7 @@ def _verify(source: Path, out: Path) -> float:
 
 def run_export(args: argparse.Namespace) -> int:
     """The ``export`` subcommand."""
-    given = [v for v in (args.checkpoint, getattr(args, "model", None)) if v is not None]
-    if len(set(given)) != 1:
-        raise AdapterError("give the checkpoint once: llm-adapter export CHECKPOINT --out DIR")
-    source = given[0]
+    source = args.model  # given once, positionally or as --model (checked by main)
     from ..export import checkpoint_summary, export_dense, format_summary
 
     out = export_dense(source, args.out, dtype=args.dtype, overwrite=args.overwrite)

@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError
+from . import subcommand
 
 __all__ = ["register", "run_cli"]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to ``subparsers``."""
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "report",
-        help="Markdown table and figures from sweep results",
-        description="Write results.md and the figures (phase diagram, Frobenius reduction vs "
+        "Write results.md and the figures (phase diagram, Frobenius reduction vs "
         "perplexity ratio, per-layer errors) for one or more sweep JSONL files.",
     )
     p.add_argument("results", metavar="RESULTS", nargs="+", help="sweep JSONL file(s)")

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import AdapterError
 from ..methods import METHOD_TABLE, PARAMS, flag, parse_float
-from . import deprecated_alias
+from . import deprecated_alias, subcommand
 
 __all__ = ["apply_overrides", "register", "run_cli"]
 
@@ -99,10 +99,10 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to ``subparsers``."""
-    p = subparsers.add_parser(
+    p = subcommand(
+        subparsers,
         "sweep",
-        help="run a grid of compression points, one JSONL row each (resumable)",
-        description=(
+        (
             "Compress and evaluate every point of a sweep configuration (TOML or YAML), "
             "appending one JSON line per point to the results file. Rerunning skips done "
             "points. Flags override the configuration only where given, and say so."
