@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import nn
 
-__all__ = ["LowRankLinear", "count_unique_parameters"]
+__all__ = ["LowRankLinear", "count_unique_parameters", "effective_weights"]
 
 Side = Literal["left", "right"]
 
@@ -128,3 +130,26 @@ def count_unique_parameters(module: nn.Module) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def effective_weights(model: nn.Module, family: str) -> NDArray[np.float64]:
+    """The maps of a family as dense float64 weights, low-rank ones multiplied out.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    family : str
+
+    Returns
+    -------
+    ndarray, shape=[L, m, n]
+        ``W'_l = left @ right`` for :class:`LowRankLinear` layers, the weight
+        of the others; on the CPU.
+    """
+    from .models import family_modules  # a lazy import: models is the layer below
+
+    mats = []
+    for module in family_modules(model, family):
+        weight = module.weight() if isinstance(module, LowRankLinear) else module.weight
+        mats.append(weight.detach().to(device="cpu", dtype=torch.float64).numpy())
+    return np.stack(mats)

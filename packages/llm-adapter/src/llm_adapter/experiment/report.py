@@ -119,6 +119,10 @@ def _fmt(value: Any, spec: str) -> str:
 def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The results table as a header and formatted cells (one row per point, in file order).
 
+    Beside the errors and the scores: the whole model's parameters (shared
+    tensors once) and the perplexity pass's throughput (tokens per second,
+    measured in the sweep's own run, so comparable between its rows only).
+
     Parameters
     ----------
     rows : sequence of dict
@@ -132,7 +136,7 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     head = [
         "point", "families", "d/D", "params kept", "Frob err", "Frob reduction vs SVD-LLM",
         "act err (calib)", "act err (held-out)", "perplexity", "ppl ratio vs SVD-LLM",
-        "HellaSwag acc", "acc_norm",
+        "HellaSwag acc", "acc_norm", "model params (M)", "eval tokens/s",
     ]  # fmt: skip
     body = []
     for r in rows:
@@ -153,6 +157,8 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
                 _fmt(r.get("ppl_ratio"), ".3f"),
                 _fmt(r.get("hellaswag_acc"), ".3f"),
                 _fmt(r.get("hellaswag_acc_norm"), ".3f"),
+                _fmt(None if r.get("model_params") is None else r["model_params"] / 1e6, ".2f"),
+                _fmt(r.get("ppl_tokens_per_second"), ".0f"),
             ]
         )
     return head, body

@@ -86,7 +86,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..compress import CompressionConfig, CompressionReport
 from ..errors import AdapterError
@@ -508,28 +507,16 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
 def _heldout_fractions(
     dense: dict[str, np.ndarray], model: Any, families: Iterable[str], C: dict[str, np.ndarray]
 ) -> dict[str, list[float]]:
-    """Per-layer ``tr(E C E^T) / tr(W C W^T)`` with ``E = W - W'`` on held-out covariances."""
-    from ..lowrank import LowRankLinear
-    from ..models import family_modules
+    """Per-layer ``tr(E C E^T) / tr(W C W^T)``, ``E = W - W'``, on held-out covariances."""
+    from grassbundle import reconstruction_errors
+
+    from ..lowrank import effective_weights
 
     out: dict[str, list[float]] = {}
     for f in families:
-        W = dense[f]
-        mods = family_modules(model, f)
-        fr = []
-        for l, mod in enumerate(mods):
-            weight: torch.Tensor = (
-                mod.left @ mod.right
-                if isinstance(mod, LowRankLinear)
-                else mod.get_parameter("weight")
-            )
-            Wc = weight.detach().to("cpu", torch.float64).numpy()
-            E = W[l] - Wc
-            # tr(E C E^T) through BLAS (a three-operand einsum loops in C: minutes)
-            num = float(np.einsum("ij,ij->", E @ C[f][l], E))
-            den = float(np.einsum("ij,ij->", W[l] @ C[f][l], W[l]))
-            fr.append(num / den if den > 0 else 0.0)
-        out[f] = fr
+        errors = reconstruction_errors(dense[f], effective_weights(model, f), C[f])
+        assert errors.activation_fraction is not None
+        out[f] = [float(x) for x in errors.activation_fraction]
     return out
 
 
@@ -611,85 +598,44 @@ def _lock_results(out: Path) -> tuple[int, Path | None]:
     return fd, created
 
 
-def _run_sweep(
+@dataclass
+class _Shared:
+    """What every point of a run shares: the dense model, its statistics, the data."""
+
+    config: dict[str, Any]
+    base: Any
+    tokenizer: Any
+    context: int
+    stats: Any
+    held_C: dict[str, np.ndarray] | None
+    dense_W: dict[str, np.ndarray]
+    dense_params: int
+    kept_ratio: dict[str, float | None]
+    wiki_ids: Any
+    hs_items: Any
+    checkpoints: Path | None
+    protocol: dict[str, Any]
+    evaluation: dict[str, Any]
+    progress: bool
+
+
+def _shared(
     config: dict[str, Any],
-    *,
-    only_methods: Iterable[str] | None = None,
-    dry_run: bool = False,
-    progress: bool = True,
-    log: Any = None,
-    locks: list[tuple[int, Path | None]],
-) -> list[dict[str, Any]]:
-    """The body of :func:`run_sweep`; the results file's lock descriptor goes to ``locks``."""
+    todo: list[tuple[SweepPoint, str]],
+    protocol: dict[str, Any],
+    progress: bool,
+) -> _Shared:
+    """Load the model, calibrate, read the evaluation data: once for every point to run."""
     from ..calibrate import calibrate
-    from ..checkpoint import (
-        check_weight_files,
-        crash_point,
-        load,
-        model_context,
-        read_manifest,
-        save,
-    )
-    from ..evaluate import (
-        evaluate_model,
-        prepare_for_eval,
-        read_hellaswag,
-        read_wikitext,
-        tokenize_for_eval,
-    )
+    from ..checkpoint import check_weight_files, load, model_context
+    from ..evaluate import read_hellaswag, read_wikitext, tokenize_for_eval
     from ..hub import check_hub_dataset, check_hub_model
     from ..lowrank import count_unique_parameters
     from ..models import family_weights, resolve_families
 
-    log = log or sys.stderr
-    check_config(config)
-    for key in ("model", "out"):
-        if not config.get(key):
-            flag = "--results" if key == "out" else f"--{key}"
-            raise AdapterError(f"the sweep needs '{key}' (in the configuration or as {flag})")
-    out = Path(config["out"])
     calib = dict(config.get("calibration") or {})
     held = dict(config.get("heldout") or {})
     evaluation = dict(config.get("evaluation") or {})
-    for section, key in (("calibration", "text"), ("heldout", "text"), ("evaluation", "wikitext"),
-                         ("evaluation", "hellaswag")):  # fmt: skip
-        value = (config.get(section) or {}).get(key)
-        if value is not None and value != "hub" and not Path(value).is_file():
-            raise AdapterError(f"[{section}] {key} = {value!r} is not a file")
-    points = expand_points(config)
-    if only_methods is not None:
-        keep = set(only_methods)
-        points = [p for p in points if p.method in keep]
-    protocol = {
-        "model": str(config["model"]),
-        "calibration": calib,
-        "heldout": held,
-        "evaluation": evaluation,
-    }
-    keys = [point_key(p, protocol) for p in points]
-    compressing = any(p.method != "dense" for p in points)
-    if not dry_run and compressing and ("text" in calib) == ("dataset" in calib):
-        raise AdapterError(
-            "[calibration] needs exactly one of text (a local file) or dataset "
-            "(hub NAME:CONFIG:SPLIT, e.g. wikitext:wikitext-2-raw-v1:train)"
-        )
-    if not dry_run:
-        locks.append(_lock_results(out))
-    done = {r.get("key") for r in read_results(out, repair=not dry_run)}
-    todo = [(p, k) for p, k in zip(points, keys, strict=True) if k not in done]
-    print(
-        f"sweep {config.get('name', out.stem)}: {len(points)} points, {len(points) - len(todo)} "
-        f"done in {out}, {len(todo)} to run",
-        file=log,
-    )
-    if dry_run:
-        for p, k in zip(points, keys, strict=True):
-            print(f"  [{'done' if k in done else 'todo'}] {k} {point_label(p)} "
-                  f"{','.join(p.families)} {p.budget}", file=log)  # fmt: skip
-        return []
-    if not todo:
-        return []
-
     device = config.get("device", "auto")
     check_hub_model(str(config["model"]), "--model")
     for section, key, flag in (("calibration", "dataset", "--calib-text PATH"),
@@ -746,86 +692,171 @@ def _run_sweep(
         hs_items = read_hellaswag(source, limit=evaluation.get("limit"))
     checkpoints = Path(config["checkpoints"]) if config.get("checkpoints") else None
 
+    return _Shared(
+        config, base, tokenizer, context, stats, held_C, dense_W, dense_params, kept_ratio,
+        wiki_ids, hs_items, checkpoints, protocol, evaluation, progress,
+    )  # fmt: skip
+
+
+def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
+    """Compress (or reload) and evaluate one point; its results row."""
+    from ..checkpoint import load, read_manifest, save
+    from ..evaluate import evaluate_model, prepare_for_eval
+    from ..lowrank import count_unique_parameters
+
+    config, device, evaluation = s.config, s.config.get("device", "auto"), s.evaluation
+    base, tokenizer, stats, context = s.base, s.tokenizer, s.stats, s.context
+    checkpoints, held_C, dense_W, kept_ratio = s.checkpoints, s.held_C, s.dense_W, s.kept_ratio
+    wiki_ids, hs_items, dense_params, protocol = s.wiki_ids, s.hs_items, s.dense_params, s.protocol
+    progress = s.progress
+    out = Path(config["out"])
+    t_point = time.perf_counter()
+    report: CompressionReport | None = None
+    reused = False
+    ck = checkpoints / key if checkpoints is not None else None
+    if point.method == "dense":
+        model = copy.deepcopy(base)
+    elif ck is not None and (ck / "compression.json").is_file():
+        model, _ = load(ck, device=device)
+        report = CompressionReport.from_dict(read_manifest(ck))
+        reused = True
+    else:
+        model = copy.deepcopy(base)
+        report = _compress_point(model, point, kept_ratio[key], stats)
+        if ck is not None:
+            save(model, tokenizer, report, ck, overwrite=True)
+    model = prepare_for_eval(model, device, config.get("dtype", "auto"))
+    metrics = evaluate_model(
+        model, tokenizer, wikitext_ids=wiki_ids, hellaswag_items=hs_items,
+        seq_len=int(evaluation.get("seq_len") or context), stride=evaluation.get("stride"),
+        max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
+        batch_size=int(evaluation.get("batch_size", 8)), progress=progress, per_item=True,
+    )  # fmt: skip
+    per_layer: dict[str, dict[str, Any]] = {}
+    frob: list[float] = []
+    act: list[float] = []
+    act_held: list[float] = []
+    kept = total = 0
+    ranks: dict[str, int] = {}
+    timings = {"calibration": stats.seconds if stats is not None else 0.0}
+    if report is not None:
+        fams = list(report.families)
+        heldout = _heldout_fractions(dense_W, model, fams, held_C) if held_C else {}
+        for f, fr in report.families.items():
+            per_layer[f] = {
+                "frobenius_fraction": fr.frobenius_fraction,
+                "activation_fraction": fr.activation_fraction,
+                "activation_fraction_heldout": heldout.get(f),
+            }
+            frob += fr.frobenius_fraction
+            act += fr.activation_fraction or []
+            act_held += heldout.get(f, [])
+            kept += fr.params_kept
+            total += fr.params_dense
+            ranks[f] = fr.rank
+        timings.update(
+            factorisation=float(report.timings.get("factorisation", 0.0)),
+            write_back=float(report.timings.get("write_back", 0.0)),
+        )
+    timings.update(
+        perplexity=float(metrics.get("ppl_seconds", 0.0)),
+        hellaswag=float(metrics.get("hellaswag_seconds", 0.0)),
+    )
+    timings["point"] = time.perf_counter() - t_point
+    row: dict[str, Any] = {
+        "key": key,
+        "sweep": config.get("name", out.stem),
+        "label": point_label(point),
+        "model": str(config["model"]),
+        **point.describe(),
+        "rank": ranks,
+        "frobenius_fraction": _mean(frob),
+        "activation_fraction": _mean(act),
+        "activation_fraction_heldout": _mean(act_held),
+        "params_kept": kept,
+        "params_dense": total,
+        "param_ratio": kept / total if total else 1.0,
+        "budget": point.budget if point.method != "dense" else "dense",
+        "target_param_ratio": kept_ratio.get(key),
+        "model_params": count_unique_parameters(model),
+        "model_params_dense": dense_params,
+        "model_ratio": 1.0 - count_unique_parameters(model) / dense_params,
+        **metrics,
+        "per_layer": per_layer,
+        "timings": timings,
+        "reused_checkpoint": reused,
+        "protocol": protocol,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    del model
+    return row
+
+
+def _run_sweep(
+    config: dict[str, Any],
+    *,
+    only_methods: Iterable[str] | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    log: Any = None,
+    locks: list[tuple[int, Path | None]],
+) -> list[dict[str, Any]]:
+    """The body of :func:`run_sweep`; the results file's lock descriptor goes to ``locks``."""
+    from ..checkpoint import crash_point
+
+    log = log or sys.stderr
+    check_config(config)
+    for key in ("model", "out"):
+        if not config.get(key):
+            flag = "--results" if key == "out" else f"--{key}"
+            raise AdapterError(f"the sweep needs '{key}' (in the configuration or as {flag})")
+    out = Path(config["out"])
+    calib = dict(config.get("calibration") or {})
+    held = dict(config.get("heldout") or {})
+    evaluation = dict(config.get("evaluation") or {})
+    for section, key in (("calibration", "text"), ("heldout", "text"), ("evaluation", "wikitext"),
+                         ("evaluation", "hellaswag")):  # fmt: skip
+        value = (config.get(section) or {}).get(key)
+        if value is not None and value != "hub" and not Path(value).is_file():
+            raise AdapterError(f"[{section}] {key} = {value!r} is not a file")
+    points = expand_points(config)
+    if only_methods is not None:
+        keep = set(only_methods)
+        points = [p for p in points if p.method in keep]
+    protocol = {
+        "model": str(config["model"]),
+        "calibration": calib,
+        "heldout": held,
+        "evaluation": evaluation,
+    }
+    keys = [point_key(p, protocol) for p in points]
+    compressing = any(p.method != "dense" for p in points)
+    if not dry_run and compressing and ("text" in calib) == ("dataset" in calib):
+        raise AdapterError(
+            "[calibration] needs exactly one of text (a local file) or dataset "
+            "(hub NAME:CONFIG:SPLIT, e.g. wikitext:wikitext-2-raw-v1:train)"
+        )
+    if not dry_run:
+        locks.append(_lock_results(out))
+    done = {r.get("key") for r in read_results(out, repair=not dry_run)}
+    todo = [(p, k) for p, k in zip(points, keys, strict=True) if k not in done]
+    print(
+        f"sweep {config.get('name', out.stem)}: {len(points)} points, {len(points) - len(todo)} "
+        f"done in {out}, {len(todo)} to run",
+        file=log,
+    )
+    if dry_run:
+        for p, k in zip(points, keys, strict=True):
+            print(f"  [{'done' if k in done else 'todo'}] {k} {point_label(p)} "
+                  f"{','.join(p.families)} {p.budget}", file=log)  # fmt: skip
+        return []
+    if not todo:
+        return []
+
+    shared = _shared(config, todo, protocol, progress)
     rows = []
     for i, (point, key) in enumerate(todo, 1):
-        t_point = time.perf_counter()
-        report: CompressionReport | None = None
-        reused = False
-        ck = checkpoints / key if checkpoints is not None else None
-        if point.method == "dense":
-            model = copy.deepcopy(base)
-        elif ck is not None and (ck / "compression.json").is_file():
-            model, _ = load(ck, device=device)
-            report = CompressionReport.from_dict(read_manifest(ck))
-            reused = True
-        else:
-            model = copy.deepcopy(base)
-            report = _compress_point(model, point, kept_ratio[key], stats)
-            if ck is not None:
-                save(model, tokenizer, report, ck, overwrite=True)
-        model = prepare_for_eval(model, device, config.get("dtype", "auto"))
-        metrics = evaluate_model(
-            model, tokenizer, wikitext_ids=wiki_ids, hellaswag_items=hs_items,
-            seq_len=int(evaluation.get("seq_len") or context), stride=evaluation.get("stride"),
-            max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
-            batch_size=int(evaluation.get("batch_size", 8)), progress=progress, per_item=True,
-        )  # fmt: skip
-        per_layer: dict[str, dict[str, Any]] = {}
-        frob: list[float] = []
-        act: list[float] = []
-        act_held: list[float] = []
-        kept = total = 0
-        ranks: dict[str, int] = {}
-        timings = {"calibration": stats.seconds if stats is not None else 0.0}
-        if report is not None:
-            fams = list(report.families)
-            heldout = _heldout_fractions(dense_W, model, fams, held_C) if held_C else {}
-            for f, fr in report.families.items():
-                per_layer[f] = {
-                    "frobenius_fraction": fr.frobenius_fraction,
-                    "activation_fraction": fr.activation_fraction,
-                    "activation_fraction_heldout": heldout.get(f),
-                }
-                frob += fr.frobenius_fraction
-                act += fr.activation_fraction or []
-                act_held += heldout.get(f, [])
-                kept += fr.params_kept
-                total += fr.params_dense
-                ranks[f] = fr.rank
-            timings.update(
-                factorisation=float(report.timings.get("factorisation", 0.0)),
-                write_back=float(report.timings.get("write_back", 0.0)),
-            )
-        timings.update(
-            perplexity=float(metrics.get("ppl_seconds", 0.0)),
-            hellaswag=float(metrics.get("hellaswag_seconds", 0.0)),
-        )
-        timings["point"] = time.perf_counter() - t_point
-        row: dict[str, Any] = {
-            "key": key,
-            "sweep": config.get("name", out.stem),
-            "label": point_label(point),
-            "model": str(config["model"]),
-            **point.describe(),
-            "rank": ranks,
-            "frobenius_fraction": _mean(frob),
-            "activation_fraction": _mean(act),
-            "activation_fraction_heldout": _mean(act_held),
-            "params_kept": kept,
-            "params_dense": total,
-            "param_ratio": kept / total if total else 1.0,
-            "budget": point.budget if point.method != "dense" else "dense",
-            "target_param_ratio": kept_ratio.get(key),
-            "model_params": count_unique_parameters(model),
-            "model_params_dense": dense_params,
-            "model_ratio": 1.0 - count_unique_parameters(model) / dense_params,
-            **metrics,
-            "per_layer": per_layer,
-            "timings": timings,
-            "reused_checkpoint": reused,
-            "protocol": protocol,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        row = _run_point(shared, point, key)
         append_row(out, row)
         crash_point("sweep-row")
         rows.append(row)
@@ -835,11 +866,10 @@ def _run_sweep(
             + " ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
             )
-            + f" ({timings['point']:.0f}s)",
+            + f" ({row['timings']['point']:.0f}s)",
             file=log,
             flush=True,
         )
-        del model
     return rows
 
 
