@@ -475,8 +475,9 @@ def factorise(
             zero = [int(l) for l in np.flatnonzero(~(energy > 0))]
             if zero:
                 raise ValueError(
-                    f"zero activation energy tr(W_l C_l W_l^T) in layers {zero}: activation "
-                    f"errors are undefined there (and so is SVD-LLM's subspace, the anchor)"
+                    f"zero activation energy tr(W_l C_l W_l^T) in layers {zero}: no calibration "
+                    "input reaches what these layers respond to, so their activation errors "
+                    "(and SVD-LLM's subspace, the anchor) are undefined"
                 )
     if ranks is not None:
         assert C64 is not None

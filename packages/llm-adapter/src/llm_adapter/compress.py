@@ -54,7 +54,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import InitVar, asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -86,6 +86,11 @@ from .models import (
     resolve_families,
     set_module,
 )
+
+if TYPE_CHECKING:
+    from grassbundle import Factorisation
+
+    from .sequential import SequentialFit
 
 __all__ = [
     "METHODS",
@@ -423,63 +428,93 @@ def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
     return d
 
 
-@dataclass
-class _Errors:
-    """Per-layer absolute energies and their fractions (see :class:`FamilyReport`)."""
+def _factorise(
+    config: CompressionConfig,
+    family: str,
+    W: NDArray[np.float64],
+    C: NDArray[np.float64] | None,
+    d: int | None,
+    ranks: Sequence[int] | None = None,
+) -> Factorisation:
+    """The family's factorisation by ``config.method`` (all maths in grassbundle).
 
-    frobenius: NDArray[np.float64]
-    frobenius_fraction: NDArray[np.float64]
-    activation: NDArray[np.float64] | None
-    activation_fraction: NDArray[np.float64] | None
+    At rank ``d``, or with per-layer ``ranks`` (SVD-LLM's truncation layer by
+    layer, the allocated case).
+    """
+    import grassbundle as gb
 
-
-def _output_side_section(
-    config: CompressionConfig, W: NDArray[np.float64], C: NDArray[np.float64] | None, d: int
-) -> tuple[NDArray[np.float64], NDArray[np.intp], _Errors]:
-    """Bases ``(G, m, d)``, groups ``(L,)`` and the section's energies, all from grassbundle."""
-    from grassbundle import bundle as gbb
-
-    metric = config.metric if config.method == "bundle" else "weight"
+    options: dict[str, Any] = {}
+    if ranks is not None:
+        options = {"ranks": ranks}
+    elif config.method == "bundle":
+        options = {
+            "lam": float(config.lam),
+            "tying": int(config.tying),
+            "metric": config.metric,
+            "coupling": float(config.coupling),
+        }
+    elif config.method == "basis-sharing":
+        options = {"group_size": int(config.group_size)}
     try:
-        problem = gbb.BundleProblem(W, C, rank=d, metric=metric)  # type: ignore[arg-type]
-        if config.method == "svd":
-            section = gbb.solve(problem, 0.0, 1)
-        elif config.method == "svd-llm":
-            section = gbb.anchor_section(problem)
-        elif config.coupling > 0:
-            coupled = _coupled_section(problem, config)
-            # per-layer bases (L, m, d): evaluated as an untied section
-            section = gbb.evaluate_section(
-                problem, coupled.bases, np.arange(problem.L), lam=float(config.lam)
-            )
-        else:
-            section = gbb.solve(problem, float(config.lam), int(config.tying))
+        return gb.factorise(W, C, config.method, d, **options)
     except ValueError as exc:
-        raise AdapterError(f"grassbundle rejected the problem: {exc}") from None
-    bases = np.asarray(section.bases, dtype=np.float64)
-    groups = np.asarray(section.groups, dtype=np.intp)
-    energies = problem.layer_energies(bases[groups])
-    frob = energies["frobenius"]
-    assert frob is not None
-    act = energies["activation"]
-    act_frac = section.activation_error
-    return (
-        bases,
-        groups,
-        _Errors(
-            frobenius=np.asarray(frob),
-            frobenius_fraction=np.asarray(section.frobenius_error),
-            activation=None if act is None else np.asarray(act),
-            activation_fraction=None if act_frac is None else np.asarray(act_frac),
-        ),
-    )
+        raise AdapterError(f"grassbundle rejected the factorisation of {family}: {exc}") from None
 
 
-def _coupled_section(problem: Any, config: CompressionConfig) -> Any:
-    """Soft-coupled untied section (block-coordinate eigen-steps, grassbundle.coupling)."""
-    from grassbundle.coupling import solve_coupled
+def _write_back(model: nn.Module, family: str, fact: Factorisation) -> list[str]:
+    """Replace the family's modules by :class:`LowRankLinear` (one parameter per shared factor).
 
-    return solve_coupled(problem, float(config.lam), float(config.coupling))
+    Returns the qualified names of the replaced modules.
+    """
+    from .sequential import as_parameter
+
+    names = family_module_names(model, family)
+    shared: dict[int, nn.Parameter] = {}
+    for l, (name, old) in enumerate(zip(names, family_modules(model, family), strict=True)):
+        assert isinstance(old, nn.Linear)
+        g = int(fact.groups[l])
+        if g not in shared:
+            shared[g] = as_parameter(fact.shared[g], old.weight)
+        own = as_parameter(fact.layer_factors[l], old.weight)
+        left, right = (shared[g], own) if fact.side == "left" else (own, shared[g])
+        set_module(model, name, LowRankLinear(left, right, old.bias, shared=fact.side))
+    return names
+
+
+def _family_report(
+    family: str,
+    shape: tuple[int, ...],
+    modules: list[str],
+    *,
+    shared: str,
+    groups: Sequence[int],
+    ranks: Sequence[int],
+    params_kept: int,
+    errors: Factorisation | SequentialFit,
+) -> FamilyReport:
+    """A :class:`FamilyReport` from the factor layout and grassbundle's per-layer errors."""
+    L, m, n = shape
+    d = int(max(ranks))
+    return FamilyReport(
+        family=family, layers=L, m=m, n=n, rank=d, D=m, rank_ratio=d / m, shared=shared,
+        groups=[int(g) for g in groups], params_dense=L * m * n, params_kept=int(params_kept),
+        param_ratio=params_kept / (L * m * n),
+        frobenius_error=[float(x) for x in errors.frobenius_error],
+        frobenius_fraction=[float(x) for x in errors.frobenius_fraction],
+        activation_error=_floats(errors.activation_error),
+        activation_fraction=_floats(errors.activation_fraction),
+        modules=modules,
+        ranks=[int(r) for r in ranks] if len(set(ranks)) > 1 else None,
+    )  # fmt: skip
+
+
+def _report_of(family: str, fact: Factorisation, modules: list[str]) -> FamilyReport:
+    L = len(fact.layer_factors)
+    m, n = fact.left(0).shape[0], fact.right(0).shape[1]
+    return _family_report(
+        family, (L, m, n), modules, shared=fact.side, groups=fact.groups.tolist(),
+        ranks=fact.ranks.tolist(), params_kept=fact.params_kept, errors=fact,
+    )  # fmt: skip
 
 
 def check_config(
@@ -602,65 +637,37 @@ def _per_layer_families(
     progress: bool,
 ) -> dict[str, FamilyReport]:
     """Untied per-layer factorisations with per-layer ranks (allocated and/or sequential)."""
-    import grassbundle as gb
-
-    from .sequential import SequentialFit, as_parameter, compress_sequential
+    from .sequential import compress_sequential
 
     per_layer = layer_ranks(model, config, families, ranks, stats)
-    dense = {f: family_weights(model, f) for f in families}
-    names = {f: family_module_names(model, f) for f in families}
-    if config.sequential:
-        assert windows is not None
-        fits = compress_sequential(
-            model, list(families), per_layer, windows,
-            fit="residual" if config.method == "residual" else "update", progress=progress,
-        )  # fmt: skip
-    else:  # SVD-LLM's truncation, layer by layer, each with its own rank
-        fits = {}
-        for f in families:
-            C = stats.covariance(f)
-            fit = SequentialFit([], [], [], [], [], [])
-            for l, (name, d) in enumerate(zip(names[f], per_layer[f], strict=True)):
-                W = dense[f][l]
-                res = gb.svd_llm_update(W, C[l], rank=int(d), ridge=0.0)
-                E = W - res.weight()
-                fit.ranks.append(int(d))
-                fit.frobenius_error.append(float(np.vdot(E, E)))
-                fit.activation_error.append(float(np.vdot(E @ C[l], E)))
-                fit.activation_total.append(float(np.vdot(W @ C[l], W)))
-                old = model.get_submodule(name)
-                assert isinstance(old, nn.Linear)
-                new = LowRankLinear(
-                    as_parameter(res.left, old.weight), as_parameter(res.right, old.weight),
-                    old.bias, shared="left",
-                )  # fmt: skip
-                set_module(model, name, new)
-            fits[f] = fit
     reports = {}
+    if not config.sequential:  # SVD-LLM's truncation, layer by layer, each with its own rank
+        for f in families:
+            W, C = family_weights(model, f), stats.covariance(f)
+            fact = _factorise(config, f, W, C, None, ranks=per_layer[f])
+            reports[f] = _report_of(f, fact, _write_back(model, f, fact))
+        return reports
+    assert windows is not None
+    names = {f: family_module_names(model, f) for f in families}
+    shapes = {}
     for f in families:
-        L, m, n = dense[f].shape
-        fit = fits[f]
-        norms = np.einsum("lij,lij->l", dense[f], dense[f])
-        act_total = np.asarray(fit.activation_total)
-        kept = int(sum(fit.ranks)) * (m + n)
-        d_max = max(fit.ranks)
-        reports[f] = FamilyReport(
-            family=f, layers=L, m=m, n=n, rank=d_max, D=m, rank_ratio=d_max / m, shared="left",
-            groups=list(range(L)), params_dense=L * m * n, params_kept=kept,
-            param_ratio=kept / (L * m * n), frobenius_error=list(fit.frobenius_error),
-            frobenius_fraction=[float(x) for x in np.asarray(fit.frobenius_error) / norms],
-            activation_error=list(fit.activation_error),
-            activation_fraction=[
-                float(a / t) if t > 0 else 0.0
-                for a, t in zip(fit.activation_error, act_total, strict=True)
-            ],
-            modules=names[f],
-            ranks=list(fit.ranks) if len(set(fit.ranks)) > 1 else None,
+        first = family_modules(model, f)[0]
+        assert isinstance(first, nn.Linear)
+        shapes[f] = (len(names[f]), first.out_features, first.in_features)
+    fits = compress_sequential(
+        model, list(families), per_layer, windows,
+        fit="residual" if config.method == "residual" else "update", progress=progress,
+    )  # fmt: skip
+    for f in families:  # untied: every layer stores its own m x d_l and d_l x n factors
+        L, m, n = shapes[f]
+        reports[f] = _family_report(
+            f, shapes[f], names[f], shared="left", groups=range(L), ranks=fits[f].ranks,
+            params_kept=sum(fits[f].ranks) * (m + n), errors=fits[f],
         )  # fmt: skip
     return reports
 
 
-def _floats(a: NDArray[np.float64] | None) -> list[float] | None:
+def _floats(a: Sequence[float] | NDArray[np.float64] | None) -> list[float] | None:
     return None if a is None else [float(x) for x in a]
 
 
@@ -735,107 +742,20 @@ def compress_model(
                 f"calibration statistics of {family} have shape {C.shape}, the model needs "
                 f"{(L, n, n)}: they belong to another model"
             )
-        if C is not None:
-            # tr(W_l C_l W_l^T) through BLAS (a three-operand einsum loops in C: minutes)
-            energy = np.einsum("lij,lij->l", W @ C, W)
-            zero = [int(l) for l in np.flatnonzero(~(energy > 0))]
-            if zero:
-                raise AdapterError(
-                    f"the calibration covariance of {family} gives zero activation energy "
-                    f"tr(W C W^T) in layers {zero}: activation errors are undefined there (and "
-                    "the anchor of SVD-LLM, lam = inf); calibrate on text that reaches these "
-                    "layers, or use --method svd without calibration"
-                )
-        if config.method == "basis-sharing":
-            import grassbundle as gb
-
-            assert C is not None
-            try:
-                share = gb.basis_sharing_input(W, C, d, config.group_size)
-            except ValueError as exc:
-                raise AdapterError(f"basis sharing failed on {family}: {exc}") from None
-            groups = share.groups
-            norms = np.einsum("lij,lij->l", W, W)
-            act_total = np.einsum("lij,lij->l", W @ C, W)
-            errors = _Errors(
-                frobenius=share.frobenius_error,
-                frobenius_fraction=share.frobenius_error / norms,
-                activation=share.activation_error,
-                activation_fraction=np.divide(
-                    share.activation_error,
-                    act_total,
-                    out=np.zeros(L),
-                    where=act_total > 0,
-                ),
-            )
-            side = "right"
-            G = int(groups.max()) + 1
-            params_kept = G * d * n + L * m * d
-        else:
-            bases, groups, errors = _output_side_section(config, W, C, d)
-            side = "left"
-            G = int(groups.max()) + 1
-            params_kept = G * m * d + L * d * n
-        if params_kept >= L * m * n:
+        fact = _factorise(config, family, W, C, d)
+        if fact.params_kept >= fact.params_dense:
             warnings.warn(
-                f"rank d = {d} keeps {params_kept} of {L * m * n} weights of {family} "
+                f"rank d = {d} keeps {fact.params_kept} of {L * m * n} weights of {family} "
                 f"({m}x{n}): the factors are no smaller than the dense maps; use a smaller ratio",
                 UserWarning,
                 stacklevel=2,
             )
         t1 = time.perf_counter()
-        modules = family_modules(model, family)
-        names = family_module_names(model, family)
-        shared_params: dict[int, nn.Parameter] = {}
-        for l, (name, old) in enumerate(zip(names, modules, strict=True)):
-            assert isinstance(old, nn.Linear)
-            dtype, device = old.weight.dtype, old.weight.device
-            g = int(groups[l])
-
-            def param(
-                a: NDArray[np.float64], dtype: torch.dtype = dtype, device: Any = device
-            ) -> nn.Parameter:
-                # a fresh torch allocation (not numpy's memory): the same alignment as
-                # tensors loaded back from disk, so BLAS takes the same kernels
-                return nn.Parameter(
-                    torch.tensor(np.ascontiguousarray(a), dtype=dtype, device=device),
-                    requires_grad=False,
-                )
-
-            if side == "left":
-                if g not in shared_params:
-                    shared_params[g] = param(bases[g])
-                left = shared_params[g]
-                right = param(bases[g].T @ W[l])
-            else:
-                if g not in shared_params:
-                    shared_params[g] = param(share.right[g])
-                right = shared_params[g]
-                left = param(share.left[l])
-            new = LowRankLinear(left, right, old.bias, shared=side)  # type: ignore[arg-type]
-            set_module(model, name, new)
+        names = _write_back(model, family, fact)
         t2 = time.perf_counter()
-        reports[family] = FamilyReport(
-            family=family,
-            layers=L,
-            m=m,
-            n=n,
-            rank=d,
-            D=m,
-            rank_ratio=d / m,
-            shared=side,
-            groups=[int(g) for g in groups],
-            params_dense=L * m * n,
-            params_kept=int(params_kept),
-            param_ratio=params_kept / (L * m * n),
-            frobenius_error=[float(x) for x in errors.frobenius],
-            frobenius_fraction=[float(x) for x in errors.frobenius_fraction],
-            activation_error=_floats(errors.activation),
-            activation_fraction=_floats(errors.activation_fraction),
-            modules=names,
-            seconds_factorise=t1 - t0,
-            seconds_write_back=t2 - t1,
-        )
+        reports[family] = _report_of(family, fact, names)
+        reports[family].seconds_factorise = t1 - t0
+        reports[family].seconds_write_back = t2 - t1
         t_fact += t1 - t0
         t_write += t2 - t1
     timings = {

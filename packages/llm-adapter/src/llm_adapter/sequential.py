@@ -31,8 +31,8 @@ The adapter only moves tensors: statistics in, factors out.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from tqdm.auto import tqdm
 from .errors import AdapterError
 from .lowrank import LowRankLinear
 from .models import family_module_names, family_modules, model_device, set_module
+
+if TYPE_CHECKING:
+    from grassbundle import ReconstructionErrors
 
 __all__ = ["SequentialFit", "as_parameter", "compress_sequential"]
 
@@ -70,6 +73,12 @@ class SequentialFit:
         (residual) or reports (update), original input against compressed input.
     output_total : list of float
         ``E||W_l x||^2`` per layer.
+    frobenius_fraction : list of float
+        ``||W_l - W'_l||_F^2 / ||W_l||_F^2`` per layer.
+    activation_fraction : list of float
+        ``activation_error / activation_total`` per layer (0 where the total is 0).
+
+    Every error is :func:`grassbundle.reconstruction_errors`' for the fitted weights.
     """
 
     ranks: list[int]
@@ -78,6 +87,30 @@ class SequentialFit:
     activation_total: list[float]
     output_error: list[float]
     output_total: list[float]
+    frobenius_fraction: list[float] = field(default_factory=list)
+    activation_fraction: list[float] = field(default_factory=list)
+
+    def add(self, rank: int, errors: ReconstructionErrors) -> None:
+        """Append one layer: its rank and grassbundle's errors of its fit (one map).
+
+        Parameters
+        ----------
+        rank : int
+        errors : grassbundle.ReconstructionErrors
+            Of one map, with the activation and output errors.
+        """
+        assert errors.activation_error is not None and errors.activation_total is not None
+        assert errors.output_error is not None
+        act_frac = errors.activation_fraction
+        assert act_frac is not None
+        self.ranks.append(int(rank))
+        self.frobenius_error.append(float(errors.frobenius_error[0]))
+        self.frobenius_fraction.append(float(errors.frobenius_fraction[0]))
+        self.activation_error.append(float(errors.activation_error[0]))
+        self.activation_total.append(float(errors.activation_total[0]))
+        self.activation_fraction.append(float(act_frac[0]))
+        self.output_error.append(float(errors.output_error[0]))
+        self.output_total.append(float(errors.activation_total[0]))  # E||W x||^2 = tr(W C W^T)
 
 
 class _Stop(Exception):
@@ -224,6 +257,7 @@ def compress_sequential(
     """
     import copy
 
+    import grassbundle as gb
     from grassbundle.refit import RIDGE
 
     from .models import _layers
@@ -263,21 +297,8 @@ def compress_sequential(
                 assert isinstance(old, nn.Linear)
                 W = old.weight.detach().to("cpu", torch.float64).numpy()
                 left, right = _fit_one(fit, W, C, C_hat, C_cross, int(ranks[g][i]), r)
-                Wc = left @ right
-                E = W - Wc
-                rec = out[g]
-                rec.ranks.append(int(ranks[g][i]))
-                rec.frobenius_error.append(float(np.vdot(E, E)))
-                rec.activation_error.append(float(np.vdot(E @ C, E)))
-                rec.activation_total.append(float(np.vdot(W @ C, W)))
-                # E||W x - Wc x_hat||^2 = tr(W C W^T) - 2 tr(W C_cross Wc^T) + tr(Wc C_hat Wc^T)
-                err = (
-                    float(np.vdot(W @ C, W))
-                    - 2.0 * float(np.vdot(W @ C_cross, Wc))
-                    + float(np.vdot(Wc @ C_hat, Wc))
-                )
-                rec.output_error.append(max(err, 0.0))
-                rec.output_total.append(float(np.vdot(W @ C, W)))
+                errors = gb.reconstruction_errors(W, left @ right, C, C_hat=C_hat, C_cross=C_cross)
+                out[g].add(int(ranks[g][i]), errors)
                 new = LowRankLinear(
                     as_parameter(left, old.weight),
                     as_parameter(right, old.weight),
