@@ -95,6 +95,7 @@ from ..methods import (
     METHOD_TABLE,
     PARAMS,
     Spelling,
+    format_float,
     split_families,
 )
 
@@ -414,7 +415,7 @@ def point_label(point: SweepPoint) -> str:
         return point.label
     if point.method == "bundle":
         p = point.params
-        lam = "inf" if math.isinf(p["lam"]) else f"{p['lam']:g}"
+        lam = format_float(p["lam"])
         text = f"bundle lam={lam} k={p['tying']} {p['metric']}"
         if p["coupling"]:
             text += f" mu={p['coupling']:g}"
