@@ -58,7 +58,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _validate
 from .baselines import basis_sharing_input
-from .bundle import BundleProblem, anchor_section, evaluate_section, solve
+from .bundle import BundleProblem, _check_lam, anchor_section, evaluate_section, solve
 from .coupling import solve_coupled
 from .refit import svd_llm_update
 
@@ -438,16 +438,9 @@ def factorise(
         group_size=group_size,
         ranks=ranks,
     )
-    lam = _validate.nonnegative(
-        lam, "lam", allow_inf=True, want="a number >= 0 or float('inf')", bad=">= 0 (or inf)"
-    )
-    mu = _validate.nonnegative(
-        coupling,
-        "coupling",
-        allow_inf=False,
-        want="a finite number >= 0",
-        bad="a finite number >= 0",
-    )
+    lam = _check_lam(lam)
+    want = "a finite number >= 0"
+    mu = _validate.nonnegative(coupling, "coupling", allow_inf=False, want=want, bad=want)
     if metric not in ("weight", "activation"):
         raise ValueError(f"metric must be 'weight' or 'activation'; got metric = {metric!r}")
     W64 = _validate.family(W)
@@ -486,7 +479,7 @@ def factorise(
     if method == "basis-sharing":
         assert C64 is not None
         return _basis_sharing(W64, C64, rank, group_size)
-    if coupling and tying != 1:
+    if mu > 0 and tying != 1:
         raise ValueError(
             f"coupling > 0 couples untied sections and needs tying = 1; got tying = {tying!r}"
         )
