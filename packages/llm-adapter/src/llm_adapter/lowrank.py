@@ -150,6 +150,8 @@ def effective_weights(model: nn.Module, family: str) -> NDArray[np.float64]:
 
     mats = []
     for module in family_modules(model, family):
-        weight = module.weight() if isinstance(module, LowRankLinear) else module.weight
+        weight = (
+            module.weight() if isinstance(module, LowRankLinear) else module.get_parameter("weight")
+        )
         mats.append(weight.detach().to(device="cpu", dtype=torch.float64).numpy())
     return np.stack(mats)
