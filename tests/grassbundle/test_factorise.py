@@ -398,7 +398,15 @@ def _bad_calls():  # type: ignore[no-untyped-def]
         (lambda: gb.factorise(W, C, "svd", 2, lam=1.0), "lam applies to method 'bundle'"),
         (lambda: gb.factorise(W, C, "svd-llm", 2, tying=2), "tying applies to method 'bundle'"),
         (lambda: gb.factorise(W, C, "bundle", 2, group_size=3), "group_size applies to"),
-        (lambda: gb.factorise(W, C, "bundle", None, ranks=[1, 2, 3]), "ranks applies to"),
+        (lambda: gb.factorise(W, C, "basis-sharing", None, ranks=[1, 2, 3]), "ranks applies to"),
+        (
+            lambda: gb.factorise(W, C, "bundle", None, ranks=[1, 2, 3], lam=0.5),
+            "per-group ranks of the bundle need the tied corner",
+        ),
+        (
+            lambda: gb.factorise(W, C, "bundle", None, ranks=[1, 2, 2], tying=2),
+            "equal within a tied group",
+        ),
         (lambda: gb.factorise(W, None, "svd-llm", 2), "'svd-llm' needs the input covariances"),
         (lambda: gb.factorise(W, None, "basis-sharing", 2), "needs the input covariances"),
         (
@@ -502,3 +510,39 @@ def test_reconstruction_errors_reject_bad_input() -> None:
     bad[0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="W_hat must have finite entries"):
         gb.reconstruction_errors(W, bad)
+
+
+@pytest.mark.parametrize("metric", ["weight", "activation"])
+def test_per_group_ranks_are_each_groups_tied_corner(metric: str) -> None:
+    """Tied corner with a rank per group: each group's basis spans the top-d_g eigenspace of
+    its own sum_l omega_l E_l matrix (omega_l = 1/||W_l||_F^2), computed here with eigh."""
+    rng = np.random.default_rng(7)
+    L, m, n, k = 5, 6, 4, 2
+    W = rng.standard_normal((L, m, n))
+    X = rng.standard_normal((L, 40, n))
+    C = np.einsum("lti,ltj->lij", X, X) / 40
+    ranks = [3, 3, 1, 1, 2]  # groups {0,1}, {2,3}, {4}
+    f = gb.factorise(W, C, "bundle", None, ranks=ranks, tying=k, metric=metric)
+    np.testing.assert_array_equal(f.groups, [0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(f.ranks, ranks)
+    for g, layers in enumerate([[0, 1], [2, 3], [4]]):
+        d = ranks[layers[0]]
+        K = np.zeros((m, m))
+        for l in layers:
+            E = W[l] @ C[l] @ W[l].T if metric == "activation" else W[l] @ W[l].T
+            K += E / np.sum(W[l] ** 2)
+        vals, vecs = np.linalg.eigh(K)
+        assert vals[-d] - vals[-d - 1] > 1e-6  # a gap: the subspace is unique
+        P_ref = vecs[:, -d:] @ vecs[:, -d:].T
+        U = f.shared[g]
+        assert U.shape == (m, d)
+        # projectors agree to float64 roundoff scaled by the gap (Davis-Kahan)
+        tol = 1e-9 / (vals[-d] - vals[-d - 1])
+        np.testing.assert_allclose(U @ U.T, P_ref, atol=tol)
+        for l in layers:
+            np.testing.assert_allclose(f.weight(l), P_ref @ W[l], atol=tol * np.abs(W[l]).max())
+            E = W[l] - P_ref @ W[l]
+            np.testing.assert_allclose(f.frobenius_error[l], np.sum(E * E), rtol=1e-8)
+    assert f.params_kept == sum(
+        ranks[g * k] * (m + len(ls) * n) for g, ls in enumerate([[0, 1], [2, 3], [4]])
+    )

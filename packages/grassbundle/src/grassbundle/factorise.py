@@ -348,13 +348,17 @@ def _check_options(
     ranks: Any,
 ) -> None:
     """Raise for an option given a value that its method does not take."""
+    if ranks is not None and method not in ("svd-llm", "bundle"):
+        raise ValueError(
+            f"ranks applies to methods 'svd-llm' and 'bundle' only; got ranks with method "
+            f"{method!r}"
+        )
     given = {
         "lam": (lam, lam != 0, "bundle"),
         "tying": (tying, tying != 1, "bundle"),
         "metric": (metric, metric != "weight", "bundle"),
         "coupling": (coupling, coupling != 0, "bundle"),
         "group_size": (group_size, group_size != 2, "basis-sharing"),
-        "ranks": (ranks, ranks is not None, "svd-llm"),
     }
     for name, (value, changed, owner) in given.items():
         if changed and method != owner:
@@ -413,6 +417,10 @@ def factorise(
         ``"basis-sharing"``: layers per group, ``1 <= group_size <= L``.
     ranks : sequence of int, shape=[L], optional
         ``"svd-llm"``: one rank per layer, ``1 <= d_l <= min(m, n)``.
+        ``"bundle"`` at the tied corner (``lam = 0``, no coupling): one rank
+        per layer, equal within each group of ``tying`` consecutive layers
+        (the group's basis), below ``m``; each group is then the corner of its
+        own layers at its own rank.
 
     Returns
     -------
@@ -472,6 +480,13 @@ def factorise(
                     "input reaches what these layers respond to, so their activation errors "
                     "(and SVD-LLM's subspace, the anchor) are undefined"
                 )
+    if ranks is not None and method == "bundle":
+        if lam != 0 or mu != 0:
+            raise ValueError(
+                "per-group ranks of the bundle need the tied corner, lam = 0 and coupling = 0 "
+                f"(its energy is then a sum over groups); got lam = {lam:g}, coupling = {mu:g}"
+            )
+        return _per_group_bundle(W64, C64, _layer_ranks(ranks, L, m, n), tying, metric)
     if ranks is not None:
         assert C64 is not None
         return _per_layer_svd_llm(W64, C64, _layer_ranks(ranks, L, m, n))
@@ -585,6 +600,57 @@ def _per_layer_svd_llm(W: F64, C: F64, ranks: NDArray[np.intp]) -> Factorisation
         frobenius_fraction=errors.frobenius_fraction,
         activation_error=errors.activation_error,
         activation_fraction=errors.activation_fraction,
+        params_kept=_params(shared, own),
+        params_dense=L * m * n,
+    )
+
+
+def _per_group_bundle(
+    W: F64, C: F64 | None, ranks: NDArray[np.intp], tying: int, metric: str
+) -> Factorisation:
+    """The tied corner (``lam = 0``) with each group of ``tying`` layers at its own rank.
+
+    The corner's objective is a sum over groups, each group's term depending
+    only on its own basis, so the minimiser solves every group alone: group
+    ``g`` is the corner of the sub-family ``W[g]`` at rank ``d_g`` (the same
+    ``omega_l``, which depend on each layer alone).
+    """
+    L, m, n = W.shape
+    if not _validate.is_integer(tying) or not 1 <= int(tying) <= L:
+        raise ValueError(f"tying must satisfy 1 <= k <= L = {L}; got tying = {tying!r}")
+    k = int(tying)
+    starts = range(0, L, k)
+    for s in starts:
+        block = ranks[s : s + k]
+        if np.any(block != block[0]):
+            raise ValueError(
+                "per-layer ranks must be equal within a tied group (its layers share one "
+                f"basis); got ranks[{s}:{s + len(block)}] = {block.tolist()}"
+            )
+        if block[0] >= m:
+            raise ValueError(f"a group's rank must be below m = {m}; got ranks[{s}] = {block[0]}")
+    parts = [
+        _output_side(
+            "bundle", W[s : s + k], None if C is None else C[s : s + k], int(ranks[s]),
+            lam=0.0, tying=len(range(s, min(s + k, L))), metric=metric, mu=0.0,
+        )
+        for s in starts
+    ]  # fmt: skip
+    act = [p.activation_error for p in parts if p.activation_error is not None]
+    frac = [p.activation_fraction for p in parts if p.activation_fraction is not None]
+    shared = tuple(b for p in parts for b in p.shared)
+    own = tuple(f for p in parts for f in p.layer_factors)
+    return Factorisation(
+        method="bundle",
+        side="left",
+        shared=shared,
+        layer_factors=own,
+        groups=np.asarray([l // k for l in range(L)], dtype=np.intp),
+        ranks=ranks,
+        frobenius_error=np.concatenate([p.frobenius_error for p in parts]),
+        frobenius_fraction=np.concatenate([p.frobenius_fraction for p in parts]),
+        activation_error=np.concatenate(act) if C is not None else None,
+        activation_fraction=np.concatenate(frac) if C is not None else None,
         params_kept=_params(shared, own),
         params_dense=L * m * n,
     )
