@@ -135,7 +135,10 @@ def factor_cost(
 
 
 def activation_spectrum(
-    W: ArrayLike, C: ArrayLike | None = None, *, omega: ArrayLike | None = None
+    W: ArrayLike,
+    C: ArrayLike | None = None,
+    *,
+    omega: ArrayLike | Literal["frobenius"] | None = None,
 ) -> F64:
     """Eigenvalues, descending, of ``sum_l omega_l W_l C_l W_l^T`` (``W_l W_l^T`` without ``C``).
 
@@ -151,9 +154,12 @@ def activation_spectrum(
     C : array-like, shape=[n, n] or [k, n, n], optional
         Input covariances, symmetric positive semi-definite (eigenvalues
         below ``-1e-8 * lambda_max`` are an error; the rest are clipped at 0).
-    omega : array-like, shape=[k], optional
+    omega : array-like, shape=[k], or "frobenius", optional
         Positive layer weights; default all ones (absolute energies, so that
-        units can be compared and summed).
+        units can be compared and summed).  ``"frobenius"``: ``1 /
+        ||W_l||_F^2``, the bundle's default weights
+        (:class:`grassbundle.BundleProblem`), so that the tail sums are the
+        tied corner's own objective.
 
     Returns
     -------
@@ -165,6 +171,10 @@ def activation_spectrum(
     """
     W64 = _validate.weight_stack(W)
     k, m, n = W64.shape
+    if isinstance(omega, str):
+        if omega != "frobenius":
+            raise ValueError(f"omega must be weights or 'frobenius'; got omega = {omega!r}")
+        omega = 1.0 / np.einsum("lij,lij->l", W64, W64)
     om = _weights(omega, k, "omega")
     parts = []
     for l in range(k):

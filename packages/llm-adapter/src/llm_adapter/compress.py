@@ -31,7 +31,9 @@ computed sequentially (:func:`grassbundle.svd_llm_update`). ``allocate``
 that minimise the summed activation truncation energy (``"sum"``) or the
 summed per-layer fractions (``"normalised"``) under the same parameter budget
 as the uniform ranks (:func:`grassbundle.allocate_ranks`, over every layer of
-every compressed family).
+every compressed family); with ``bundle`` at the tied activation corner
+(``metric="activation"``, ``lam = 0``) it allocates one rank per tied group,
+minimising the corner's own objective (see :func:`layer_ranks`).
 
 Every output-side method writes ``W'_l = U_l (U_l^T W_l)``: factor ``U_l``
 (``m x d``, one ``nn.Parameter`` per tied group) and ``U_l^T W_l``
@@ -133,7 +135,8 @@ class CompressionConfig:
         update of the left factor); needs calibration windows.
     allocate : {"none", "sum", "normalised"}, default "none"
         ``svd-llm`` and ``residual``: per-layer ranks under the uniform ranks'
-        parameter budget.
+        parameter budget; ``bundle`` (tied activation corner only): one rank
+        per tied group under that budget.
     spelling : llm_adapter.methods.Spelling, default command-line flags
         How error messages name a bad value (``--lam -1`` or ``points[0] lam = -1``);
         not a field.
@@ -443,18 +446,16 @@ def _factorise(
     """
     import grassbundle as gb
 
-    options: dict[str, Any] = {}
-    if ranks is not None:
-        options = {"ranks": ranks}
-    elif config.method == "bundle":
-        options = {
-            "lam": float(config.lam),
-            "tying": int(config.tying),
-            "metric": config.metric,
-            "coupling": float(config.coupling),
-        }
+    options: dict[str, Any] = {} if ranks is None else {"ranks": ranks}
+    if config.method == "bundle":
+        options.update(
+            lam=float(config.lam),
+            tying=int(config.tying),
+            metric=config.metric,
+            coupling=float(config.coupling),
+        )
     elif config.method == "basis-sharing":
-        options = {"group_size": int(config.group_size)}
+        options["group_size"] = int(config.group_size)
     try:
         return gb.factorise(W, C, config.method, d, **options)
     except ValueError as exc:
@@ -580,10 +581,15 @@ def layer_ranks(
 ) -> dict[str, list[int]]:
     """Per-layer ranks: uniform, or allocated under the uniform ranks' parameter budget.
 
-    Every layer of every family is one unit of :func:`grassbundle.allocate_ranks`
-    with cost ``m + n`` per rank and the spectrum of ``M_l = W_l C_l W_l^T``
-    (:func:`grassbundle.activation_spectrum`); ranks stay at most
-    ``min(m, n)`` and below the break-even ``m n / (m + n)``.
+    The units of :func:`grassbundle.allocate_ranks` are the layers of every
+    family (cost ``m + n`` per rank, the spectrum of ``M_l = W_l C_l
+    W_l^T``), or for the bundle's tied activation corner the groups of
+    ``k`` consecutive layers (cost ``m + k n``, the spectrum of ``sum_{l in
+    g} omega_l M_l`` with the bundle's ``omega_l = 1 / ||W_l||_F^2``, so
+    that ``"sum"`` minimises the corner's own objective); all from
+    :func:`grassbundle.activation_spectrum`.  Ranks stay within the maps'
+    dimensions and below the break-even where the factors stop saving
+    parameters.
 
     Parameters
     ----------
@@ -597,24 +603,31 @@ def layer_ranks(
     Returns
     -------
     dict of str to list of int
+        One rank per layer (equal within a tied group).
     """
     import grassbundle as gb
 
     shapes = {f: family_weights(model, f) for f in families}
     if config.allocate == "none":
         return {f: [ranks[f]] * shapes[f].shape[0] for f in families}
+    tied = config.method == "bundle"
     spectra, costs, caps, owners = [], [], [], []
     budget = 0
     for f in families:
         W = shapes[f]
         C = stats.covariance(f)
         L, m, n = W.shape
-        budget += L * ranks[f] * (m + n)
-        for l in range(L):
-            spectra.append(gb.activation_spectrum(W[l], C[l]))
-            costs.append(m + n)
-            caps.append(max(1, min(m, n, (m * n - 1) // (m + n))))
-            owners.append(f)
+        k = int(config.tying) if tied else 1
+        for s in range(0, L, k):
+            g = slice(s, min(s + k, L))
+            kg = g.stop - s
+            budget += ranks[f] * (m + kg * n)
+            omega = "frobenius" if tied else None
+            spectra.append(gb.activation_spectrum(W[g], C[g], omega=omega))
+            costs.append(gb.factor_cost(m, n, kg))
+            top = min(m - 1, kg * n) if tied else min(m, n)
+            caps.append(max(1, min(top, (kg * m * n - 1) // (m + kg * n))))
+            owners.append((f, kg))
     try:
         alloc = gb.allocate_ranks(
             spectra, costs, budget, normalise=config.allocate == "normalised", max_rank=caps
@@ -622,8 +635,8 @@ def layer_ranks(
     except ValueError as exc:
         raise AdapterError(f"rank allocation failed: {exc}") from None
     out: dict[str, list[int]] = {f: [] for f in families}
-    for f, d in zip(owners, alloc.ranks, strict=True):
-        out[f].append(int(d))
+    for (f, kg), d in zip(owners, alloc.ranks, strict=True):
+        out[f] += [int(d)] * kg
     return out
 
 
@@ -636,12 +649,13 @@ def _per_layer_families(
     windows: torch.Tensor | None,
     progress: bool,
 ) -> dict[str, FamilyReport]:
-    """Untied per-layer factorisations with per-layer ranks (allocated and/or sequential)."""
+    """Factorisations with per-layer ranks: allocated (SVD-LLM's truncation per layer, or the
+    bundle's tied corner per group) and/or sequential."""
     from .sequential import compress_sequential
 
     per_layer = layer_ranks(model, config, families, ranks, stats)
     reports = {}
-    if not config.sequential:  # SVD-LLM's truncation, layer by layer, each with its own rank
+    if not config.sequential:  # one factorisation per family, at the allocated ranks
         for f in families:
             W, C = family_weights(model, f), stats.covariance(f)
             fact = _factorise(config, f, W, C, None, ranks=per_layer[f])

@@ -237,9 +237,10 @@ PARAMS: dict[str, Param] = {
         Param("update", bool, False, "svd-llm: add SVD-LLM's second step (sequential "
               "least-squares update of the left factor on the compressed model's inputs)",
               "update", optional=True),
-        Param("allocate", str, "none", "svd-llm, residual: per-layer ranks under the same "
-              "parameter budget, minimising the summed ('sum') or per-layer relative "
-              "('normalised') activation energy ('none': one rank per family)",
+        Param("allocate", str, "none", "svd-llm, residual, bundle (tied corner): per-layer "
+              "(per-group) ranks under the same parameter budget, minimising the summed ('sum') "
+              "or per-unit relative ('normalised') activation energy ('none': one rank per "
+              "family)",
               "allocation", choices=ALLOCATIONS, optional=True),
     )
 }  # fmt: skip
@@ -252,7 +253,7 @@ METHOD_TABLE: dict[str, Method] = {
                "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True),
         Method("basis-sharing", "Basis Sharing", ("group_size",),
                "Basis Sharing: one input-side basis per group of layers", lambda p: True),
-        Method("bundle", "bundle", ("lam", "tying", "metric", "coupling"),
+        Method("bundle", "bundle", ("lam", "tying", "metric", "coupling", "allocate"),
                "the Grassmann-bundle section (anchor lam, tying k)",
                lambda p: p["metric"] == "activation" or p["lam"] > 0),
         Method("residual", "residual", ("allocate",),
@@ -306,6 +307,14 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
                 f"(drop {name}, or choose a method that takes it)"
             )
         values[key] = param.check(value, spell)
+    if method == "bundle" and values["allocate"] != "none":
+        corner = values["lam"] == 0 and values["coupling"] == 0
+        if not corner or values["metric"] != "activation":
+            raise AdapterError(
+                "--allocate with --method bundle allocates ranks over the tied groups of the "
+                "activation corner: use --metric activation, --lam 0 and no --coupling; got "
+                f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
+            )
     if values["coupling"] > 0:
         if math.isinf(values["lam"]):
             raise AdapterError(

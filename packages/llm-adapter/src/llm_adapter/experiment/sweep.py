@@ -419,13 +419,15 @@ def point_label(point: SweepPoint) -> str:
         text = f"bundle lam={lam} k={p['tying']} {p['metric']}"
         if p["coupling"]:
             text += f" mu={p['coupling']:g}"
+        if p.get("allocate", "none") != "none":
+            text += f" alloc={p['allocate']}"
         return text
     if point.method in ("svd-llm", "residual"):
         p = point.params
         return (
             point.method
             + (" +update" if p.get("update") else "")
-            + (f" alloc={p['allocate']}" if p.get("allocate") else "")
+            + (f" alloc={p['allocate']}" if p.get("allocate", "none") != "none" else "")
         )
     if point.method == "basis-sharing":
         private = point.params.get("private")
