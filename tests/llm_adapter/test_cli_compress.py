@@ -10,27 +10,6 @@ import pytest
 import torch
 from llm_adapter import load
 from llm_adapter.cli import SUBCOMMAND_MODULES, main
-from llm_adapter.models import random_neox
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny")
-    model_dir = root / "model"
-    random_neox(num_hidden_layers=3, seed=3).save_pretrained(model_dir)
-    vocab = {f"w{i}": i for i in range(127)} | {"[UNK]": 127}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
-    rng = np.random.default_rng(0)
-    text = root / "calib.txt"
-    text.write_text(
-        "\n".join(" ".join(f"w{i}" for i in rng.integers(0, 127, 30)) for _ in range(40))
-    )
-    return {"model": model_dir, "text": text, "root": root}
 
 
 def _args(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:

@@ -15,33 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from llm_adapter import read_manifest
 from llm_adapter.checkpoint import clean_leftovers
 from llm_adapter.cli import main
 from llm_adapter.experiment import sweep as sw
-from llm_adapter.models import random_neox
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("crash")
-    model_dir = root / "model"
-    random_neox(num_hidden_layers=3, seed=3).save_pretrained(model_dir)
-    vocab = {f"w{i}": i for i in range(127)} | {"[UNK]": 127}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
-    rng = np.random.default_rng(0)
-    text = root / "calib.txt"
-    text.write_text(
-        "\n".join(" ".join(f"w{i}" for i in rng.integers(0, 127, 30)) for _ in range(40))
-    )
-    return {"model": model_dir, "text": text}
 
 
 def _compress(tiny: dict[str, Path], out: Path, method: str, *extra: str) -> list[str]:

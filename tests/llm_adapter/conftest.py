@@ -1,0 +1,34 @@
+"""Shared fixtures of the adapter's tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A saved random 3-layer GPT-NeoX with a word-level tokenizer, and a calibration text.
+
+    Keys: ``model`` (the checkpoint directory), ``text`` (40 lines of 30 words
+    of its vocabulary) and ``root`` (their folder), one per test module.
+    """
+    from llm_adapter.models import random_neox
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    model_dir = root / "model"
+    random_neox(num_hidden_layers=3, seed=3).save_pretrained(model_dir)
+    vocab = {f"w{i}": i for i in range(127)} | {"[UNK]": 127}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    text = root / "calib.txt"
+    text.write_text(
+        "\n".join(" ".join(f"w{i}" for i in rng.integers(0, 127, 30)) for _ in range(40))
+    )
+    return {"model": model_dir, "text": text, "root": root}
