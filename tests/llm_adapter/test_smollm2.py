@@ -241,3 +241,37 @@ def test_one_point_sweep(tmp_path: Path) -> None:
     row = rows[0]
     assert row["method"] == "svd-llm"
     assert np.isfinite(row["ppl"])
+
+
+NEWER = [
+    {"method": "svd-llm", "update": True},
+    {"method": "residual"},
+    {"method": "svd-llm", "allocate": "normalised"},
+    {"method": "bundle", "tying": 5, "metric": "activation", "allocate": "sum"},
+]
+
+
+@pytest.mark.parametrize("kw", NEWER, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_newer_methods_at_an_equal_budget(
+    smollm2: tuple[Any, Any], stats: Any, tmp_path: Path, kw: dict[str, Any]
+) -> None:
+    """SVD-LLM's update, the residual fit and the allocated ranks (untied and over tied
+    groups) at half the o_proj parameters: within the budget, saved, reloaded with
+    identical logits, and a finite perplexity near the dense model's."""
+    dense, tokenizer = smollm2
+    model = copy.deepcopy(dense)
+    config = CompressionConfig(param_ratio=0.5, families="attn.out", **kw)  # type: ignore[arg-type]
+    report = compress_model(model, config, stats)
+    fam = report.families["self_attn.o_proj"]
+    assert fam.params_kept <= 0.5 * fam.params_dense
+    assert fam.params_kept > 0.45 * fam.params_dense
+    if kw.get("allocate"):
+        assert fam.ranks is not None and len(set(fam.ranks)) > 1  # the budget was reallocated
+    out = save(model, tokenizer, report, tmp_path / "ck")
+    loaded, tok = load(out, device="cpu")
+    ids = torch.tensor([tokenizer("The tower is 324 metres tall.")["input_ids"]])
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+    text = read_wikitext(RAW_TEST)
+    ppl = perplexity(loaded, tok, text=text, seq_len=512, max_windows=2, progress=False)
+    ppl_dense = perplexity(dense, tokenizer, text=text, seq_len=512, max_windows=2, progress=False)
+    assert np.isfinite(ppl.perplexity) and ppl.perplexity < 3 * ppl_dense.perplexity
