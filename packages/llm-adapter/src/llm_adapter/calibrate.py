@@ -132,7 +132,7 @@ class _SharedInputs:
                 return
             gram = self.grams[index]
             x2 = x.detach().reshape(-1, x.shape[-1]).to(device=gram.device, dtype=torch.float64)
-            _add_gram(gram, x2.contiguous())
+            gram.addmm_(x2.T, x2)
             self.recent = [(x, index), *self.recent[:1]]
 
         return pre_hook
@@ -141,36 +141,9 @@ class _SharedInputs:
         self.recent = []
 
     def resolved(self, index: int) -> torch.Tensor:
-        """The Gram of map ``index``, following its alias (call :meth:`finish` first)."""
+        """The Gram of map ``index``, following its alias."""
         owner = self.alias.get(index)
         return self.grams[index if owner is None else owner]
-
-    def finish(self) -> None:
-        """Fill the lower triangles of the CPU Grams (accumulated in the upper one only)."""
-        for gram in self.grams:
-            if gram.device.type == "cpu":
-                upper = torch.triu(gram)
-                gram.copy_(upper + torch.triu(gram, 1).T)
-
-
-def _add_gram(gram: torch.Tensor, x: torch.Tensor) -> None:
-    """``gram += x^T x`` in float64.
-
-    On the CPU through BLAS ``dsyrk`` into the upper triangle only (half the
-    multiplications of a full product, the same float64 arithmetic; the lower
-    triangle is filled by :meth:`_SharedInputs.finish`); elsewhere a full
-    ``addmm``.
-    """
-    if gram.device.type != "cpu":
-        gram.addmm_(x.T, x)
-        return
-    from scipy.linalg.blas import dsyrk
-
-    g = gram.numpy()
-    # the Fortran views: g.T's lower triangle is g's upper one; x.T @ x.T^T = x^T x
-    out = dsyrk(1.0, x.numpy().T, beta=1.0, c=g.T, trans=0, lower=1, overwrite_c=1)
-    if not np.shares_memory(out, g):  # BLAS wrote a copy: keep its upper triangle
-        g[...] = np.triu(out.T) + np.tril(g, -1)
 
 
 class _StopForward(Exception):
@@ -243,7 +216,6 @@ def _accumulate(
             handle.remove()
         model.train(was_training)
         shared.new_batch()
-    shared.finish()
     grams = {f: [shared.resolved(i) for i in idx] for f, idx in index.items()}
     n_shared = sum(1 for owner in shared.alias.values() if owner is not None)
     return grams, n_shared
@@ -334,7 +306,6 @@ def _accumulate_layerwise(
                 h.remove()
             shared.new_batch()
             layer.to(home[i])
-        shared.finish()
         for k, f in enumerate(families):
             grams[f].append(shared.resolved(k).cpu())
     return grams
