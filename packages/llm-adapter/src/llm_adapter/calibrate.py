@@ -430,11 +430,21 @@ def calibrate(
             grams = _accumulate_layerwise(model, missing, windows, batch_size, progress, run_on)
         else:
             grams, _ = _accumulate(model, missing, windows, batch_size, progress)
+        # C = (G + G^T) / 2 / tokens, once per distinct Gram (maps that share an input
+        # share it), in place in torch: the same float64 operations as the numpy
+        # expression, without its temporaries over every family's stack
+        finished: dict[int, torch.Tensor] = {}
         for f in missing:
-            C = torch.stack([g.cpu() for g in grams[f]]).numpy() / tokens
-            if not np.all(np.isfinite(C)):
-                raise AdapterError(_non_finite_message(model, f))
-            covariances[f] = 0.5 * (C + np.swapaxes(C, -1, -2))
+            mats = []
+            for g in grams[f]:
+                if id(g) not in finished:
+                    c = g.cpu() / tokens
+                    c = c.add_(c.T.clone()).mul_(0.5)
+                    if not bool(torch.isfinite(c).all()):
+                        raise AdapterError(_non_finite_message(model, f))
+                    finished[id(g)] = c
+                mats.append(finished[id(g)])
+            covariances[f] = torch.stack(mats).numpy()
         seconds = time.perf_counter() - t0
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
