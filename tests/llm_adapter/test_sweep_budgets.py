@@ -179,4 +179,7 @@ def test_smollm2_configs_parse(name: str) -> None:
     keys = [sw.point_key(p, {"x": 1}) for p in points]
     assert len(set(keys)) == len(keys)
     budgets = {p.budget for p in points if p.method != "dense"}
-    assert len(budgets) == (2 if "budgets" in name else 1)
+    if "budgets" in name:  # equal-budget tables compare at two budgets or more
+        assert len(budgets) >= 2
+    else:
+        assert len(budgets) == 1
