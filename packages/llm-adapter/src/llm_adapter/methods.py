@@ -19,7 +19,7 @@ parsers (and ``--help``) from it at no cost.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,11 +116,11 @@ def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
         ) from None
 
 
-def split_families(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Family names from ``"a,b"`` or a sequence; blanks dropped."""
+def split_families(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Family names from ``"a,b"`` (stripped, blanks dropped) or a sequence (as given)."""
     if isinstance(value, str):
         return tuple(f.strip() for f in value.split(",") if f.strip())
-    return tuple(str(f).strip() for f in value if str(f).strip())
+    return tuple(str(f) for f in value)
 
 
 @dataclass(frozen=True)

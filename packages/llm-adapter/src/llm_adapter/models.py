@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from .errors import AdapterError, one_line
+from .methods import split_families
 
 __all__ = [
     "ARCHITECTURES",
@@ -225,10 +226,7 @@ def resolve_families(model: nn.Module, families: str | Sequence[str]) -> tuple[s
         The model's own family names, in the table's order, without duplicates.
     """
     spec = get_arch(model)
-    if isinstance(families, str):
-        names = [f.strip() for f in families.split(",") if f.strip()]
-    else:
-        names = list(families)
+    names = list(split_families(families))
     if names == ["all"]:
         return tuple(spec.families)
     if not names:

@@ -16,6 +16,7 @@ from ..methods import (
     DEFAULT_RANK_RATIO,
     METHODS,
     PARAMS,
+    flag,
     split_families,
 )
 from . import add_model, check_hub_dataset, check_hub_model, deprecated_alias, subcommand
@@ -27,12 +28,10 @@ def add_method_params(p: argparse.ArgumentParser) -> None:
     """One flag per parameter of :data:`llm_adapter.methods.PARAMS` (unset: ``None``)."""
     for key, param in PARAMS.items():
         if param.kind is bool:
-            p.add_argument(
-                "--" + key.replace("_", "-"), action="store_true", default=None, help=param.help
-            )
+            p.add_argument(flag(key), action="store_true", default=None, help=param.help)
             continue
         p.add_argument(
-            "--" + key.replace("_", "-"),
+            flag(key),
             type=str if param.kind is float else param.kind,
             choices=param.choices or None,
             default=None,
@@ -146,13 +145,13 @@ def run_compress(args: argparse.Namespace) -> int:
         families=args.families,
         **method_params(args),
     )
-    for flag, value, low in (
+    for option, value, low in (
         ("--calib-samples", args.calib_samples, 1),
         ("--batch-size", args.batch_size, 1),
         ("--calib-seq-len", args.calib_seq_len, 2),
     ):
         if value is not None and value < low:
-            raise AdapterError(f"{flag} must be >= {low}; got {flag} {value}")
+            raise AdapterError(f"{option} must be >= {low}; got {option} {value}")
     resolve_dtype(args.dtype)
     resolve_device(args.device)
     out = Path(args.out)

@@ -48,7 +48,7 @@ _FLAG_NAMES = {"out": "--results", "rank_ratios": "--rank-ratio", "methods": "--
 
 
 def _flag(dest: str) -> str:
-    return _FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
+    return _FLAG_NAMES.get(dest, flag(dest))
 
 
 def _convert(dest: str, conv: Any, value: Any) -> Any:
