@@ -51,6 +51,7 @@ from .grassmann import (
 )
 from .means import KarcherMeanResult, chordal_mean, karcher_mean
 from .refit import LowRankFit, ResidualFit, refit_left, residual_fit, svd_llm_update
+from .selection import Selection, activation_basis, removal_gradients, select_components
 
 __version__ = "0.1.0"
 
@@ -66,7 +67,9 @@ __all__ = [
     "ReconstructionErrors",
     "ResidualFit",
     "Section",
+    "Selection",
     "__version__",
+    "activation_basis",
     "activation_spectrum",
     "allocate_ranks",
     "anchor_section",
@@ -96,8 +99,10 @@ __all__ = [
     "random_point",
     "reconstruction_errors",
     "refit_left",
+    "removal_gradients",
     "residual_fit",
     "retraction",
+    "select_components",
     "shared_output_basis",
     "solve",
     "solve_coupled",
