@@ -10,7 +10,8 @@ norm or the output head, so calibrating costs about one forward pass plus the
 Gram updates (``benchmarks/bench_calibration.py`` measures the ratio).  The
 statistics are cached on disk, keyed by the model's fingerprint, the exact
 calibration token windows (which fixes the text, the tokenizer and the
-sampling protocol) and the family, so sweeps do not recompute them.
+sampling protocol), the family and, for detokenized WikiText, the text
+variant, so sweeps do not recompute them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import load_text, sample_windows, tokenize_text
+from .data import (
+    detokenize_wikitext,
+    load_text,
+    resolve_detokenize,
+    sample_windows,
+    text_variant,
+    tokenize_text,
+)
 from .errors import AdapterError
 from .models import (
     check_finite,
@@ -58,7 +66,10 @@ class CalibrationStats:
     tokens : int
         ``N``, the number of calibration tokens.
     protocol : dict
-        Data source, samples, sequence length, seed (for the manifest).
+        Data source, ``text_variant`` (``"raw"``, ``"tokenized"`` or
+        ``"detokenized"``; None for token windows given directly), ``windows``
+        and ``samples`` (the number of windows), ``seq_len``, ``tokens``, ``seed``
+        and the windows' sha256 (for the manifest and results rows).
     seconds : float
         Wall time spent computing (0 when everything came from the cache).
     cached : bool
@@ -88,9 +99,14 @@ class CalibrationStats:
         return self.covariances[family]
 
 
-def _windows_key(model: nn.Module, windows: torch.Tensor, family: str) -> str:
+def _windows_key(
+    model: nn.Module, windows: torch.Tensor, family: str, variant: str | None = None
+) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "family": family}).encode())
+    head: dict[str, Any] = {"v": CACHE_VERSION, "family": family}
+    if variant == "detokenized":  # only then: keys of text used as it is stay as before
+        head["text_variant"] = variant
+    h.update(json.dumps(head).encode())
     h.update(json.dumps(model_identity(model), sort_keys=True).encode())
     h.update(np.ascontiguousarray(windows.cpu().numpy().astype(np.int64)).tobytes())
     h.update(str(tuple(windows.shape)).encode())
@@ -327,6 +343,7 @@ def calibrate(
     progress: bool = False,
     layerwise: bool = False,
     device: str | torch.device | None = None,
+    detokenize: bool | str = False,
 ) -> CalibrationStats:
     """Input covariances of the targeted maps on calibration text.
 
@@ -357,6 +374,12 @@ def calibrate(
         weights and Grams there at a time.  Not with ``device_map`` models.
     device : str or torch.device, optional
         Where the layer-wise pass runs; default the model's device.
+    detokenize : bool or "auto", default False
+        Undo WikiText's spacing (:func:`llm_adapter.data.detokenize_wikitext`)
+        before tokenising: True always, False never (the text as it is),
+        ``"auto"`` when the text is WikiText's tokenized variant
+        (:func:`llm_adapter.data.is_tokenized_wikitext`).  Recorded in the
+        protocol as ``text_variant``.
 
     Returns
     -------
@@ -368,7 +391,10 @@ def calibrate(
         When there are fewer calibration tokens than a map's input dimension
         (its covariance is then singular; the projection form needs no inverse).
     """
+    if not isinstance(detokenize, bool) and detokenize != "auto":
+        resolve_detokenize(detokenize)  # the one-line error, before any work
     fams = resolve_families(model, families)
+    variant: str | None = None
     if token_windows is not None:
         windows = torch.as_tensor(np.asarray(token_windows), dtype=torch.long)
         if windows.ndim != 2 or windows.numel() == 0:
@@ -387,6 +413,10 @@ def calibrate(
         text, source = load_text(text_path, dataset)
         if tokenizer is None:
             raise AdapterError("calibration text needs a tokenizer (or pass token_windows)")
+        detokenized = resolve_detokenize(detokenize, text)
+        variant = text_variant(text, detokenized)
+        if detokenized:
+            text = detokenize_wikitext(text)
         ids = tokenize_text(text, tokenizer)
         windows = sample_windows(ids, samples, seq_len, seed)
         source["n_tokens"] = int(ids.size)
@@ -401,6 +431,8 @@ def calibrate(
     tokens = int(windows.numel())
     protocol = {
         **source,
+        "text_variant": variant,
+        "windows": samples,
         "samples": samples,
         "seq_len": seq_len,
         "seed": seed if token_windows is None else None,
@@ -409,7 +441,7 @@ def calibrate(
     }
 
     covariances: dict[str, NDArray[np.float64]] = {}
-    keys = {f: _windows_key(model, windows, f) for f in fams}
+    keys = {f: _windows_key(model, windows, f, variant) for f in fams}
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         for f in fams:

@@ -11,12 +11,22 @@ offsets into the raw training split with a fixed seed and tokenise
 each window's text, so their windows differ from these even at the same
 seed and text.  Compare methods within this project's protocol, not against
 figures computed with theirs.
+
+WikiText text comes in two published variants.  The *tokenized* one
+(``wikitext-2-v1``, ``wiki.*.tokens``) replaces rare words by ``<unk>``; the
+*raw* one (``wikitext-2-raw-v1``, ``wiki.*.raw``) keeps them.  Both keep
+WikiText's own spacing: a space on each side of punctuation and brackets, and
+number separators written ``@-@``, ``@,@`` and ``@.@`` (``1 @,@ 000``).
+:func:`detokenize_wikitext` undoes that spacing by lm-evaluation-harness's
+rules for its ``wikitext`` task; it does not restore the words behind
+``<unk>``.  :func:`is_tokenized_wikitext` recognises the tokenized variant.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +36,132 @@ from numpy.typing import NDArray
 
 from .errors import AdapterError
 
-__all__ = ["load_text", "sample_windows", "text_fingerprint", "tokenize_text"]
+__all__ = [
+    "detokenize_wikitext",
+    "is_tokenized_wikitext",
+    "load_text",
+    "resolve_detokenize",
+    "sample_windows",
+    "text_fingerprint",
+    "text_variant",
+    "tokenize_text",
+]
+
+#: WikiText's number separators: ``1 @,@ 000``, ``2 @.@ 5``, ``guest @-@ starring``
+NUMBER_SEPARATORS = (" @-@ ", " @,@ ", " @.@ ")
+#: WikiText's marker of a word out of the tokenized variant's vocabulary
+UNKNOWN_WORD = "<unk>"
+
+#: lm-evaluation-harness's ``wikitext_detokenizer`` (``tasks/wikitext/preprocess_wikitext.py``)
+#: as steps applied in order: ``("str", old, new)`` replaces every occurrence of ``old``,
+#: ``("re", pattern, replacement)`` every match.  The harness also has a rule written
+#: with literal slashes (``/' [0-9]/``), which never matches WikiText; it is left out.
+_DETOKENIZE_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("str", "s '", "s'"),  # plural possessive: players ' -> players'
+    ("str", " @-@ ", "-"),
+    ("str", " @,@ ", ","),
+    ("str", " @.@ ", "."),
+    ("str", " : ", ": "),
+    ("str", " ; ", "; "),
+    ("str", " . ", ". "),
+    ("str", " ! ", "! "),
+    ("str", " ? ", "? "),
+    ("str", " , ", ", "),
+    ("re", r"\(\s*([^\)]*?)\s*\)", r"(\1)"),  # ( text ) -> (text); pairs in order
+    ("re", r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
+    ("re", r"{\s*([^}]*?)\s*}", r"{\1}"),
+    ("re", r'"\s*([^"]*?)\s*"', r'"\1"'),
+    ("re", r"'\s*([^']*?)\s*'", r"'\1'"),
+    ("str", "= = = =", "===="),  # heading marks
+    ("str", "= = =", "==="),
+    ("str", "= =", "=="),
+    ("str", " \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+    ("str", " \n", "\n"),
+    ("str", "\n ", "\n"),
+    ("str", " N ", " 1 "),
+    ("str", " 's", "'s"),
+)
+#: an article's title line, `` = Title = `` (section headings have two or more ``=``)
+_ARTICLE = re.compile(r"^ = [^=].* = ?$", re.MULTILINE)
+
+
+def _detokenize_article(text: str) -> str:
+    for kind, old, new in _DETOKENIZE_STEPS:
+        text = text.replace(old, new) if kind == "str" else re.sub(old, new, text)
+    return text
+
+
+def detokenize_wikitext(text: str) -> str:
+    """WikiText's spacing undone, by lm-evaluation-harness's ``wikitext`` rules.
+
+    The rules, in order: ``s '`` -> ``s'``; the number separators ``@-@``,
+    ``@,@``, ``@.@`` with their spaces -> ``-``, ``,``, ``.``; the space before
+    ``:``, ``;``, ``.``, ``!``, ``?`` and ``,`` (when a space follows) removed;
+    the spaces inside each pair of ``()``, ``[]``, ``{}``, ``""`` and ``''``
+    removed (pairs taken in order of appearance); heading marks ``= = =``
+    joined to ``===`` (and ``==``, ``====``); `` ° `` -> ``°``; spaces at line
+    ends and line starts removed; `` N `` -> `` 1 ``; `` 's`` -> ``'s``.
+
+    The harness applies them to one article at a time; so does this function,
+    cutting the text just after the leading space of every article title line
+    (`` = Title = ``), so that an article with an odd number of quotes does not
+    shift the pairing of the next (the space stays with the text before, where
+    the line-start rule removes it as it would in one pass).  ``<unk>`` is left
+    as it is.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    str
+    """
+    cuts = [m.start() + 1 for m in _ARTICLE.finditer(text)]
+    bounds = zip([0, *cuts], [*cuts, len(text)], strict=True)
+    return "".join(_detokenize_article(text[a:b]) for a, b in bounds)
+
+
+def is_tokenized_wikitext(text: str) -> bool:
+    """Whether ``text`` is WikiText's tokenized variant.
+
+    True when it holds the unknown-word marker ``<unk>`` and at least one of
+    the number separators `` @-@ ``, `` @,@ ``, `` @.@ ``.  The raw variant has
+    the separators but no ``<unk>``, so it is not the tokenized variant (it is
+    used as it is unless detokenization is asked for explicitly).
+    """
+    return UNKNOWN_WORD in text and any(sep in text for sep in NUMBER_SEPARATORS)
+
+
+def resolve_detokenize(detokenize: bool | str, text: str | None = None) -> bool:
+    """Whether to detokenize: a bool as given, ``"auto"`` by :func:`is_tokenized_wikitext`.
+
+    Parameters
+    ----------
+    detokenize : bool or {"auto"}
+    text : str, optional
+        Needed for ``"auto"``.
+
+    Returns
+    -------
+    bool
+    """
+    if isinstance(detokenize, bool):
+        return detokenize
+    if detokenize != "auto":
+        raise AdapterError(
+            f"detokenize = {detokenize!r} is not one of true, false or 'auto'; give one of them"
+        )
+    if text is None:
+        raise AdapterError("detokenize = 'auto' needs the text to inspect")
+    return is_tokenized_wikitext(text)
+
+
+def text_variant(text: str, detokenized: bool) -> str:
+    """``"detokenized"``, ``"tokenized"`` (WikiText's tokenized variant as it is) or ``"raw"``."""
+    if detokenized:
+        return "detokenized"
+    return "tokenized" if is_tokenized_wikitext(text) else "raw"
 
 
 def load_text(

@@ -84,6 +84,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--calib-samples", type=int, default=256, help="calibration windows")
     p.add_argument(
+        "--calib-detokenize",
+        choices=["auto", "yes", "no"],
+        default="no",
+        help="undo WikiText's spacing (' @-@ ' -> '-', ' , ' -> ', ', ...) by "
+        "lm-evaluation-harness's rules before tokenising: yes, no, or auto (when the text is "
+        "WikiText's tokenized variant, with <unk>) (default: no, the text as it is)",
+    )
+    p.add_argument(
         "--calib-seq-len",
         type=int,
         default=None,
@@ -199,6 +207,7 @@ def run_compress(args: argparse.Namespace) -> int:
             progress=progress,
             layerwise=args.layerwise,
             device=args.device if args.layerwise else None,
+            detokenize={"yes": True, "no": False}.get(args.calib_detokenize, "auto"),
         )
     report = compress_model(model, config, stats, progress=progress)
     report.model = str(args.model)

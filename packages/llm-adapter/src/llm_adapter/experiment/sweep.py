@@ -22,6 +22,7 @@ directory, where the command is run)::
     samples = 256
     seq_len = 128
     seed = 0
+    detokenize = false              # true, or "auto": undo WikiText's spacing first
 
     [heldout]                       # optional: activation error on other tokens
     text = "../shared/data/wikitext-2/wiki.test.tokens"
@@ -51,6 +52,14 @@ whole-model compression ratio as SVD-LLM reports it (parameters removed over
 all the model's parameters), turned into the families' kept fraction
 ``1 - r * P_model / P_families`` once the model is loaded. The three lists may
 be combined; without any, ``rank_ratios = [0.25]``.
+
+``detokenize`` (in ``[calibration]`` and ``[heldout]``): ``true`` applies
+:func:`llm_adapter.data.detokenize_wikitext` to the text before tokenising,
+``"auto"`` does so when the local file is WikiText's tokenized variant, and
+``false`` (the default) uses the text as it is.  The setting enters the point
+keys, resolved, only when the text is detokenized, so configurations written
+before it existed keep their keys.  Every row records the calibration that made
+it (``calibration``: windows, tokens, seed, sequence length, ``text_variant``).
 
 Point keys: ``method``, ``lam``, ``tying``, ``metric``, ``coupling``,
 ``group_size``, ``families``, ``rank_ratio``, ``param_ratio``, ``model_ratio``,
@@ -125,8 +134,8 @@ TOP_KEYS = {
     "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir",
 }  # fmt: skip
 SECTION_KEYS = {
-    "calibration": {"text", "dataset", "samples", "seq_len", "seed", "batch_size"},
-    "heldout": {"text", "dataset", "samples", "seq_len", "seed", "batch_size"},
+    "calibration": {"text", "dataset", "samples", "seq_len", "seed", "batch_size", "detokenize"},
+    "heldout": {"text", "dataset", "samples", "seq_len", "seed", "batch_size", "detokenize"},
     "evaluation": {
         "wikitext",
         "hellaswag",
@@ -403,6 +412,37 @@ def _budgets(config: dict[str, Any]) -> list[tuple[str, float]]:
     return out or [("rank_ratio", DEFAULT_RANK_RATIO)]
 
 
+def _keyed_text_section(section: dict[str, Any], name: str) -> dict[str, Any]:
+    """A ``[calibration]`` or ``[heldout]`` section as its points' keys and rows record it.
+
+    ``detokenize`` is resolved (``"auto"``: whether the local text file is
+    WikiText's tokenized variant) and kept, as ``true``, only when the text is
+    detokenized; ``false`` (the default) leaves the section as it was before the
+    setting existed, so the points of configurations that use their text as it
+    is keep their keys.
+    """
+    from ..data import is_tokenized_wikitext, load_text
+
+    out = dict(section)
+    if "detokenize" not in out:
+        return out
+    value = out.pop("detokenize")
+    if not isinstance(value, bool) and value != "auto":
+        raise AdapterError(
+            f"[{name}] detokenize = {value!r} is not valid; give true, false or \"auto\""
+        )
+    if value == "auto":
+        if not out.get("text"):
+            raise AdapterError(
+                f'[{name}] detokenize = "auto" inspects a local text file; with a hub dataset '
+                "write detokenize = true or false"
+            )
+        value = is_tokenized_wikitext(load_text(str(out["text"]))[0])
+    if value:
+        out["detokenize"] = True
+    return out
+
+
 def point_key(point: SweepPoint, protocol: dict[str, Any]) -> str:
     """Hash of everything that determines a point's row (16 hex digits)."""
     blob = json.dumps({"point": point.describe(), "protocol": _jsonable(protocol)}, sort_keys=True)
@@ -668,6 +708,7 @@ def _shared(
             samples=int(calib.get("samples", 256)), seq_len=seq, seed=int(calib.get("seed", 0)),
             cache_dir=config.get("cache_dir", _default_cache()),
             batch_size=int(calib.get("batch_size", 8)), progress=progress,
+            detokenize=bool(protocol["calibration"].get("detokenize")),
         )  # fmt: skip
     held_C: dict[str, np.ndarray] | None = None
     if families_all and (held.get("text") or held.get("dataset")):
@@ -676,6 +717,7 @@ def _shared(
             samples=int(held.get("samples", 64)), seq_len=int(held.get("seq_len", seq)),
             seed=int(held.get("seed", 1)), cache_dir=config.get("cache_dir", _default_cache()),
             batch_size=int(held.get("batch_size", 8)), progress=progress,
+            detokenize=bool(protocol["heldout"].get("detokenize")),
         )  # fmt: skip
         held_C = {f: hstats.covariance(f) for f in families_all}
     dense_W = {f: family_weights(base, f) for f in families_all}
@@ -789,6 +831,7 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         "timings": timings,
         "reused_checkpoint": reused,
         "protocol": protocol,
+        "calibration": stats.protocol if stats is not None else None,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     del model
@@ -828,8 +871,8 @@ def _run_sweep(
         points = [p for p in points if p.method in keep]
     protocol = {
         "model": str(config["model"]),
-        "calibration": calib,
-        "heldout": held,
+        "calibration": _keyed_text_section(calib, "calibration"),
+        "heldout": _keyed_text_section(held, "heldout"),
         "evaluation": evaluation,
     }
     keys = [point_key(p, protocol) for p in points]
