@@ -2,7 +2,8 @@
 
 ``public_names()`` is the single definition of "public": every name in
 ``grassbundle.__all__`` and ``llm_adapter.__all__`` (``__version__`` aside) and
-every public function of :mod:`grassbundle.theorems`.  During the build the
+every public function of :mod:`grassbundle.theorems` and
+:mod:`grassbundle.theorems_fits`.  During the build the
 extension warns (an error under ``-W``) for each such name that no API page
 documents and for each that has no docstring; ``tests/test_docs.py`` runs the
 same check without building.
@@ -21,7 +22,12 @@ from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODULES = ("grassbundle", "llm_adapter", "grassbundle.theorems")
+DEFAULT_MODULES = (
+    "grassbundle",
+    "llm_adapter",
+    "grassbundle.theorems",
+    "grassbundle.theorems_fits",
+)
 
 
 def _module_names(mod: ModuleType) -> list[str]:

@@ -1,5 +1,5 @@
-"""The corner theorems (``pytest -k theorems`` selects this file and the
-``test_theorems_*`` tests of test_allocation.py and test_refit.py).
+"""The corner theorems (``pytest -k theorems`` selects this file,
+test_theorems_fits.py and the ``test_theorems_*`` tests of the other files).
 
 Each check of :mod:`grassbundle.theorems` must hold for the closed-form solver
 on Hypothesis-drawn random problems with controlled eigengaps and on seeded
@@ -52,6 +52,17 @@ from grassbundle.theorems import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+
+# the checks of grassbundle.theorems_fits, by name
+FIT_NAMES = (
+    "allocation_",
+    "svd_llm_update[",
+    "residual_fit_theorem_",
+    "ridge_limits",
+    "factorise[",
+    "distances",
+    "means",
+)
 
 # -- deliberately wrong solvers ------------------------------------------------------
 
@@ -196,10 +207,11 @@ def test_theorems_monotonicity_rejects_unsorted_ladder(weight_problem):
 
 def test_theorems_all_checks_hold_on_default_problems():
     reports = run_all_checks()
-    # 2 problems x 2 solver routes x (1 + 4 ks x 4 checks)
-    assert len(reports) == 68
+    # 2 problems x (2 solver routes x (1 + 4 ks x 4 checks) + 11 checks of theorems_fits)
+    assert len(reports) == 90
     assert all(r.holds for r in reports), [r.failures for r in reports if not r.holds]
     assert sum("via phase_diagram" in r.name for r in reports) == 34
+    assert sum(r.name.startswith(FIT_NAMES) for r in reports) == 22
     # Theorem A's looseness is asserted on the default problems
     for r in reports:
         if r.name.startswith("theorem_a"):
