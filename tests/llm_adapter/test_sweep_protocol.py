@@ -87,3 +87,42 @@ def test_rows_record_the_calibration_and_its_text_variant(
     assert "detokenize" not in as_is["protocol"]["calibration"]
     assert auto["protocol"]["calibration"]["detokenize"] is True
     assert auto["key"] != as_is["key"]
+
+
+def test_spread_windows_enter_the_key_first_does_not() -> None:
+    base = {"wikitext": "t.txt", "seq_len": 128, "max_windows": 64}
+    keyed = sw._keyed_evaluation
+    assert keyed(base) == base
+    assert keyed({**base, "windows": "first", "window_seed": 5}) == base
+    spread = {**base, "windows": "spread", "window_seed": 0}
+    assert keyed({**base, "windows": "spread"}) == spread
+    assert keyed({**base, "windows": "spread", "window_seed": 2}) == {**spread, "window_seed": 2}
+    with pytest.raises(AdapterError, match=r"\[evaluation\] windows = 'all' is not valid"):
+        keyed({**base, "windows": "all"})
+    with pytest.raises(AdapterError, match=r"\[evaluation\] window_seed = -1 is not valid"):
+        keyed({**base, "windows": "spread", "window_seed": -1})
+    with pytest.raises(AdapterError, match="drop stride or the windows setting"):
+        keyed({**base, "windows": "spread", "stride": 64})
+
+
+@pytest.mark.filterwarnings("ignore:.*calibration tokens are fewer:UserWarning")
+def test_spread_rows_share_their_windows(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    config = {
+        "name": "t", "model": str(tiny["model"]), "out": str(tmp_path / "r.jsonl"),
+        "device": "cpu", "cache_dir": str(tmp_path / "cache"),
+        "families": ["attention.dense"], "rank_ratios": [0.25],
+        "calibration": {"text": str(tiny["text"]), "samples": 2, "seq_len": 16},
+        "evaluation": {"wikitext": str(tiny["text"]), "seq_len": 16, "max_windows": 5,
+                       "windows": "spread", "window_seed": 1},
+        "points": [{"method": "svd"}],
+    }  # fmt: skip
+    rows = sw.run_sweep(config, progress=False, log=io.StringIO())
+    assert [r["label"] for r in rows] == ["dense", "svd"]
+    # the fixture's text: 40 lines of 30 words, 1,200 tokens, 75 windows of 16
+    chosen = np.sort(np.random.default_rng(1).choice(75, size=5, replace=False))
+    for row in rows:
+        assert row["ppl_window_starts"] == [int(i) * 16 for i in chosen]
+        assert len(row["ppl_window_nll"]) == 5
+        assert row["protocol"]["evaluation"]["windows"] == "spread"

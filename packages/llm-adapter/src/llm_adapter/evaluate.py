@@ -14,6 +14,15 @@ only the tokens not scored by the previous window count, so each token after
 the first is scored exactly once with at least ``seq_len - stride`` tokens of
 context (more context, lower perplexity, ``seq_len / stride`` times the work).
 
+With ``max_windows = N`` the non-overlapping protocol scores N of the text's
+``M = n_tokens // seq_len`` windows: the first N (``windows="first"``, the
+default) or N spread over the whole text (``windows="spread"``): window
+indices ``numpy.random.default_rng(window_seed).choice(M, size=N,
+replace=False)``, sorted, window ``i`` starting at token ``i * seq_len``.
+The choice depends only on ``M``, ``N`` and the seed, so every model scored
+on the same text and settings is scored on the same windows; the result
+records their start offsets.
+
 **HellaSwag** follows lm-evaluation-harness [Harness]_: the query is
 ``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())``, each
 of the four choices is ``preprocess(ending)`` scored as the continuation
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import json
 import math
 import re
@@ -57,6 +67,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -84,6 +95,8 @@ HUB_WIKITEXT = ("wikitext", "wikitext-2-raw-v1")
 HUB_HELLASWAG = "Rowan/hellaswag"
 #: the fields of an original HellaSwag record
 HELLASWAG_KEYS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
+#: how :func:`perplexity` picks ``max_windows`` of the non-overlapping windows
+WINDOW_RULES = ("first", "spread")
 
 
 # --------------------------------------------------------------------------- devices
@@ -239,6 +252,12 @@ class PerplexityResult:
         (paired comparisons of two models resample these windows).
     window_tokens : tuple of int
         Tokens each window scored.
+    window_starts : tuple of int
+        Token offset in the text where each of those windows starts.
+    window_rule : str
+        ``"first"`` or ``"spread"`` (see :func:`perplexity`).
+    window_seed : int or None
+        The seed of a ``"spread"`` choice; None for ``"first"``.
     """
 
     perplexity: float
@@ -251,6 +270,9 @@ class PerplexityResult:
     tokens_per_second: float
     window_nll: tuple[float, ...] = ()
     window_tokens: tuple[int, ...] = ()
+    window_starts: tuple[int, ...] = ()
+    window_rule: str = "first"
+    window_seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -284,6 +306,8 @@ def perplexity(
     batch_size: int = 8,
     max_windows: int | None = None,
     progress: bool = True,
+    windows: str = "first",
+    window_seed: int = 0,
 ) -> PerplexityResult:
     """WikiText-style perplexity: non-overlapping windows (SVD-LLM) or a sliding window.
 
@@ -309,9 +333,17 @@ def perplexity(
         Windows per forward pass (non-overlapping protocol; the sliding
         window runs one window at a time).
     max_windows : int, optional
-        Score only the first ``max_windows`` windows (quick runs).
+        Score only ``max_windows`` windows (chosen by ``windows``).
     progress : bool
         Show a tqdm progress bar.
+    windows : {"first", "spread"}
+        Which ``max_windows`` windows: the first ones (default; the sliding
+        window always takes the first), or, for the non-overlapping protocol,
+        ``max_windows`` of all the text's windows chosen by
+        ``numpy.random.default_rng(window_seed).choice`` without replacement
+        and sorted (see the module documentation).
+    window_seed : int
+        Seed of the ``"spread"`` choice (``>= 0``).
 
     Returns
     -------
@@ -339,14 +371,24 @@ def perplexity(
         raise AdapterError(f"batch_size={batch_size} must be >= 1")
     if max_windows is not None and max_windows < 1:
         raise AdapterError(f"max_windows={max_windows} must be >= 1 or None")
+    if windows not in WINDOW_RULES:
+        raise AdapterError(f"windows={windows!r} is not one of {', '.join(WINDOW_RULES)}")
+    if isinstance(window_seed, bool) or not isinstance(window_seed, int) or window_seed < 0:
+        raise AdapterError(f"window_seed={window_seed!r} must be an int >= 0")
+    if windows == "spread" and stride is not None:
+        raise AdapterError(
+            "windows='spread' chooses among non-overlapping windows; drop stride "
+            "(--stride) or keep windows='first'"
+        )
     device = model_device(model)
     n = int(ids.numel())
     total = 0.0  # float64 accumulation of NLL sums
     count = 0
-    windows = 0
+    passes = 0  # windows run through the model
     passed = 0
     per_nll: list[float] = []
     per_tokens: list[int] = []
+    per_start: list[int] = []
     start = time.perf_counter()
     if stride is None:
         n_windows = n // seq_len
@@ -355,9 +397,17 @@ def perplexity(
                 f"the text has {n} tokens, fewer than one window of seq_len={seq_len}; "
                 "give a longer text or a smaller --seq-len"
             )
-        if max_windows is not None:
-            n_windows = min(n_windows, max_windows)
-        blocks = ids[: n_windows * seq_len].view(n_windows, seq_len)
+        every = ids[: n_windows * seq_len].view(n_windows, seq_len)
+        chosen = np.arange(n_windows)
+        if max_windows is not None and max_windows < n_windows:
+            if windows == "spread":
+                rng = np.random.default_rng(window_seed)
+                chosen = np.sort(rng.choice(n_windows, size=max_windows, replace=False))
+            else:
+                chosen = chosen[:max_windows]
+            n_windows = max_windows
+        blocks = every[torch.from_numpy(chosen)]
+        per_start = [int(i) * seq_len for i in chosen]
         bar = tqdm(total=n_windows, desc="perplexity", unit="win", disable=not progress)
         for b0 in range(0, n_windows, batch_size):
             batch = blocks[b0 : b0 + batch_size].to(device)
@@ -366,7 +416,7 @@ def perplexity(
             per_tokens += [int(nll.shape[1])] * int(nll.shape[0])
             total += float(nll.sum())
             count += int(nll.numel())
-            windows += int(batch.shape[0])
+            passes += int(batch.shape[0])
             passed += int(batch.numel())
             bar.update(int(batch.shape[0]))
         bar.close()
@@ -391,8 +441,9 @@ def perplexity(
                 count += new
                 per_nll.append(part)
                 per_tokens.append(new)
+                per_start.append(begin)
             prev_end = max(prev_end, end)
-            windows += 1
+            passes += 1
             passed += int(window.numel())
             bar.update(1)
             if end == n:
@@ -404,13 +455,16 @@ def perplexity(
         perplexity=math.exp(mean),
         nll=mean,
         scored_tokens=count,
-        windows=windows,
+        windows=passes,
         seq_len=seq_len,
         stride=stride,
         seconds=seconds,
         tokens_per_second=passed / seconds if seconds > 0 else float("inf"),
         window_nll=tuple(per_nll),
         window_tokens=tuple(per_tokens),
+        window_starts=tuple(per_start),
+        window_rule=windows,
+        window_seed=window_seed if windows == "spread" else None,
     )
 
 
@@ -813,6 +867,8 @@ def evaluate_model(
     wikitext_ids: torch.Tensor | None = None,
     progress: bool = True,
     per_item: bool = False,
+    windows: str = "first",
+    window_seed: int = 0,
 ) -> dict[str, Any]:
     """Perplexity and/or HellaSwag of a prepared model, as a flat JSON-ready dict.
 
@@ -824,7 +880,7 @@ def evaluate_model(
         Local files (see :func:`read_wikitext`, :func:`read_hellaswag`).
     use_hub_wikitext, use_hub_hellaswag : bool
         Read the hub dataset when no file is given.
-    seq_len, stride, max_windows
+    seq_len, stride, max_windows, windows, window_seed
         See :func:`perplexity`.
     limit : int, optional
         HellaSwag items to score (the first ``limit``).
@@ -836,16 +892,19 @@ def evaluate_model(
         Pre-tokenised text (sweeps tokenise once); overrides ``wikitext``.
     progress : bool
     per_item : bool
-        Also return the per-window NLL sums and token counts (``ppl_window_nll``,
-        ``ppl_window_tokens``) and the per-item HellaSwag hits (``hellaswag_correct``,
-        ``hellaswag_correct_norm``), for paired comparisons between models.
+        Also return the per-window NLL sums, token counts and start offsets
+        (``ppl_window_nll``, ``ppl_window_tokens``, ``ppl_window_starts``) and the
+        per-item HellaSwag hits (``hellaswag_correct``, ``hellaswag_correct_norm``),
+        for paired comparisons between models.
 
     Returns
     -------
     dict
         Keys ``ppl``, ``ppl_nll``, ``ppl_tokens``, ``ppl_seconds``,
-        ``ppl_tokens_per_second``, ``hellaswag_acc``, ``hellaswag_acc_norm``,
-        ``hellaswag_items``, ... (only those measured).
+        ``ppl_tokens_per_second``, ``ppl_window_rule``, ``ppl_window_seed``,
+        ``ppl_window_starts_sha256`` (of the start offsets as int64 bytes),
+        ``hellaswag_acc``, ``hellaswag_acc_norm``, ``hellaswag_items``, ...
+        (only those measured).
     """
     out: dict[str, Any] = {}
     if wikitext_ids is not None or wikitext is not None or use_hub_wikitext:
@@ -858,6 +917,8 @@ def evaluate_model(
                 batch_size=batch_size,
                 max_windows=max_windows,
                 progress=progress,
+                windows=windows,
+                window_seed=window_seed,
             )
         else:
             res = perplexity(
@@ -869,7 +930,10 @@ def evaluate_model(
                 batch_size=batch_size,
                 max_windows=max_windows,
                 progress=progress,
+                windows=windows,
+                window_seed=window_seed,
             )
+        starts = np.asarray(res.window_starts, dtype=np.int64)
         out.update(
             ppl=res.perplexity,
             ppl_nll=res.nll,
@@ -879,10 +943,15 @@ def evaluate_model(
             ppl_stride=res.stride,
             ppl_seconds=res.seconds,
             ppl_tokens_per_second=res.tokens_per_second,
+            ppl_window_rule=res.window_rule,
+            ppl_window_seed=res.window_seed,
+            ppl_window_starts_sha256=hashlib.sha256(starts.tobytes()).hexdigest(),
         )
         if per_item:
             out.update(
-                ppl_window_nll=list(res.window_nll), ppl_window_tokens=list(res.window_tokens)
+                ppl_window_nll=list(res.window_nll),
+                ppl_window_tokens=list(res.window_tokens),
+                ppl_window_starts=list(res.window_starts),
             )
     if hellaswag_items is not None or hellaswag is not None or use_hub_hellaswag:
         items = (

@@ -61,6 +61,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="score only N perplexity windows (default: all)",
     )
+    p.add_argument(
+        "--windows",
+        choices=["first", "spread"],
+        default="first",
+        help="which --max-windows windows: the first N, or N spread over the whole text "
+        "(numpy default_rng(--window-seed).choice without replacement, sorted) (default: first)",
+    )
+    p.add_argument(
+        "--window-seed",
+        type=int,
+        default=0,
+        help="seed of --windows spread (default: 0)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="windows per pass (HellaSwag: 4x)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on CUDA), float32, ...")
@@ -100,9 +113,15 @@ def run_cli(args: argparse.Namespace) -> int:
         ("--limit", args.limit, 1),
         ("--max-windows", args.max_windows, 1),
         ("--batch-size", args.batch_size, 1),
+        ("--window-seed", args.window_seed, 0),
     ):
         if number is not None and number < low:
             raise AdapterError(f"{flag} must be >= {low}; got {flag} {number}")
+    if args.windows == "spread" and args.stride is not None:
+        raise AdapterError(
+            "--windows spread chooses among non-overlapping windows; drop --stride or "
+            "--windows spread"
+        )
     resolve_dtype(None if args.dtype == "auto" else args.dtype)
     resolve_device(args.device)
     items = read_hellaswag(hellaswag, limit=args.limit) if hellaswag is not None else None
@@ -142,6 +161,8 @@ def run_cli(args: argparse.Namespace) -> int:
         max_windows=args.max_windows,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        windows=args.windows,
+        window_seed=args.window_seed,
     )
     out = {"model": str(args.model), "device": str(model_device(model)), **out}
     if tasks is not None:

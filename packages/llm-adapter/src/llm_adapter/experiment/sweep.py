@@ -61,6 +61,14 @@ keys, resolved, only when the text is detokenized, so configurations written
 before it existed keep their keys.  Every row records the calibration that made
 it (``calibration``: windows, tokens, seed, sequence length, ``text_variant``).
 
+``windows`` (in ``[evaluation]``): ``"first"`` (default) scores the first
+``max_windows`` perplexity windows, ``"spread"`` that many chosen over the whole
+split by ``window_seed`` (default 0; see :func:`llm_adapter.evaluate.perplexity`),
+the same windows for every point.  ``"spread"`` and its seed enter the keys;
+``"first"`` does not.  Rows record the windows' start offsets
+(``ppl_window_starts``, aligned with ``ppl_window_nll``), their sha256, the
+rule and the seed.
+
 Point keys: ``method``, ``lam``, ``tying``, ``metric``, ``coupling``,
 ``group_size``, ``families``, ``rank_ratio``, ``param_ratio``, ``model_ratio``,
 ``label``. Each point is keyed
@@ -142,6 +150,8 @@ SECTION_KEYS = {
         "seq_len",
         "stride",
         "max_windows",
+        "windows",
+        "window_seed",
         "limit",
         "batch_size",
     },
@@ -429,7 +439,7 @@ def _keyed_text_section(section: dict[str, Any], name: str) -> dict[str, Any]:
     value = out.pop("detokenize")
     if not isinstance(value, bool) and value != "auto":
         raise AdapterError(
-            f"[{name}] detokenize = {value!r} is not valid; give true, false or \"auto\""
+            f'[{name}] detokenize = {value!r} is not valid; give true, false or "auto"'
         )
     if value == "auto":
         if not out.get("text"):
@@ -440,6 +450,35 @@ def _keyed_text_section(section: dict[str, Any], name: str) -> dict[str, Any]:
         value = is_tokenized_wikitext(load_text(str(out["text"]))[0])
     if value:
         out["detokenize"] = True
+    return out
+
+
+def _keyed_evaluation(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``[evaluation]`` section as its points' keys and rows record it.
+
+    ``windows = "spread"`` stays, with its ``window_seed`` (default 0);
+    ``windows = "first"`` (the default) and the seed, which it does not use, are
+    left out, so configurations written before the setting existed keep their keys.
+    """
+    out = dict(section)
+    rule = out.pop("windows", "first")
+    seed = out.pop("window_seed", 0)
+    if rule not in ("first", "spread"):
+        raise AdapterError(
+            f'[evaluation] windows = {rule!r} is not valid; give "first" or "spread"'
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise AdapterError(
+            f"[evaluation] window_seed = {seed!r} is not valid; give an integer >= 0"
+        )
+    if rule == "spread":
+        if out.get("stride") is not None:
+            raise AdapterError(
+                '[evaluation] windows = "spread" chooses among non-overlapping windows; '
+                "drop stride or the windows setting"
+            )
+        out["windows"] = "spread"
+        out["window_seed"] = seed
     return out
 
 
@@ -776,6 +815,8 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         seq_len=int(evaluation.get("seq_len") or context), stride=evaluation.get("stride"),
         max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
         batch_size=int(evaluation.get("batch_size", 8)), progress=progress, per_item=True,
+        windows=protocol["evaluation"].get("windows", "first"),
+        window_seed=int(protocol["evaluation"].get("window_seed", 0)),
     )  # fmt: skip
     per_layer: dict[str, dict[str, Any]] = {}
     frob: list[float] = []
@@ -873,7 +914,7 @@ def _run_sweep(
         "model": str(config["model"]),
         "calibration": _keyed_text_section(calib, "calibration"),
         "heldout": _keyed_text_section(held, "heldout"),
-        "evaluation": evaluation,
+        "evaluation": _keyed_evaluation(evaluation),
     }
     keys = [point_key(p, protocol) for p in points]
     compressing = any(p.method != "dense" for p in points)
