@@ -20,6 +20,7 @@ ROOT = Path(llm_adapter.__file__).parent
 #: the layers, lowest first; a module imports only modules of lower layers
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
+    ("files",),
     ("methods",),
     ("hub",),
     ("assets",),

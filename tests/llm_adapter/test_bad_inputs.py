@@ -7,6 +7,8 @@ Every case runs in-process on tiny random models, in well under a second each.
 from __future__ import annotations
 
 import bz2
+import hashlib
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -85,6 +87,59 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copytree(f["ck"], f["ck_list"])
     (f["ck_list"] / "compression.json").write_text("[1, 2, 3]")
 
+    # a folder holding a checkpoint and a user's file; a user's notes; binary data
+    f["holder"] = root / "holder"
+    assert main(_compress(f, f["holder"] / "ck", "--method", "svd", "--no-progress")) == 0
+    (f["holder"] / "mine.txt").write_text("mine")
+    f["notes"] = root / "notes.txt"
+    f["notes"].write_text("my notes, one line without a newline")
+    f["binary"] = root / "random.bin"
+    f["binary"].write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8))
+    f["latin1"] = root / "latin1.txt"
+    f["latin1"].write_bytes("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e\n".encode("latin-1"))
+    f["no_method"] = root / "no_method.jsonl"
+    f["no_method"].write_text('{"key": "a", "ppl": 3.0}\n')
+    f["report_dir"] = root / "report"
+    f["report_dir"].mkdir()
+    (f["report_dir"] / "results.md").write_text("# my own results, written by hand\n")
+    f["rows"] = root / "rows.jsonl"
+    f["rows"].write_text(
+        json.dumps({"key": "d", "method": "dense", "label": "dense", "families": []}) + "\n"
+    )
+    # a checkpoint with one flipped bit in its tensor data (its header intact)
+    f["ck_flip"] = root / "ck_flip"
+    shutil.copytree(f["ck"], f["ck_flip"])
+    _flip_a_bit(f["ck_flip"] / "model.safetensors")
+    # a sweep whose point checkpoint is then edited on disk (shapes intact)
+    f["sweep_cks"] = root / "sweep_cks.toml"
+    f["sweep_cks"].write_text(
+        f'model = "{f["model"]}"\nout = "{root / "swept.jsonl"}"\ndevice = "cpu"\n'
+        f'checkpoints = "{root / "cks"}"\ncache_dir = "{root / "cache"}"\nbaseline = false\n'
+        f'[calibration]\ntext = "{f["text"]}"\nsamples = 4\nseq_len = 16\n'
+        f'[evaluation]\nwikitext = "{f["text"]}"\nseq_len = 16\nmax_windows = 2\n'
+        '[[points]]\nmethod = "svd"\n'
+    )
+    assert main(["sweep", str(f["sweep_cks"]), "--no-progress"]) == 0
+    (point_ck,) = (root / "cks").iterdir()
+    _flip_a_bit(point_ck / "model.safetensors")
+    f["swept"] = root / "swept.jsonl"
+
+    def sweep_file(name: str, text: str) -> None:
+        f[name] = root / f"{name}.toml"
+        f[name].write_text(
+            f'model = "{f["model"]}"\nout = "{root / "never.jsonl"}"\n'
+            f'[calibration]\ntext = "{f["text"]}"\n{text}'
+        )
+
+    f["sweep_points_ints"] = root / "sweep_points_ints.toml"
+    f["sweep_points_ints"].write_text(
+        f'model = "{f["model"]}"\nout = "{root / "never.jsonl"}"\npoints = [1, 2]\n'
+    )
+    sweep_file("sweep_samples_word", 'samples = "four"\n[[points]]\nmethod = "svd"\n')
+    sweep_file("sweep_seq_len_0", '[evaluation]\nseq_len = 0\n[[points]]\nmethod = "svd"\n')
+    sweep_file("sweep_batch_0", '[evaluation]\nbatch_size = 0\n[[points]]\nmethod = "svd"\n')
+    sweep_file("sweep_seed_neg", 'seed = -1\n[[points]]\nmethod = "svd"\n')
+
     f["sweep_bad_tying"] = root / "tying.toml"
     f["sweep_bad_tying"].write_text(
         'model = "m"\nout = "never.jsonl"\n[[points]]\nmethod = "bundle"\ntying = [1, 2.7]\n'
@@ -106,12 +161,24 @@ def _compress(f: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` with its size and modification time; directories by name."""
-    out: dict[str, tuple[int, int]] = {}
+def _flip_a_bit(weights: Path) -> None:
+    """Flip the lowest bit of the last byte of tensor data (the header stays valid)."""
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``root`` with its size, modification time and sha256 (byte for
+    byte); directories by name."""
+    out: dict[str, tuple[int, int, str]] = {}
     for p in sorted(root.rglob("*")):
         st = p.stat()
-        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns) if p.is_file() else (0, 0)
+        if p.is_file():
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, digest)
+        else:
+            out[str(p.relative_to(root))] = (0, 0, "")
     return out
 
 
@@ -302,6 +369,175 @@ CASES: dict[str, Case] = {
         "cannot be opened for writing (Is a directory)",
         True,
     ),
+    "compress --seed -1": (
+        lambda f: _compress(f, f["root"] / "o", "--method", "svd-llm", "--seed", "-1"),
+        "--seed must be >= 0; got --seed -1",
+        True,
+    ),
+    "compress calibration text of random bytes": (
+        lambda f: [
+            *_compress(f, f["root"] / "o", "--method", "svd-llm"),
+            "--calib-text",
+            str(f["binary"]),
+        ],
+        "is not UTF-8 text",
+        True,
+    ),
+    "compress Latin-1 calibration text": (
+        lambda f: [
+            *_compress(f, f["root"] / "o", "--method", "svd-llm"),
+            "--calib-text",
+            str(f["latin1"]),
+        ],
+        "is not UTF-8 text (byte 3 is not UTF-8)",
+        True,
+    ),
+    "svd with the default group size given": (
+        lambda f: _compress(f, f["root"] / "o", "--method", "svd", "--group-size", "2"),
+        "--group-size applies to --method basis-sharing only; got --method svd",
+        True,
+    ),
+    "export into the folder holding the checkpoint": (
+        lambda f: ["export", str(f["holder"] / "ck"), "--out", str(f["holder"]), "--overwrite"],
+        "contains the input model",
+        True,
+    ),
+    "export onto a folder llm-adapter did not write": (
+        lambda f: ["export", str(f["ck"]), "--out", str(f["foreign"]), "--overwrite"],
+        "has no compression.json: it was not written by llm-adapter; llm-adapter never "
+        "overwrites or deletes what it did not write",
+        True,
+    ),
+    "export onto the checkpoint itself": (
+        lambda f: ["export", str(f["ck"]), "--out", str(f["ck"]), "--overwrite"],
+        "is the input model",
+        True,
+    ),
+    "export onto an existing folder": (
+        lambda f: ["export", str(f["ck"]), "--out", str(f["ck_cut"])],
+        "exists; pass --overwrite",
+        True,
+    ),
+    "export where nothing can be written": (
+        lambda f: ["export", str(f["ck"]), "--out", "/proc/llm-adapter-x"],
+        "cannot be written",
+        True,
+    ),
+    "export a checkpoint with a flipped bit": (
+        lambda f: ["export", str(f["ck_flip"]), "--out", str(f["root"] / "o")],
+        "does not match the sha256 its manifest records",
+        False,  # the loader is the one that checks
+    ),
+    "evaluate a checkpoint with a flipped bit": (
+        lambda f: ["evaluate", str(f["ck_flip"]), "--wikitext", str(f["text"]), "--seq-len", "8"],
+        "does not match the sha256 its manifest records",
+        False,
+    ),
+    "sweep into a user's text file": (
+        lambda f: [*_sweep(f, "--method", "svd"), "--results", str(f["notes"])],
+        "is not a sweep results file (line 1 is not a row); llm-adapter never overwrites",
+        True,
+    ),
+    "sweep into a binary file": (
+        lambda f: [*_sweep(f, "--method", "svd"), "--results", str(f["binary"])],
+        "is not a sweep results file",
+        True,
+    ),
+    "sweep into a user's text file, dry run": (
+        lambda f: [*_sweep(f, "--method", "svd", "--dry-run"), "--results", str(f["notes"])],
+        "is not a sweep results file",
+        True,
+    ),
+    "sweep --only an unknown method": (
+        lambda f: _sweep(f, "--method", "svd", "--only", "bogus"),
+        "--only bogus: unknown method(s)",
+        True,
+    ),
+    "sweep --only a method without points": (
+        lambda f: _sweep(f, "--method", "svd", "--only", "bundle"),
+        "--only bundle: no point of the sweep has that method",
+        True,
+    ),
+    "sweep --families ''": (
+        lambda f: _sweep(f, "--method", "svd", "--families", ""),
+        "families = [] names no family",
+        True,
+    ),
+    "sweep --group-size for svd": (
+        lambda f: _sweep(f, "--method", "svd", "--group-size", "2"),
+        "--group-size applies to --method basis-sharing only; got --method svd",
+        True,
+    ),
+    "sweep --calib-samples -1, dry run": (
+        lambda f: _sweep(f, "--method", "svd", "--calib-samples", "-1", "--dry-run"),
+        "[calibration] samples = -1 is not valid; give an integer >= 1",
+        True,
+    ),
+    "sweep --max-windows -3, dry run": (
+        lambda f: _sweep(f, "--method", "svd", "--max-windows", "-3", "--dry-run"),
+        "[evaluation] max_windows = -3 is not valid",
+        True,
+    ),
+    "sweep --max-windows -3": (
+        lambda f: _sweep(f, "--method", "svd", "--max-windows", "-3"),
+        "[evaluation] max_windows = -3 is not valid",
+        True,
+    ),
+    "sweep --device bogus, dry run": (
+        lambda f: _sweep(f, "--method", "svd", "--device", "bogus", "--dry-run"),
+        "unknown device 'bogus'",
+        True,
+    ),
+    "sweep Latin-1 calibration text, dry run": (
+        lambda f: [*_sweep(f, "--method", "svd", "--dry-run"), "--calib-text", str(f["latin1"])],
+        "[calibration] text",
+        True,
+    ),
+    "sweep samples = 'four', dry run": (
+        lambda f: ["sweep", str(f["sweep_samples_word"]), "--dry-run"],
+        "[calibration] samples = 'four' is not valid",
+        True,
+    ),
+    "sweep [evaluation] seq_len = 0": (
+        lambda f: ["sweep", str(f["sweep_seq_len_0"])],
+        "[evaluation] seq_len = 0 is not valid; give an integer >= 2",
+        True,
+    ),
+    "sweep [evaluation] batch_size = 0": (
+        lambda f: ["sweep", str(f["sweep_batch_0"])],
+        "[evaluation] batch_size = 0 is not valid",
+        True,
+    ),
+    "sweep [calibration] seed = -1": (
+        lambda f: ["sweep", str(f["sweep_seed_neg"])],
+        "[calibration] seed = -1 is not valid; give an integer >= 0",
+        True,
+    ),
+    "sweep points = [1, 2]": (
+        lambda f: ["sweep", str(f["sweep_points_ints"])],
+        "points must be a list of tables",
+        True,
+    ),
+    "sweep reusing an edited point checkpoint": (
+        lambda f: ["sweep", str(f["sweep_cks"]), "--results", str(f["root"] / "never.jsonl")],
+        "cannot be reused",
+        True,
+    ),
+    "report of a binary file": (
+        lambda f: ["report", str(f["binary"]), "--out", str(f["root"] / "rep")],
+        "line 1 is not JSON",
+        True,
+    ),
+    "report of rows without a method": (
+        lambda f: ["report", str(f["no_method"]), "--out", str(f["root"] / "rep")],
+        "row 1 has no method",
+        True,
+    ),
+    "report over a hand-written results.md": (
+        lambda f: ["report", str(f["rows"]), "--out", str(f["report_dir"])],
+        "results.md' was not written by llm-adapter report",
+        True,
+    ),
     "report into a file": (
         lambda f: ["report", str(f["root"] / "none.jsonl"), "--out", str(f["file"])],
         "exists and is not a directory",
@@ -335,13 +571,15 @@ def test_bad_input(
     if before_load:
         import llm_adapter.checkpoint
         import llm_adapter.evaluate
+        import llm_adapter.export
 
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise _Loaded("the model was loaded")
 
-        # the one loader, and evaluate's reference to it
+        # the one loader, and evaluate's and export's references to it
         monkeypatch.setattr(llm_adapter.checkpoint, "load", refuse)
         monkeypatch.setattr(llm_adapter.evaluate, "load", refuse)
+        monkeypatch.setattr(llm_adapter.export, "load", refuse)
     before = _tree(files["root"])
     capsys.readouterr()
     rc = main(argv(files))
@@ -464,3 +702,75 @@ def test_nan_weights_in_calibration_name_the_tensor_not_a_dtype() -> None:
         la.calibrate(model, None, "attention.dense", token_windows=windows)
     assert "tensor gpt_neox.layers.0.mlp.dense_4h_to_h.weight" in str(info.value)
     assert "dtype" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_a_damaged_calibration_cache_entry_is_computed_again(tmp_path: Path, damage: str) -> None:
+    """A cache entry is used only when it is whole and its arrays match the sha256 it records;
+    otherwise it is computed again (with a warning) and written anew."""
+    import llm_adapter as la
+    from llm_adapter.files import load_arrays
+
+    model = random_neox(num_hidden_layers=2, seed=1)
+    windows = torch.from_numpy(np.random.default_rng(0).integers(0, 128, size=(4, 16)))
+    first = la.calibrate(model, None, "attention.dense", token_windows=windows, cache_dir=tmp_path)
+    (entry,) = tmp_path.iterdir()
+    if damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[:300])
+    else:  # one value changed, the recorded hash kept
+        with np.load(entry) as z:
+            arrays = {k: np.array(z[k]) for k in z.files}
+        arrays["covariance"][0, 0, 0] += 1.0
+        with open(entry, "wb") as fh:
+            np.savez(fh, **arrays)
+    with pytest.warns(UserWarning, match="is damaged .* computing it again"):
+        again = la.calibrate(
+            model, None, "attention.dense", token_windows=windows, cache_dir=tmp_path
+        )
+    assert not again.cached
+    np.testing.assert_allclose(
+        again.covariance("attention.dense"), first.covariance("attention.dense"), rtol=1e-12
+    )
+    assert load_arrays(entry, ("covariance",)) is not None  # written anew, whole
+    third = la.calibrate(model, None, "attention.dense", token_windows=windows, cache_dir=tmp_path)
+    assert third.cached
+
+
+def test_a_closed_pipe_ends_the_command_quietly(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``info --json | head -3``: the reader closes the pipe; no traceback, status 141."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["info", "--json", str(files["ck"])]) == 141
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_no_progress_silences_the_loading_bars(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --no-progress no bar reaches stderr, transformers' loading and writing bars
+    included; the bars come back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    argv = ["export", str(files["ck"]), "--out", str(tmp_path / "dense"), "--no-progress"]
+    assert main(argv) == 0
+    assert "it/s" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+
+
+def test_report_rewrites_its_own_files(files: dict[str, Path], tmp_path: Path) -> None:
+    """A report replaces what a report wrote (also one older than the record), and nothing
+    else."""
+    out = tmp_path / "rep"
+    assert main(["report", str(files["rows"]), "--out", str(out)]) == 0
+    assert main(["report", str(files["rows"]), "--out", str(out)]) == 0
+    (out / ".llm-adapter-report.json").unlink()  # as a report written before the record
+    assert main(["report", str(files["rows"]), "--out", str(out)]) == 0
+    (out / "results.csv").write_text("mine\n")
+    assert main(["report", str(files["rows"]), "--out", str(out)]) == 2
+    assert (out / "results.csv").read_text() == "mine\n"

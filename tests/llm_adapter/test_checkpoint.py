@@ -431,6 +431,8 @@ def _nan(root: Path, key: str) -> None:
     stored = load_file(str(root / "model.safetensors"))
     stored[key][0, 0] = float("nan")
     save_file(stored, str(root / "model.safetensors"), metadata={"format": "pt"})
+    # as a checkpoint written before manifests recorded a hash: the NaN check is what finds it
+    _edit_manifest(root, lambda ck: ck.pop("weights_sha256"))
 
 
 def _huge_shape(root: Path) -> None:
@@ -456,3 +458,46 @@ def test_nan_weights_are_never_written(tmp_path: Path) -> None:
     ):
         save(model, None, None, tmp_path / "ck")  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifest_records_the_weights_hash(saved: Path) -> None:
+    import hashlib
+
+    digest = read_manifest(saved)["checkpoint"]["weights_sha256"]
+    assert digest == hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_changed_weights_file_is_refused(saved: Path, tmp_path: Path) -> None:
+    """One factor zeroed, shapes and header intact: only the hash tells."""
+    from safetensors.torch import load_file, save_file
+
+    root = _copy(saved, tmp_path / "ck")
+    stored = load_file(str(root / "model.safetensors"))
+    key = next(k for k in stored if k.endswith(".left"))
+    stored[key].zero_()
+    save_file(stored, str(root / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(AdapterError, match="does not match the sha256 its manifest records"):
+        load(root, device="cpu")
+    from llm_adapter.checkpoint import verify
+
+    with pytest.raises(AdapterError, match="does not match the sha256 its manifest records"):
+        verify(root)
+
+
+def test_a_checkpoint_without_a_hash_still_loads(saved: Path, tmp_path: Path) -> None:
+    """Checkpoints written before manifests recorded the hash load as before."""
+    root = _copy(saved, tmp_path / "ck")
+    _edit_manifest(root, lambda ck: ck.pop("weights_sha256"))
+    model, _ = load(root, device="cpu")
+    reference, _ = load(saved, device="cpu")
+    for (k, a), (_, b) in zip(
+        model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+
+
+def test_a_malformed_hash_is_a_damaged_manifest(saved: Path, tmp_path: Path) -> None:
+    root = _copy(saved, tmp_path / "ck")
+    _edit_manifest(root, lambda ck: ck.update(weights_sha256=12))
+    with pytest.raises(AdapterError, match="weights_sha256 = 12 is not a sha256 digest"):
+        load(root, device="cpu")

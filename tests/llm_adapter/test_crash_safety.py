@@ -125,3 +125,59 @@ def test_killed_sweep_reruns_to_completion(
     checkpoints = _names(tmp_path / "cks")
     assert len(checkpoints) == 3 and not any(n.startswith(".") for n in checkpoints)
     assert all(read_manifest(tmp_path / "cks" / n)["method"] for n in checkpoints)
+
+
+def _export(source: Path, out: Path, *extra: str) -> list[str]:
+    return ["export", str(source), "--out", str(out), "--no-progress", *extra]
+
+
+def test_killed_export_leaves_nothing_after_the_next_one(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """A killed export leaves its partial model hidden beside the target; the next export
+    to the same place removes it."""
+    ck = tmp_path / "ck"
+    assert main(_compress(tiny, ck, "svd")) == 0
+    out = tmp_path / "dense"
+    _killed(_export(ck, out), "export-partial")
+    left = _names(tmp_path)
+    assert left[0].startswith(".dense.tmp-") and left[1:] == ["ck"]
+    assert main(_export(ck, out)) == 0
+    assert _names(tmp_path) == ["ck", "dense"]
+    assert main(_export(ck, out, "--overwrite")) == 0  # an export replaces its own export
+    assert _names(tmp_path) == ["ck", "dense"]
+
+
+@pytest.mark.parametrize("command", ["info", "evaluate"])
+def test_a_checkpoint_set_aside_by_a_killed_replacement_is_found(
+    tiny: dict[str, Path], tmp_path: Path, command: str
+) -> None:
+    """Without the atomic exchange, a kill between the two renames leaves the old checkpoint
+    only as ``.ck.old-...``: reading ``ck`` puts it back first."""
+    out = tmp_path / "ck"
+    assert main(_compress(tiny, out, "svd")) == 0
+    before = (out / "model.safetensors").read_bytes()
+    _killed(
+        _compress(tiny, out, "svd-llm", "--overwrite"), "save-swap", LLM_ADAPTER_NO_EXCHANGE="1"
+    )
+    assert not out.exists()
+    argv = [command, str(out)]
+    if command == "evaluate":
+        argv += ["--wikitext", str(tiny["text"]), "--seq-len", "16", "--device", "cpu"]
+    assert main(argv) == 0
+    assert _names(tmp_path) == ["ck"]
+    assert read_manifest(out)["method"] == "svd"
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_killed_cache_write_is_cleaned_by_the_next(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A compress killed while writing a calibration cache entry leaves a hidden temporary;
+    the next write of that entry removes it and the entry is complete."""
+    cache = tmp_path / "cache"
+    argv = _compress(tiny, tmp_path / "ck", "svd-llm", "--cache-dir", str(cache))
+    _killed(argv, "cache-partial")
+    left = _names(cache)
+    assert len(left) == 1 and left[0].startswith(".calib-") and ".npz.tmp-" in left[0]
+    assert main(argv) == 0
+    (entry,) = _names(cache)
+    assert entry.startswith("calib-") and entry.endswith(".npz")

@@ -41,6 +41,7 @@ from .data import (
     tokenize_text,
 )
 from .errors import AdapterError
+from .files import load_arrays, save_arrays
 from .models import (
     check_finite,
     family_modules,
@@ -447,8 +448,16 @@ def calibrate(
         for f in fams:
             file = cache / f"calib-{keys[f]}.npz"
             if file.is_file():
-                with np.load(file) as z:
-                    covariances[f] = np.array(z["covariance"], dtype=np.float64)
+                entry = load_arrays(file, ("covariance",))
+                if entry is None:  # truncated, or changed since written: computed again
+                    warnings.warn(
+                        f"calibration cache entry {str(file)!r} is damaged (unreadable, or "
+                        "its content does not match its sha256); computing it again",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                covariances[f] = np.asarray(entry["covariance"], dtype=np.float64)
     missing = [f for f in fams if f not in covariances]
     seconds = 0.0
     if missing:
@@ -482,9 +491,7 @@ def calibrate(
             cache.mkdir(parents=True, exist_ok=True)
             for f in missing:
                 file = cache / f"calib-{keys[f]}.npz"
-                tmp = cache / f".calib-{keys[f]}.{os.getpid()}.tmp.npz"
-                np.savez(tmp, covariance=covariances[f], protocol=json.dumps(protocol))
-                os.replace(tmp, file)
+                save_arrays(file, covariance=covariances[f], protocol=json.dumps(protocol))
     for f in fams:
         n = covariances[f].shape[-1]
         if tokens < n:

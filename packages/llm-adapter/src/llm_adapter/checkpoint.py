@@ -17,7 +17,11 @@ file's header (names, shapes and byte ranges, checked against the file size),
 the low-rank shapes against the model's config, and every alias (only between
 equal-shape tensors that the format shares: the factors on a low-rank module's
 shared side, or tied word embeddings) are checked before any tensor is read,
-and every tensor read is checked for NaN and inf.
+and every tensor read is checked for NaN and inf.  The manifest records the
+sha256 of the weights file (``weights_sha256``), and loading compares it
+before reading a tensor, so a weights file changed after it was written (even
+one bit, every shape intact) is an error; checkpoints written before the hash
+existed load unchecked.
 
 Writes never lose data:
 
@@ -33,22 +37,21 @@ Writes never lose data:
   one was in place;
 * the next write to ``NAME`` removes the leftovers of a dead earlier write
   (the host and process id in their names identify them; a live writer's
-  are left alone).
+  are left alone), and reading ``NAME`` when it is missing puts back an
+  ``.old-`` directory first.
+
+The rule and its one message live in :mod:`llm_adapter.files`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import math
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
 import struct
 import sys
 from collections.abc import Iterable
@@ -59,6 +62,15 @@ import torch
 from torch import nn
 
 from .errors import AdapterError
+from .files import (
+    crash_point,
+    host_tag,
+    leftover_kind,
+    new_tag,
+    pid_alive,
+    refuse,
+    sha256_file,
+)
 from .gguf_cache import load_gguf
 from .lowrank import LowRankLinear, count_unique_parameters
 from .models import (
@@ -73,9 +85,11 @@ from .models import (
 )
 
 __all__ = [
+    "EXPORT_MANIFEST",
     "FORMAT_VERSION",
     "check_output_dir",
     "check_weight_files",
+    "check_weights_hash",
     "clean_leftovers",
     "load",
     "main_file_tensor_bytes",
@@ -83,11 +97,18 @@ __all__ = [
     "read_manifest",
     "read_safetensors_header",
     "save",
+    "verify",
 ]
 
 FORMAT_VERSION = 1
 MANIFEST = "compression.json"
 WEIGHTS = "model.safetensors"
+#: the manifest of a dense export (:func:`llm_adapter.export.export_dense`)
+EXPORT_MANIFEST = "llm_adapter_export.json"
+#: the shards and index of a dense export, for export manifests without a ``files`` list
+_EXPORT_SHARD = re.compile(
+    r"model-[0-9]{5}-of-[0-9]{5}\.safetensors|model\.safetensors\.index\.json"
+)
 #: files a save may write, for manifests older than the ``files`` list
 _KNOWN_FILES = frozenset(
     {
@@ -106,49 +127,12 @@ _KNOWN_FILES = frozenset(
         "chat_template.json",
     }
 )
-#: environment variable naming a point where the process kills itself with SIGKILL
-#: (the crash-safety tests use it): ``save-partial``, ``save-swap``, ``save-done``
-CRASH_ENV = "LLM_ADAPTER_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL when ``$LLM_ADAPTER_CRASH_AT`` names ``name``.
-
-    Parameters
-    ----------
-    name : str
-        The point reached (e.g. ``"save-swap"``).
-    """
-    if os.environ.get(CRASH_ENV) == name:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ---------------------------------------------------------------- safe writes
 
 
-def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _new_tag() -> str:
-    return f"{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-_LEFTOVER = re.compile(r"(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+_host_tag = host_tag
+_new_tag = new_tag
+_pid_alive = pid_alive
 
 
 def clean_leftovers(out: str | os.PathLike[str]) -> list[str]:
@@ -179,14 +163,11 @@ def clean_leftovers(out: str | os.PathLike[str]) -> list[str]:
     prefix = f".{target.name}."
     found: list[tuple[str, Path]] = []
     for entry in parent.iterdir():
-        if not entry.name.startswith(prefix):
+        if not entry.name.startswith(prefix) or not entry.is_dir() or entry.is_symlink():
             continue
-        m = _LEFTOVER.fullmatch(entry.name[len(prefix) :])
-        if m is None or not entry.is_dir() or entry.is_symlink():
-            continue
-        if m["host"] != _host_tag() or _pid_alive(int(m["pid"])):
-            continue
-        found.append((m["kind"], entry))
+        kind = leftover_kind(entry.name[len(prefix) :])
+        if kind is not None:
+            found.append((kind, entry))
     done: list[str] = []
     for kind, entry in sorted(found, key=lambda e: e[0] != "old"):  # restore before removing
         if kind == "old" and not target.exists() and not target.is_symlink():
@@ -210,35 +191,50 @@ def _is_within(child: Path, parent: Path) -> bool:
 
 
 def _written_by_us(out: Path) -> None:
-    """Raise unless ``out`` is empty or a directory llm-adapter wrote that holds nothing else."""
+    """Raise unless ``out`` is empty or a directory llm-adapter wrote that holds nothing else.
+
+    A checkpoint (``compression.json``) or a dense export (``llm_adapter_export.json``)
+    whose manifest lists its files (older manifests: the files a save writes).
+    """
     fix = "choose another output directory, or remove it yourself"
     if not any(out.iterdir()):
         return
-    file = out / MANIFEST
+    name = MANIFEST if (out / MANIFEST).is_file() else EXPORT_MANIFEST
+    file = out / name
     if not file.is_file():
-        raise AdapterError(
-            f"{str(out)!r} has no {MANIFEST}: it was not written by llm-adapter, and "
-            f"--overwrite replaces only a checkpoint llm-adapter wrote; {fix}"
-        )
+        raise refuse(out, f"has no {MANIFEST}: it was not written by llm-adapter", fix)
+    listed: Any = None
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-        ck = manifest["checkpoint"]
-        listed = ck.get("files")
-        ok = ck.get("format_version") == FORMAT_VERSION
+        if name == MANIFEST:
+            ck = manifest["checkpoint"]
+            listed = ck.get("files")
+            ok = ck.get("format_version") == FORMAT_VERSION
+        else:
+            listed = manifest.get("files")
+            ok = manifest.get("format") == "dense"
     except (ValueError, KeyError, TypeError, AttributeError):
         ok, listed = False, None
     if not ok:
-        raise AdapterError(
-            f"{str(out)!r}/{MANIFEST} is not a manifest of llm-adapter checkpoint format "
-            f"{FORMAT_VERSION}; --overwrite replaces only a checkpoint llm-adapter wrote; {fix}"
+        raise refuse(
+            file,
+            f"is not a manifest of llm-adapter checkpoint format {FORMAT_VERSION} (nor of a "
+            "dense export)",
+            fix,
         )
-    allowed = set(listed) | {MANIFEST} if isinstance(listed, list) else set(_KNOWN_FILES)
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed or not p.is_file())
+    if isinstance(listed, list):
+        allowed = {str(n) for n in listed} | {name}
+    else:  # written before manifests listed their files
+        allowed = set(_KNOWN_FILES) | {name}
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if not p.is_file()
+        or (p.name not in allowed and not (listed is None and _EXPORT_SHARD.fullmatch(p.name)))
+    )
     if foreign:
-        raise AdapterError(
-            f"{str(out)!r} holds files llm-adapter did not write ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); --overwrite never deletes them: {fix}"
-        )
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise refuse(out, f"holds files llm-adapter did not write ({shown})", fix)
 
 
 def check_output_dir(
@@ -449,6 +445,7 @@ def save(
             for a, c in aliases.items()
         }
         save_file(file_tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        weights_sha256 = sha256_file(tmp / WEIGHTS)
         crash_point("save-partial")
         config: Any = model.config
         config.save_pretrained(str(tmp))
@@ -475,6 +472,7 @@ def save(
         manifest["checkpoint"] = {
             "format_version": FORMAT_VERSION,
             "weights": WEIGHTS,
+            "weights_sha256": weights_sha256,
             "dtype": dtypes,
             "parameters": count_unique_parameters(model),
             "lowrank_modules": lowrank,
@@ -617,6 +615,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         a JSON object.
     """
     file = Path(path) / MANIFEST
+    _recover(Path(path))
     if not Path(path).is_dir():
         raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
     if not file.is_file():
@@ -659,6 +658,9 @@ def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     file = root / weights
     if file.is_symlink() or not _is_within(file.resolve(), root.resolve()):
         raise AdapterError(f"{where}: weights file {weights!r} leads out of the directory; {fix}")
+    digest = ck.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        raise AdapterError(f"{where}: weights_sha256 = {digest!r} is not a sha256 digest; {fix}")
     lowrank = ck.get("lowrank_modules", {})
     aliases = ck.get("aliases", {})
     if not isinstance(lowrank, dict) or not isinstance(aliases, dict):
@@ -682,6 +684,73 @@ def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(c, str):
             raise AdapterError(f"{where}: alias {a} -> {c!r} is not a tensor name; {fix}")
     return ck
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_weights_hash(root: Path, ck: dict[str, Any]) -> None:
+    """Check the weights file against the sha256 its manifest records (none: not checked).
+
+    Checkpoints written before the manifest recorded a hash load unchecked.
+
+    Parameters
+    ----------
+    root : Path
+        The checkpoint directory.
+    ck : dict
+        The manifest's ``checkpoint`` section (:func:`check_schema`).
+
+    Raises
+    ------
+    AdapterError
+        When the file's bytes are not the ones written.
+    """
+    digest = ck.get("weights_sha256")
+    if digest is None:
+        return
+    weights = root / ck.get("weights", WEIGHTS)
+    if not weights.is_file():
+        raise AdapterError(f"weights file {str(weights)!r} does not exist")
+    if sha256_file(weights) != digest:
+        raise AdapterError(
+            f"{str(weights)!r} does not match the sha256 its manifest records: the file was "
+            "changed or damaged after llm-adapter wrote it; write the checkpoint again with "
+            "llm-adapter compress"
+        )
+
+
+def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check a checkpoint without loading a model: manifest, weights header and content hash.
+
+    Parameters
+    ----------
+    path : str or path
+        A directory written by :func:`save`.
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Raises
+    ------
+    AdapterError
+        Naming what is wrong.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    ck = check_schema(root, manifest)
+    read_safetensors_header(root / ck.get("weights", WEIGHTS))
+    check_weights_hash(root, ck)
+    return manifest
+
+
+def _recover(root: Path) -> None:
+    """Put back a checkpoint that a write killed mid-replacement left aside (see
+    :func:`clean_leftovers`), so that reading ``root`` finds it."""
+    if not root.exists() and not root.is_symlink():
+        clean_leftovers(root)
 
 
 _TORCH_DTYPES = {
@@ -755,6 +824,7 @@ def load(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     root = Path(path).expanduser()
+    _recover(root)
     if root.is_file() or str(path).lower().endswith(".gguf"):
         return load_gguf(root, device=device, dtype=dtype, device_map=device_map)
     if not (root / MANIFEST).is_file():
@@ -864,6 +934,7 @@ def load(
     missing = [k for k in missing if k in dict(model.named_parameters(remove_duplicate=False))]
     if missing:
         raise AdapterError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
+    check_weights_hash(root, ck)
     try:
         stored = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

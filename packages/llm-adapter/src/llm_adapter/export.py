@@ -32,15 +32,25 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import _normal_permissions, load, read_manifest
+from .checkpoint import (
+    EXPORT_MANIFEST,
+    _normal_permissions,
+    _recover,
+    _swap_into_place,
+    check_output_dir,
+    clean_leftovers,
+    crash_point,
+    load,
+    read_manifest,
+)
 from .errors import AdapterError
+from .files import new_tag
 from .lowrank import LowRankLinear, count_unique_parameters
 from .models import resolve_dtype, set_module
 
@@ -53,8 +63,6 @@ __all__ = [
     "safetensors_parameters",
 ]
 
-#: the file, next to the transformers files, that says where a dense export came from
-EXPORT_MANIFEST = "llm_adapter_export.json"
 _COMPRESSION_MANIFEST = "compression.json"
 
 
@@ -96,28 +104,6 @@ def merge_lowrank(model: nn.Module) -> int:
     return len(names)
 
 
-def _atomic_dir(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not overwrite:
-        raise AdapterError(
-            f"output directory {str(out)!r} exists; pass overwrite=True (--overwrite) to replace it"
-        )
-    if out.exists() and not out.is_dir():
-        raise AdapterError(f"output path {str(out)!r} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    _normal_permissions(tmp)
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def export_dense(
     source: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -139,7 +125,10 @@ def export_dense(
     dtype : str or torch.dtype, optional
         Cast the weights, e.g. ``"bfloat16"``; default: the source's dtype.
     overwrite : bool, default False
-        Replace an existing ``out_dir``; otherwise an existing one is an error.
+        Replace an existing ``out_dir``, but only a directory llm-adapter
+        wrote (an export or a checkpoint) that holds nothing else, never the
+        source nor a directory containing it (the rule of
+        :func:`llm_adapter.checkpoint.save`); checked before the model loads.
 
     Returns
     -------
@@ -147,6 +136,7 @@ def export_dense(
         ``out_dir``; ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads it.
     """
     src = Path(source)
+    _recover(src)
     if not src.is_dir():
         raise AdapterError(f"checkpoint directory {str(source)!r} does not exist")
     if not (src / _COMPRESSION_MANIFEST).is_file() and not (src / "config.json").is_file():
@@ -155,13 +145,9 @@ def export_dense(
             "transformers directory (config.json)"
         )
     out = Path(out_dir)
-    if out.resolve() == src.resolve():
-        raise AdapterError(f"--out {str(out)!r} is the source directory; give a new directory")
     torch_dtype = resolve_dtype(dtype)
-    if out.exists() and not overwrite:  # before loading anything
-        raise AdapterError(
-            f"output directory {str(out)!r} exists; pass overwrite=True (--overwrite) to replace it"
-        )
+    clean_leftovers(out)  # before loading anything: the output is checked like compress's
+    check_output_dir(out, overwrite=overwrite, sources=[src])
     manifest = read_manifest(src) if (src / _COMPRESSION_MANIFEST).is_file() else None
     model: Any
     model, tokenizer = load(src, device="cpu")
@@ -174,11 +160,15 @@ def export_dense(
         del config.quantization_config
     if hasattr(model, "tie_weights") and getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
-    tmp = _atomic_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tag = new_tag()
+    tmp = out.parent / f".{out.name}.tmp-{tag}"
+    tmp.mkdir()
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        crash_point("export-partial")
         record: dict[str, Any] = {
             "format": "dense",
             "source": str(src),
@@ -186,9 +176,11 @@ def export_dense(
             "parameters": count_unique_parameters(model),
             "source_compression": manifest,
             "source_bytes": _weights_bytes(src),
+            "files": sorted([p.name for p in tmp.iterdir()] + [EXPORT_MANIFEST]),
         }
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        _move_into_place(tmp, out)
+        _normal_permissions(tmp)
+        _swap_into_place(tmp, out, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,9 +23,11 @@ arguments before it loads a model.  Conventions shared by every subcommand:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import AdapterError
@@ -208,7 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "model_pos"):
             args.model = model_argument(args.model_pos, args.model)
             del args.model_pos
-        return int(args.func(args) or 0)
+        with _progress_bars(not getattr(args, "no_progress", False)):
+            return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (``info --json | head -3``): stop quietly
+        _stdout_to_devnull()
+        return 141
     except AdapterError as exc:
         print(f"llm-adapter: error: {exc}", file=sys.stderr)
         return 2
@@ -224,6 +230,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"llm-adapter: error: {message}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """With ``shown`` False, also silence the bars of transformers and the hub (loading,
+    dequantizing, writing shards) while the command runs."""
+    if shown:
+        yield
+        return
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hub_was_off = are_progress_bars_disabled()
+    hf_was_on = hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hf_was_on:
+            hf_logging.enable_progress_bar()
+        if not hub_was_off:
+            enable_progress_bars()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (captured output)
+        pass
 
 
 def _known_failure(exc: Exception) -> str | None:

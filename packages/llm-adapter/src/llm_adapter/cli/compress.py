@@ -14,6 +14,7 @@ from ..errors import AdapterError
 from ..methods import (
     DEFAULT_FAMILIES,
     DEFAULT_RANK_RATIO,
+    METHOD_TABLE,
     METHODS,
     PARAMS,
     flag,
@@ -144,8 +145,17 @@ def run_compress(args: argparse.Namespace) -> int:
         save,
     )
     from ..compress import CompressionConfig, check_config, compress_model
+    from ..files import check_text_file
     from ..models import check_finite, resolve_device, resolve_dtype, resolve_families
 
+    for key in method_params(args):  # given explicitly, even at its default value
+        takers = [m.name for m in METHOD_TABLE.values() if key in m.params]
+        if key not in METHOD_TABLE[args.method].params:
+            raise AdapterError(
+                f"{flag(key)} applies to --method {' or '.join(takers)}"
+                f"{' only' if len(takers) == 1 else ''}; got --method {args.method} "
+                f"(drop {flag(key)}, or choose a method that takes it)"
+            )
     config = CompressionConfig(
         method=args.method,
         rank_ratio=args.rank_ratio if args.rank_ratio is not None else DEFAULT_RANK_RATIO,
@@ -157,6 +167,7 @@ def run_compress(args: argparse.Namespace) -> int:
         ("--calib-samples", args.calib_samples, 1),
         ("--batch-size", args.batch_size, 1),
         ("--calib-seq-len", args.calib_seq_len, 2),
+        ("--seed", args.seed, 0),
     ):
         if value is not None and value < low:
             raise AdapterError(f"{option} must be >= {low}; got {option} {value}")
@@ -166,8 +177,8 @@ def run_compress(args: argparse.Namespace) -> int:
     for line in clean_leftovers(out):
         print(f"llm-adapter: {line}", file=sys.stderr)
     check_output_dir(out, overwrite=args.overwrite, sources=[args.model])
-    if args.calib_text is not None and not Path(args.calib_text).is_file():
-        raise AdapterError(f"calibration file {args.calib_text!r} does not exist")
+    if args.calib_text is not None:
+        check_text_file(args.calib_text, "calibration file")
     has_data = args.calib_text is not None or args.calib_dataset is not None
     if config.needs_calibration and not has_data:
         raise AdapterError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16, float64"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out, if llm-adapter wrote it and it holds nothing else",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -58,7 +64,11 @@ def _verify(source: Path, out: Path) -> float:
 def run_export(args: argparse.Namespace) -> int:
     """The ``export`` subcommand."""
     source = args.model  # given once, positionally or as --model (checked by main)
+    from ..checkpoint import clean_leftovers
     from ..export import checkpoint_summary, export_dense, format_summary
+
+    for line in clean_leftovers(args.out):
+        print(f"llm-adapter: {line}", file=sys.stderr)
 
     out = export_dense(source, args.out, dtype=args.dtype, overwrite=args.overwrite)
     summary = checkpoint_summary(out)

@@ -77,6 +77,15 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
     if grid:
         if "methods" not in grid:
             raise AdapterError(f"{'/'.join(map(flag, PARAMS))} need --method")
+        methods = [m.strip() for m in grid["methods"].split(",")]
+        for k in grid:
+            takers = [m.name for m in METHOD_TABLE.values() if k in m.params]
+            if k != "methods" and not any(m in takers for m in methods):
+                raise AdapterError(
+                    f"{flag(k)} applies to --method {' or '.join(takers)}"
+                    f"{' only' if len(takers) == 1 else ''}; got --method {','.join(methods)} "
+                    f"(drop {flag(k)}, or choose a method that takes it)"
+                )
         tables = []
         for method in grid["methods"].split(","):
             table: dict[str, Any] = {"method": method.strip()}

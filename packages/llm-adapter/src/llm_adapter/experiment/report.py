@@ -29,6 +29,7 @@ Figures are drawn with matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -372,9 +373,16 @@ def write_report(
         if not Path(f).is_file():
             raise AdapterError(f"results file {str(f)!r} does not exist; run llm-adapter sweep")
         rows += read_results(f)
+        for i, row in enumerate(rows, 1):
+            if not isinstance(row, dict) or not isinstance(row.get("method"), str):
+                raise AdapterError(
+                    f"results file {str(f)!r}: row {i} has no method; give results written "
+                    "by llm-adapter sweep"
+                )
     if not rows:
         raise AdapterError(f"no rows in {', '.join(map(str, files))}; run llm-adapter sweep first")
     out = Path(out_dir)
+    _check_report_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     figures = {
@@ -428,4 +436,63 @@ def write_report(
     if paired:
         written["paired_csv"] = out / "paired.csv"
         written["paired_csv"].write_text(budget_csv(rows))
+    _record_report(out, written.values())
     return written
+
+
+#: the hidden file of a report directory that lists what the report wrote, with hashes
+REPORT_RECORD = ".llm-adapter-report.json"
+#: every file a report may write
+REPORT_FILES = (
+    "results.md", "results.csv", "paired.csv", "phase_diagram.png",
+    "frobenius_vs_perplexity.png", "per_layer_errors.png", "pareto.png",
+)  # fmt: skip
+#: a sentence of every results.md a report wrote (recognises reports older than the record)
+_REPORT_SENTENCE = "Errors are means over the compressed layers of"
+
+
+def _check_report_dir(out: Path) -> None:
+    """Raise before writing when a file the report would replace is not one it wrote.
+
+    A file is the report's when the directory's record lists it with its
+    current sha256, or, in a directory written before the record existed,
+    when its ``results.md`` is a report's (it has the report's explanation
+    of the errors).
+    """
+    from ..files import refuse, sha256_file
+
+    if not out.is_dir():
+        return
+    recorded: dict[str, str] = {}
+    try:
+        data = json.loads((out / REPORT_RECORD).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("files"), dict):
+            recorded = {str(k): str(v) for k, v in data["files"].items()}
+    except (OSError, ValueError):
+        pass
+    legacy = False
+    if not recorded and (out / "results.md").is_file():
+        try:
+            legacy = _REPORT_SENTENCE in (out / "results.md").read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            legacy = False
+    for name in REPORT_FILES:
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_file() and not path.is_symlink():
+            if legacy or recorded.get(name) == sha256_file(path):
+                continue
+        raise refuse(
+            path,
+            "was not written by llm-adapter report (or was changed since)",
+            "give another --out, or move the file away",
+        )
+
+
+def _record_report(out: Path, paths: Any) -> None:
+    """Write the record of what the report wrote (name -> sha256)."""
+    from ..files import sha256_file, write_atomic
+
+    files = {Path(p).name: sha256_file(p) for p in paths}
+    write_atomic(out / REPORT_RECORD, json.dumps({"files": files}, indent=2) + "\n")

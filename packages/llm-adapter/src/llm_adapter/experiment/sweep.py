@@ -121,6 +121,7 @@ METHOD_NAMES = ("dense", *METHOD_TABLE)
 
 __all__ = [
     "SweepPoint",
+    "check_results_file",
     "expand_points",
     "load_config",
     "read_results",
@@ -155,6 +156,14 @@ SECTION_KEYS = {
         "limit",
         "batch_size",
     },
+}
+
+
+#: the whole-number settings of each section, and their least value
+SECTION_NUMBERS = {
+    "calibration": {"samples": 1, "seq_len": 2, "seed": 0, "batch_size": 1},
+    "heldout": {"samples": 1, "seq_len": 2, "seed": 0, "batch_size": 1},
+    "evaluation": {"seq_len": 2, "stride": 1, "max_windows": 1, "limit": 1, "batch_size": 1},
 }
 
 
@@ -216,7 +225,30 @@ def check_config(config: dict[str, Any], source: str = "the configuration") -> N
             raise AdapterError(
                 f"{source}: unknown key(s) {sorted(bad)} in [{section}]; valid: {sorted(keys)}"
             )
-    for i, table in enumerate(config.get("points", [])):
+    points = config.get("points", [])
+    if not isinstance(points, list) or not all(isinstance(t, dict) for t in points):
+        raise AdapterError(
+            f"{source}: points must be a list of tables ([[points]] with method = ...); "
+            f"got points = {points!r}"
+        )
+    if "families" in config:
+        fams = _as_list(config["families"])
+        if not fams or not all(isinstance(f, str) and split_families(f) for f in fams):
+            raise AdapterError(
+                f"{source}: families = {config['families']!r} names no family; give family "
+                "sets such as ['attention.dense'] or ['all'] (--families 'a,b;c')"
+            )
+    for section, limits in SECTION_NUMBERS.items():
+        for key, low in limits.items():
+            value = (config.get(section) or {}).get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise AdapterError(
+                    f"{source}: [{section}] {key} = {value!r} is not valid; give an integer "
+                    f">= {low}"
+                )
+    for i, table in enumerate(points):
         bad = set(table) - set(POINT_KEYS) - {"label"}
         if bad:
             raise AdapterError(
@@ -333,6 +365,11 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
                     f"points[{i}]: unknown method {method!r}; valid: {sorted(METHOD_NAMES)}"
                 )
             fsets = [split_families(values.pop("families"))] if "families" in values else fam_sets
+            if method != "dense" and not all(fsets):
+                raise AdapterError(
+                    f"points[{i}]: families = {table.get('families')!r} names no family; "
+                    "give e.g. 'attention.dense' or 'all'"
+                )
             given = [(k, _ratio(values.pop(k), k, i)) for k in BUDGETS if k in values]
             if len(given) > 1:
                 raise AdapterError(
@@ -547,14 +584,15 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, An
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or not UTF-8 (a binary file)
             raise AdapterError(
-                f"{p} line {i} is not JSON ({exc}); fix or remove that line"
+                f"{p} line {i} is not JSON ({' '.join(str(exc).split())[:120]}); it is not a "
+                "results file of llm-adapter sweep, or that line is damaged: fix or remove it"
             ) from None
     if tail.strip():
         try:
             rows.append(json.loads(tail))
-        except json.JSONDecodeError:
+        except ValueError:
             if repair:
                 with open(p, "r+b") as fh:
                     fh.truncate(len(data) - len(tail))
@@ -678,6 +716,87 @@ def _lock_results(out: Path) -> tuple[int, Path | None]:
             "finish, or give another results file (--results)"
         ) from None
     return fd, created
+
+
+def _check_inputs(config: dict[str, Any]) -> None:
+    """Device, dtype and calibration texts, checked as the real run will use them."""
+    from ..files import check_text_file
+    from ..models import resolve_device, resolve_dtype
+
+    resolve_device(str(config.get("device", "auto")))
+    dtype = config.get("dtype", "auto")
+    resolve_dtype(None if dtype == "auto" else str(dtype))
+    for section in ("calibration", "heldout"):
+        text = (config.get(section) or {}).get("text")
+        if text is not None:
+            check_text_file(str(text), f"[{section}] text")
+
+
+def check_results_file(path: str | Path) -> None:
+    """Raise unless ``path`` is absent, empty or a results file a sweep wrote.
+
+    A sweep appends to its results file and drops a last line cut off by a
+    kill; it does so only to a file whose every line is a row (a JSON object
+    with a ``key``), the last one possibly cut off after its ``{"key": ``.
+
+    Parameters
+    ----------
+    path : str or Path
+    """
+    from ..files import refuse
+
+    p = Path(path)
+    fix = "give another --results file, or move this one away"
+    if p.is_symlink() or (p.exists() and not p.is_file()):
+        if p.is_dir():
+            return  # opening it fails with its own message
+        raise refuse(p, "is not a regular file", fix)
+    if not p.exists():
+        return
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise AdapterError(
+            f"results file {str(p)!r} cannot be read ({exc.strerror}); give a readable --results"
+        ) from None
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or "key" not in row:
+            raise refuse(p, f"is not a sweep results file (line {i} is not a JSON row)", fix)
+    head = b'{"key": '
+    if tail.strip() and not (tail.startswith(head) or head.startswith(tail)):
+        raise refuse(p, f"is not a sweep results file (line {len(lines) + 1} is not a row)", fix)
+
+
+def _check_checkpoints(config: dict[str, Any], todo: list[tuple[SweepPoint, str]]) -> None:
+    """Every saved point checkpoint the run would reuse or replace, checked before it starts:
+    a directory that is not llm-adapter's, or a checkpoint whose content changed, is an error."""
+    from ..checkpoint import check_output_dir, verify
+
+    if not config.get("checkpoints"):
+        return
+    root = Path(config["checkpoints"])
+    for point, key in todo:
+        ck = root / key
+        if point.method == "dense" or not ck.exists():
+            continue
+        if not (ck / "compression.json").is_file():
+            check_output_dir(ck, overwrite=True, flag="the checkpoint of a point")
+            continue
+        try:
+            verify(ck)
+        except AdapterError as exc:
+            raise AdapterError(
+                f"the saved checkpoint of point {point_label(point)} cannot be reused: {exc}; "
+                f"or remove {str(ck)!r} to compute the point again"
+            ) from None
 
 
 @dataclass
@@ -906,10 +1025,21 @@ def _run_sweep(
         value = (config.get(section) or {}).get(key)
         if value is not None and value != "hub" and not Path(value).is_file():
             raise AdapterError(f"[{section}] {key} = {value!r} is not a file")
+    _check_inputs(config)
     points = expand_points(config)
     if only_methods is not None:
         keep = set(only_methods)
+        unknown = sorted(keep - set(METHOD_NAMES))
+        if unknown:
+            raise AdapterError(
+                f"--only {','.join(unknown)}: unknown method(s); valid: {', '.join(METHOD_NAMES)}"
+            )
         points = [p for p in points if p.method in keep]
+        if not points:
+            raise AdapterError(
+                f"--only {','.join(sorted(keep))}: no point of the sweep has that method; "
+                "give a method of its [[points]] (or --method)"
+            )
     protocol = {
         "model": str(config["model"]),
         "calibration": _keyed_text_section(calib, "calibration"),
@@ -923,10 +1053,12 @@ def _run_sweep(
             "[calibration] needs exactly one of text (a local file) or dataset "
             "(hub NAME:CONFIG:SPLIT, e.g. wikitext:wikitext-2-raw-v1:train)"
         )
+    check_results_file(out)
     if not dry_run:
         locks.append(_lock_results(out))
     done = {r.get("key") for r in read_results(out, repair=not dry_run)}
     todo = [(p, k) for p, k in zip(points, keys, strict=True) if k not in done]
+    _check_checkpoints(config, todo)
     print(
         f"sweep {config.get('name', out.stem)}: {len(points)} points, {len(points) - len(todo)} "
         f"done in {out}, {len(todo)} to run",
