@@ -62,6 +62,7 @@ __all__ = [
     "DIST_RTOL",
     "FIT_RTOL",
     "LP_RTOL",
+    "NAMES",
     "allocation_costs_and_spectra",
     "allocation_dynamic_programme",
     "allocation_greedy_equal_costs",
@@ -101,6 +102,22 @@ FIT_RTOL = 1e-9
 #: package's, both accurate to a few eps relative; 1e-10 relative (absolute
 #: 1e-12 for the tiny angles, where the projector formulas lose digits).
 DIST_RTOL = 1e-10
+
+
+#: The name of each check's report (before the problem's label), by function.
+NAMES = {
+    "allocation_greedy_equal_costs": "allocation_theorem_1[equal costs]",
+    "allocation_relaxation": "allocation_theorem_2[relaxation]",
+    "allocation_dynamic_programme": "allocation_dp[any costs]",
+    "allocation_costs_and_spectra": "allocation_costs_and_spectra",
+    "svd_llm_update_statement": "svd_llm_update[proposition 3]",
+    "residual_fit_theorem_4": "residual_fit_theorem_4",
+    "residual_fit_theorem_5": "residual_fit_theorem_5",
+    "ridge_limits": "ridge_limits",
+    "factorise_statement": "factorise[every method]",
+    "distances_statement": "distances",
+    "means_statement": "means",
+}
 
 
 def _report(
@@ -299,12 +316,17 @@ def _relaxation(
 
 
 def _instances(seed: int, equal_costs: bool, count: int = 24) -> list[dict[str, Any]]:
-    """Seeded small allocation problems (1-4 units, spectra of 1-5 values >= 1e-3)."""
+    """Seeded small allocation problems (1-4 units, spectra of 1-5 values >= 1e-3).
+
+    A quarter of them take ranks in steps of 2, half of them a smallest rank
+    of 1 (so with step 2 the smallest allowed rank is 2).
+    """
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
         U = int(rng.integers(1, 5))
-        sizes = [int(rng.integers(1, 6)) for _ in range(U)]
+        step = 2 if rng.uniform() < 0.25 else 1
+        sizes = [int(rng.integers(step, 6)) for _ in range(U)]
         spectra = [1e-3 + rng.exponential(size=r) * rng.uniform(0.1, 10.0) for r in sizes]
         costs = (
             [int(rng.integers(1, 7))] * U
@@ -312,9 +334,9 @@ def _instances(seed: int, equal_costs: bool, count: int = 24) -> list[dict[str, 
             else [int(rng.integers(1, 10)) for _ in range(U)]
         )
         lo = int(rng.integers(0, 2))
-        step = 2 if rng.uniform() < 0.25 and lo == 0 else 1
-        total = sum(c * r for c, r in zip(costs, sizes, strict=True))
-        budget = int(rng.integers(lo * sum(costs), total + 1))
+        first = -(-lo // step) * step
+        total = sum(c * (r // step) * step for c, r in zip(costs, sizes, strict=True))
+        budget = int(rng.integers(first * sum(costs), total + 1))
         out.append(
             {
                 "spectra": spectra,
@@ -456,7 +478,7 @@ def allocation_greedy_equal_costs(problem: BundleProblem, *, seed: int = 0) -> T
         if abs(gap) > ALLOC_RTOL:
             failures.append(f"instance {i}: greedy energy differs from the optimum by {gap:.3e}")
     return _report(
-        "allocation_theorem_1[equal costs]",
+        NAMES["allocation_greedy_equal_costs"],
         failures,
         {"instances": len(insts), "max_relative_gap_to_brute_force": worst},
         {"alloc_rtol": ALLOC_RTOL},
@@ -533,7 +555,7 @@ def allocation_relaxation(problem: BundleProblem, *, seed: int = 0) -> TheoremRe
             f"docs' example: greedy (energy, bound, exact) = {example}, want (12, 9, False)"
         )
     return _report(
-        "allocation_theorem_2[relaxation]",
+        NAMES["allocation_relaxation"],
         failures,
         {"instances": len(insts), "max_lower_bound_vs_linprog": lp_dev, "example": list(example)},
         {"alloc_rtol": ALLOC_RTOL, "lp_rtol": LP_RTOL},
@@ -581,7 +603,7 @@ def allocation_dynamic_programme(problem: BundleProblem, *, seed: int = 0) -> Th
         if a.exact and abs(a.energy - best) > ALLOC_RTOL * sc:
             failures.append(f"instance {i}: auto without the programme claims exactness wrongly")
     return _report(
-        "allocation_dp[any costs]",
+        NAMES["allocation_dynamic_programme"],
         failures,
         {"instances": len(insts), "max_relative_gap_to_brute_force": worst},
         {"alloc_rtol": ALLOC_RTOL},
@@ -697,7 +719,7 @@ def allocation_costs_and_spectra(problem: BundleProblem, *, seed: int = 0) -> Th
                     f"{a.unit_energy[i]:.6g}, tail sum {tail:.6g}"
                 )
     return _report(
-        "allocation_costs_and_spectra",
+        NAMES["allocation_costs_and_spectra"],
         failures,
         {"spectrum_max_deviation": spec_dev, "corner_energy_max_deviation": corner_dev},
         {"spectrum_rtol": 1e-10, "energy_rtol": OPT_RTOL},
@@ -808,7 +830,7 @@ def svd_llm_update_statement(problem: BundleProblem, *, seed: int = 0) -> Theore
             if dev > 1e-7:
                 failures.append(f"{label}: without a shift the update moves P_U W by {dev:.3e}")
     return _report(
-        "svd_llm_update[proposition 3]",
+        NAMES["svd_llm_update_statement"],
         failures,
         {"max_relative_gap_to_lstsq": worst},
         {"fit_rtol": FIT_RTOL, "subspace_atol": 1e-7},
@@ -895,7 +917,7 @@ def residual_fit_theorem_4(problem: BundleProblem, *, seed: int = 0) -> TheoremR
             if dev > 1e-7:
                 failures.append(f"{label}: x_hat = x does not give P_U W ({dev:.3e})")
     return _report(
-        "residual_fit_theorem_4",
+        NAMES["residual_fit_theorem_4"],
         failures,
         {"max_relative_gap_to_rrr": worst},
         {"fit_rtol": FIT_RTOL},
@@ -991,7 +1013,7 @@ def residual_fit_theorem_5(problem: BundleProblem, *, seed: int = 0) -> TheoremR
             if other < got - FIT_RTOL * ref:
                 failures.append(f"ridge {rho:g}: a random shared basis beats the fit")
     return _report(
-        "residual_fit_theorem_5",
+        NAMES["residual_fit_theorem_5"],
         failures,
         {"k": k, "max_relative_gap_to_value": worst},
         {"fit_rtol": FIT_RTOL},
@@ -1040,7 +1062,7 @@ def ridge_limits(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
         if abs(_mse(W, X, Xh, ft.weight()) - e0) > 1e-6 * ref:
             failures.append(f"{label}: ridge 1e-10 does not recover the unregularised error")
     return _report(
-        "ridge_limits",
+        NAMES["ridge_limits"],
         failures,
         {"max_change_over_bound": max(spans)},
         {"fit_rtol": FIT_RTOL},
@@ -1252,7 +1274,7 @@ def factorise_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
                 R = np.concatenate([W[l] - f.weight(l) for l in g], axis=0)
                 energy_gap(Y @ Cg @ Y.T, db, float(np.sum((R @ Cg) * R)), f"{tag} group {i}")
     return _report(
-        "factorise[every method]",
+        NAMES["factorise_statement"],
         failures,
         {"factorisations": ran, "max_relative_gap_to_optimum": worst},
         {"energy_rtol": OPT_RTOL, "structure_atol": 1e-10},
@@ -1369,7 +1391,7 @@ def distances_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
                 f"||P_U - P_V||_2 {float(np.linalg.norm(D, 2)):.12g}"
             )
     return _report(
-        "distances",
+        NAMES["distances_statement"],
         failures,
         {"max_relative_error": worst},
         {"dist_rtol": DIST_RTOL},
@@ -1476,7 +1498,7 @@ def means_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
                 f"cluster {i}: a nearby point has a lower Karcher cost than karcher_mean"
             )
     return _report(
-        "means",
+        NAMES["means_statement"],
         failures,
         {"clusters": len(clusters), "max_karcher_gradient": worst_grad},
         {"sine_atol": 1e-10, "gradient_atol": 1e-8},
@@ -1507,6 +1529,9 @@ FIT_CHECKS: tuple[Callable[..., TheoremReport], ...] = (
 def fit_checks(problem: BundleProblem, *, seed: int = 0) -> list[TheoremReport]:
     """Every check of this module on one problem.
 
+    A check whose code under test raises is reported as failing (named after
+    its function, the exception in ``failures``) instead of stopping the run.
+
     Parameters
     ----------
     problem : BundleProblem
@@ -1516,4 +1541,20 @@ def fit_checks(problem: BundleProblem, *, seed: int = 0) -> list[TheoremReport]:
     -------
     list of TheoremReport
     """
-    return [check(problem, seed=seed) for check in FIT_CHECKS]
+    reports = []
+    for check in FIT_CHECKS:
+        try:
+            reports.append(check(problem, seed=seed))
+        except Exception as exc:  # a crash of the code under test fails its check
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            reports.append(
+                _report(
+                    NAMES[check.__name__],
+                    [f"raised {msg}"],
+                    {},
+                    {},
+                    "the check did not finish",
+                    msg,
+                )
+            )
+    return reports
