@@ -397,6 +397,28 @@ CASES: dict[str, Case] = {
         "--group-size applies to --method basis-sharing only; got --method svd",
         True,
     ),
+    "compress --cache-dir is a file": (
+        lambda f: _compress(
+            f, f["root"] / "o", "--method", "svd-llm", "--cache-dir", str(f["file"])
+        ),
+        "exists and is not a directory; give a directory",
+        True,
+    ),
+    "sweep --checkpoints is a file": (
+        lambda f: _sweep(f, "--method", "svd", "--checkpoints", str(f["file"])),
+        "checkpoints '",
+        True,
+    ),
+    "sweep binary perplexity text, dry run": (
+        lambda f: _sweep(f, "--method", "svd", "--wikitext", str(f["binary"]), "--dry-run"),
+        "cannot be read as UTF-8 text",
+        True,
+    ),
+    "report where nothing can be written": (
+        lambda f: ["report", str(f["rows"]), "--out", "/proc/llm-adapter-x"],
+        "--out '/proc/llm-adapter-x' cannot be written",
+        True,
+    ),
     "export into the folder holding the checkpoint": (
         lambda f: ["export", str(f["holder"] / "ck"), "--out", str(f["holder"]), "--overwrite"],
         "contains the input model",

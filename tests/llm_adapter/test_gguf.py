@@ -325,3 +325,32 @@ def test_unreadable_tokenizer_fails_in_one_line_before_the_weights(
     assert "\n" not in str(info.value)
     assert loaded == []  # failed before any weight was dequantized
     assert not (cache / "gguf" / gguf_cache._sha256_file(bad)).exists()
+
+
+def test_a_killed_build_is_cleaned_by_the_next(gguf_file: Path, cache: Path) -> None:
+    """The temporaries of a build whose process died are removed when the entry is next
+    built; a live process's are left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from llm_adapter.files import host_tag
+
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    sha = gguf_cache._sha256_file(gguf_file)
+    root = cache / "gguf"
+    root.mkdir(parents=True)
+    left = root / f".{sha[:16]}.tmp-{host_tag()}-{dead}-0123abcd"
+    live = root / f".{sha[:16]}.tmp-{host_tag()}-{os.getpid()}-0123abcd"
+    for d in (left, live):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    entry = dequantize_gguf(gguf_file)
+    assert sorted(p.name for p in root.iterdir()) == sorted([entry.name, live.name])

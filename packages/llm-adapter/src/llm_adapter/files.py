@@ -38,6 +38,7 @@ __all__ = [
     "CRASH_ENV",
     "RULE",
     "check_text_file",
+    "check_writable_dir",
     "clean_file_leftovers",
     "crash_point",
     "is_dead_leftover",
@@ -203,6 +204,36 @@ def check_text_file(path: str | os.PathLike[str], what: str) -> None:
     if not text.strip() or "\x00" in text:
         kind = "binary data (NUL bytes)" if "\x00" in text else "no text"
         raise AdapterError(f"{what} {str(path)!r} holds {kind}; give a UTF-8 text file")
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
+    """Raise unless ``path`` is a directory, or can be created, and files can be written in it.
+
+    Parameters
+    ----------
+    path : str or path
+    what : str
+        How messages name it (``"--cache-dir"``).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise AdapterError(f"{what} {str(path)!r} exists and is not a directory; give a directory")
+    ancestor = p
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AdapterError(
+            f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is not a directory"
+        )
+    probe = ancestor / f".llm-adapter-probe.tmp-{new_tag()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise AdapterError(
+            f"{what} {str(path)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
+            "give a writable directory"
+        ) from None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

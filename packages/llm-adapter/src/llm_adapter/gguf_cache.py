@@ -12,11 +12,12 @@ named by the sha256 of the GGUF file's bytes::
     $XDG_CACHE_HOME/llm-adapter/gguf/<sha256>/ (else, when that one is set)
     ~/.cache/llm-adapter/gguf/<sha256>/        (else)
 
-An entry is written into a temporary directory and renamed into place only
-when complete; its last file, ``complete.json``, records the size and sha256
-of every other file.  An entry whose marker is missing, unreadable, or does
-not match the files (a partial write, a truncated or edited file) is
-rebuilt, never used.
+An entry is written into a temporary directory
+(``.<sha256[:16]>.tmp-<host>-<pid>-<random>``, removed by the next write of
+the entry when its process died) and renamed into place only when complete;
+its last file, ``complete.json``, records the size and sha256 of every other
+file.  An entry whose marker is missing, unreadable, or does not match the
+files (a partial write, a truncated or edited file) is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import AdapterError, one_line
+from .files import leftover_kind, new_tag
 from .models import (
     ARCHITECTURES,
     check_tokenizer,
@@ -101,6 +102,15 @@ def _sha256_file(path: Path) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def _clean_dead_writes(root: Path, sha: str) -> None:
+    """Remove the temporaries of entry ``sha`` that a killed earlier write left in ``root``."""
+    prefix = f".{sha[:16]}."
+    for item in root.iterdir():
+        if item.name.startswith(prefix) and item.is_dir() and not item.is_symlink():
+            if leftover_kind(item.name[len(prefix) :]) is not None:
+                shutil.rmtree(item, ignore_errors=True)
 
 
 def _entry_is_complete(entry: Path, sha: str) -> bool:
@@ -270,7 +280,9 @@ def dequantize_gguf(
     _check_readable(src)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.tmp-", dir=root))
+        _clean_dead_writes(root, sha)
+        tmp = root / f".{sha[:16]}.tmp-{new_tag()}"
+        tmp.mkdir()
     except OSError as exc:
         raise AdapterError(
             f"cannot write the GGUF cache under {str(root)!r} ({one_line(exc)}); "
@@ -279,7 +291,8 @@ def dequantize_gguf(
     try:
         _write_entry(src, tmp, sha, progress)
         if entry.exists():  # partial or corrupt: move it aside, then drop it
-            trash = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.old-", dir=root))
+            trash = root / f".{sha[:16]}.old-{new_tag()}"
+            trash.mkdir()
             try:
                 os.replace(entry, trash / "entry")
             except FileNotFoundError:  # another process removed it first

@@ -145,7 +145,7 @@ def run_compress(args: argparse.Namespace) -> int:
         save,
     )
     from ..compress import CompressionConfig, check_config, compress_model
-    from ..files import check_text_file
+    from ..files import check_text_file, check_writable_dir
     from ..models import check_finite, resolve_device, resolve_dtype, resolve_families
 
     for key in method_params(args):  # given explicitly, even at its default value
@@ -179,6 +179,8 @@ def run_compress(args: argparse.Namespace) -> int:
     check_output_dir(out, overwrite=args.overwrite, sources=[args.model])
     if args.calib_text is not None:
         check_text_file(args.calib_text, "calibration file")
+    if args.cache_dir is not None:
+        check_writable_dir(args.cache_dir, "--cache-dir")
     has_data = args.calib_text is not None or args.calib_dataset is not None
     if config.needs_calibration and not has_data:
         raise AdapterError(

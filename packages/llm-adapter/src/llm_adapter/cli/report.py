@@ -35,6 +35,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise AdapterError(f"--out {args.out!r} exists and is not a directory; give a directory")
     from ..experiment.report import write_report
+    from ..files import check_writable_dir
+
+    check_writable_dir(out, "--out")
 
     written = write_report(args.results, args.out, title=args.title)
     for name, path in written.items():

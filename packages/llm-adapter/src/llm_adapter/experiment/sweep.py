@@ -79,8 +79,11 @@ and never writes a key twice (a line cut off by the kill is dropped on
 restart). While a sweep runs it holds an exclusive lock on its results file,
 so a second sweep on the same file stops at once instead of writing every
 row again, and :func:`read_results` keeps each key once (files written before
-the lock existed). Every point is checked before any runs, and ``--dry-run``
-reports the same errors. Calibration statistics are cached on disk by :func:`calibrate`;
+the lock existed). A results file that is not a sweep's (a line that is
+not a row) is refused, never appended to nor truncated. Every point and
+setting is checked before any runs, and ``--dry-run`` reports the same errors;
+a saved point checkpoint is checked against its content hash before it is
+reused. Calibration statistics are cached on disk by :func:`calibrate`;
 with ``checkpoints = "DIR"`` every compressed model is also saved, and a
 restarted sweep reloads it instead of factorising again.
 """
@@ -720,7 +723,8 @@ def _lock_results(out: Path) -> tuple[int, Path | None]:
 
 def _check_inputs(config: dict[str, Any]) -> None:
     """Device, dtype and calibration texts, checked as the real run will use them."""
-    from ..files import check_text_file
+    from ..evaluate import read_wikitext
+    from ..files import check_text_file, check_writable_dir
     from ..models import resolve_device, resolve_dtype
 
     resolve_device(str(config.get("device", "auto")))
@@ -730,6 +734,12 @@ def _check_inputs(config: dict[str, Any]) -> None:
         text = (config.get(section) or {}).get("text")
         if text is not None:
             check_text_file(str(text), f"[{section}] text")
+    for key in ("cache_dir", "checkpoints"):
+        if config.get(key):
+            check_writable_dir(str(config[key]), key)
+    evaluation = config.get("evaluation") or {}
+    if evaluation.get("wikitext") not in (None, "hub"):
+        read_wikitext(str(evaluation["wikitext"]))  # a damaged file fails here, not after
 
 
 def check_results_file(path: str | Path) -> None:
