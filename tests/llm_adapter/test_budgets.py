@@ -79,4 +79,4 @@ def test_hellaswag_only_rows_pair_on_items() -> None:
     ]
     pairs = paired_rows(rows)
     assert "ppl_ratio" not in pairs[1] and pairs[1]["acc_norm_diff"] == -30 / 200
-    assert budget_csv(rows).splitlines()[2].split(",")[5:8] == ["-", "-", "-"]
+    assert budget_csv(rows).splitlines()[2].split(",")[6:9] == ["-", "-", "-"]

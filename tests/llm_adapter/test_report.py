@@ -72,7 +72,7 @@ def test_markdown_table_rows() -> None:
     assert len(lines) == 2 + len(ROWS)
     k1 = next(line for line in lines if line.startswith("| bundle lam=0 k=1"))
     cells = [c.strip() for c in k1.strip("|").split("|")]
-    assert cells[4:10] == ["0.1000", "+50.0%", "0.0500", "0.0333", "150.000", "3.000"]
+    assert cells[6:12] == ["0.1000", "+50.0%", "0.0500", "0.0333", "150.000", "3.000"]
     assert lines[2].startswith("| dense | (none) | 1 | - |")
 
 

@@ -6,6 +6,15 @@ windows and items, so each method can be compared with a reference method
 (:mod:`llm_adapter.paired`). A row's budget is what the sweep point asked for
 (``budget``: ``d/D=...``, ``params kept ...`` or ``model ratio ...``); rows are
 paired within one (sweep, families, budget) group.
+
+Every table states a budget both ways: the fraction of the whole model's
+parameters removed (``model_ratio``, ``1 - model_params / model_params_dense``)
+and the fraction of the compressed maps' parameters removed (``1 -
+param_ratio``).  A group whose points keep parameters differing by more than
+:data:`SAME_BUDGET_RTOL` (relative) does not share a budget: the points of a
+``d/D`` group share a rank (tied and grouped methods keep fewer parameters at
+the same rank), and its tables say "equal rank" instead of "the same budget"
+(:func:`comparison_basis`).
 """
 
 from __future__ import annotations
@@ -18,19 +27,74 @@ from ..errors import AdapterError
 from .paired import paired_accuracy, paired_perplexity
 
 __all__ = [
+    "SAME_BUDGET_RTOL",
     "budget_cells",
     "budget_csv",
     "budget_markdown",
     "cells_csv",
     "cells_markdown",
+    "comparison_basis",
+    "group_spread",
     "paired_rows",
     "pareto_figure",
     "pyplot",
 ]
 
 
+#: points whose kept parameters differ by more than this fraction do not share a budget
+SAME_BUDGET_RTOL = 0.005
+
+
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row.get("sweep"), tuple(row.get("families") or ()), row.get("budget"))
+
+
+def group_spread(rows: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
+    """How far the kept parameters of each budget group's compressed points spread.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Sweep rows.
+
+    Returns
+    -------
+    dict
+        ``(sweep, families, budget)`` to ``max / min - 1`` of the rows'
+        ``param_ratio`` (0 for a group of one point).
+    """
+    kept: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        if r.get("method") != "dense" and r.get("param_ratio"):
+            kept.setdefault(_key(r), []).append(float(r["param_ratio"]))
+    return {k: max(v) / min(v) - 1.0 for k, v in kept.items()}
+
+
+def comparison_basis(rows: Sequence[dict[str, Any]]) -> str:
+    """What the points compared within each budget group share, in words.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+
+    Returns
+    -------
+    str
+        ``"the same budget"`` when every group's points keep parameters within
+        :data:`SAME_BUDGET_RTOL` of each other; ``"equal rank"`` when the groups
+        that do not are all ``d/D`` groups; otherwise ``"the same requested
+        budget"``.
+    """
+    apart = [k for k, s in group_spread(rows).items() if s > SAME_BUDGET_RTOL]
+    if not apart:
+        return "the same budget"
+    if all(str(k[2] or "d/D").startswith("d/D") for k in apart):
+        return "equal rank"
+    return "the same requested budget"
+
+
+def _removed(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}%"
 
 
 def _pairable(row: dict[str, Any]) -> bool:
@@ -60,7 +124,9 @@ def paired_rows(
         One dict per compressed row that has a reference in its group, in file
         order: ``label``, ``families``, ``budget``, ``param_ratio`` (kept fraction
         of the families), ``model_ratio`` (removed fraction of the model),
-        ``ppl``, ``ppl_ratio`` / ``ppl_low`` / ``ppl_high`` / ``ppl_significant``
+        ``shares_budget`` (whether the group's kept parameters are within
+        :data:`SAME_BUDGET_RTOL`), ``ppl``, ``ppl_ratio`` / ``ppl_low`` /
+        ``ppl_high`` / ``ppl_significant``
         and, with HellaSwag, ``acc_norm``, ``acc_norm_diff`` / ``acc_norm_low`` /
         ``acc_norm_high`` / ``acc_norm_significant``. The reference row itself is
         included with a ratio of 1. The perplexity keys are absent where the
@@ -71,6 +137,7 @@ def paired_rows(
     for r in rows:
         if _pairable(r) and reference in (r.get("method"), r.get("label")):
             refs.setdefault(_key(r), r)
+    spread = group_spread(rows)
     out = []
     for r in rows:
         ref = refs.get(_key(r))
@@ -82,6 +149,7 @@ def paired_rows(
             "budget": r.get("budget"),
             "param_ratio": r.get("param_ratio"),
             "model_ratio": r.get("model_ratio"),
+            "shares_budget": spread.get(_key(r), 0.0) <= SAME_BUDGET_RTOL,
         }
         if r.get("ppl_window_nll") is not None and ref.get("ppl_window_nll") is not None:
             ppl = paired_perplexity(ref, r, seed=seed)
@@ -129,18 +197,24 @@ def budget_cells(
     """
     pairs = paired_rows(rows, reference=reference)
     head = [
-        "point", "families", "budget", "params kept", "model ratio", "perplexity",
+        "point", "families", "budget", "params kept", "removed (model)", "removed (maps)",
+        "perplexity",
         f"ppl / {reference} [95% CI]", "verdict", "acc_norm", f"acc_norm - {reference} [95% CI]",
         "verdict",
     ]  # fmt: skip
     body = []
     for p in pairs:
+        budget = str(p["budget"])
+        if not p["shares_budget"]:
+            budget += " (equal rank)" if budget.startswith("d/D") else " (kept differs)"
+        kept = p.get("param_ratio")
         cells = [
             str(p["label"]),
             ", ".join(p["families"]),
-            str(p["budget"]),
-            f"{p['param_ratio']:.3f}" if p.get("param_ratio") is not None else "-",
-            f"{p['model_ratio']:.3f}" if p.get("model_ratio") is not None else "-",
+            budget,
+            f"{kept:.3f}" if kept is not None else "-",
+            _removed(p.get("model_ratio")),
+            _removed(None if kept is None else 1.0 - kept),
         ]
         if "ppl_ratio" in p:
             cells += [

@@ -3,7 +3,9 @@
 ``llm-adapter report RESULTS.jsonl --out DIR`` writes
 
 ``DIR/results.md`` (and the same table as ``DIR/results.csv``)
-    One row per point: errors, perplexity, HellaSwag, parameters kept, and the
+    One row per point: errors, perplexity, HellaSwag, the budget both ways (the
+    fraction of the whole model's parameters removed and the fraction of the
+    compressed maps' parameters removed), and the
     two quantities the paper argues about, both against SVD-LLM on the same
     model, families and d/D: the **Frobenius reduction**
     ``1 - frob(point) / frob(SVD-LLM)`` and the **perplexity ratio**
@@ -38,10 +40,12 @@ from typing import Any
 from ..errors import AdapterError
 from ..methods import format_float, parse_float
 from .budgets import (
+    SAME_BUDGET_RTOL,
     budget_csv,
     budget_markdown,
     cells_csv,
     cells_markdown,
+    comparison_basis,
     pareto_figure,
     pyplot,
 )
@@ -120,7 +124,9 @@ def _fmt(value: Any, spec: str) -> str:
 def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The results table as a header and formatted cells (one row per point, in file order).
 
-    Beside the errors and the scores: the whole model's parameters (shared
+    Beside the errors and the scores: the budget both ways, the fraction of the
+    whole model's parameters removed (``model_ratio``) and of the compressed
+    maps' parameters (``1 - param_ratio``); the whole model's parameters (shared
     tensors once) and the perplexity pass's throughput (tokens per second,
     measured in the sweep's own run, so comparable between its rows only).
 
@@ -135,7 +141,8 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     """
     rows = frobenius_reduction_rows(rows)
     head = [
-        "point", "families", "d/D", "params kept", "Frob err", "Frob reduction vs SVD-LLM",
+        "point", "families", "d/D", "params kept", "removed (model)", "removed (maps)",
+        "Frob err", "Frob reduction vs SVD-LLM",
         "act err (calib)", "act err (held-out)", "perplexity", "ppl ratio vs SVD-LLM",
         "HellaSwag acc", "acc_norm", "model params (M)", "eval tokens/s",
     ]  # fmt: skip
@@ -143,6 +150,8 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     for r in rows:
         fams = ", ".join(r.get("families") or []) or "(none)"
         kept = "-" if not r.get("params_dense") else f"{r['param_ratio']:.3f}"
+        maps = "-" if not r.get("params_dense") else f"{100 * (1.0 - r['param_ratio']):.1f}%"
+        model = r.get("model_ratio")
         red = r["frobenius_reduction"]
         body.append(
             [
@@ -150,6 +159,8 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
                 fams,
                 "1" if r["method"] == "dense" else _fmt(r.get("rank_ratio"), ".3g"),
                 kept,
+                "-" if model is None else f"{100 * model:.1f}%",
+                maps,
                 _fmt(r.get("frobenius_fraction"), ".4f"),
                 "-" if red is None else f"{100 * red:+.1f}%",
                 _fmt(r.get("activation_fraction"), ".4f"),
@@ -397,26 +408,46 @@ def write_report(
     first = rows[0]
     proto = first.get("protocol", {})
     ev = proto.get("evaluation", {})
+    if ev.get("max_windows") and ev.get("windows") == "spread":
+        chosen = f", {ev['max_windows']} windows spread over the split (seed {ev['window_seed']})"
+    elif ev.get("max_windows"):
+        chosen = f", first {ev['max_windows']} windows"
+    else:
+        chosen = ""
+    basis = comparison_basis(rows)
     lines = [
         f"# {title or first.get('sweep', 'Sweep results')}",
         "",
         f"Model `{first.get('model')}`; results from {', '.join(f'`{f}`' for f in files)} "
         f"({len(rows)} rows).",
         f"Perplexity: WikiText-2 `{ev.get('wikitext')}`, windows of {ev.get('seq_len')} tokens"
-        + (f", first {ev['max_windows']} windows" if ev.get("max_windows") else "")
+        + chosen
         + f"; HellaSwag: `{ev.get('hellaswag')}`"
         + (f", first {ev['limit']} items" if ev.get("limit") else "")
         + ".",
         "Errors are means over the compressed layers of ||W - W'||_F^2 / ||W||_F^2 (Frob) and "
         "tr((W - W') C (W - W')^T) / tr(W C W^T) (act; C from calibration or held-out tokens).",
+        "Budgets both ways: removed (model) is the fraction of the whole model's parameters "
+        "removed, removed (maps) the fraction of the compressed maps' parameters removed"
+        + (
+            "; the points of a d/D group share a rank, not a budget (tied and grouped "
+            "methods keep fewer parameters at the same rank)."
+            if basis != "the same budget"
+            else "."
+        ),
         "",
         markdown_table(rows),
         "",
     ]
     paired = budget_markdown(rows)
     if paired:
+        shared = {
+            "the same budget": "at the same budget (parameters kept within "
+            f"{100 * SAME_BUDGET_RTOL:g}% in every group)",
+            "equal rank": "at equal rank (the same d/D; parameters kept differ, see the columns)",
+        }.get(basis, "at the same requested budget (parameters kept differ, see the columns)")
         lines += [
-            "Paired comparison with SVD-LLM at the same budget (bootstrap over the shared "
+            f"Paired comparison with SVD-LLM {shared} (bootstrap over the shared "
             "windows and items, 2,000 resamples; 'tie' where the 95% interval contains no "
             "difference):",
             "",
