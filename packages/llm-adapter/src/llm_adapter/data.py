@@ -129,6 +129,14 @@ def is_tokenized_wikitext(text: str) -> bool:
     the number separators `` @-@ ``, `` @,@ ``, `` @.@ ``.  The raw variant has
     the separators but no ``<unk>``, so it is not the tokenized variant (it is
     used as it is unless detokenization is asked for explicitly).
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    bool
     """
     return UNKNOWN_WORD in text and any(sep in text for sep in NUMBER_SEPARATORS)
 

@@ -15,16 +15,29 @@ param_ratio``).  A group whose points keep parameters differing by more than
 ``d/D`` group share a rank (tied and grouped methods keep fewer parameters at
 the same rank), and its tables say "equal rank" instead of "the same budget"
 (:func:`comparison_basis`).
+
+Rows calibrated with different seeds (:func:`llm_adapter.experiment.paired.calibration_seed`)
+are paired within each seed; where a method has rows under two or more seeds,
+:func:`seed_paired_rows` adds its comparison over all of them
+(:func:`llm_adapter.experiment.paired.paired_perplexity_seeds`), and the tables
+gain a ``seed`` column.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError
-from .paired import paired_accuracy, paired_perplexity
+from .paired import (
+    calibration_seed,
+    paired_accuracy,
+    paired_perplexity,
+    paired_perplexity_seeds,
+)
 
 __all__ = [
     "SAME_BUDGET_RTOL",
@@ -38,6 +51,7 @@ __all__ = [
     "paired_rows",
     "pareto_figure",
     "pyplot",
+    "seed_paired_rows",
 ]
 
 
@@ -46,7 +60,12 @@ SAME_BUDGET_RTOL = 0.005
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row.get("sweep"), tuple(row.get("families") or ()), row.get("budget"))
+    return (
+        row.get("sweep"),
+        tuple(row.get("families") or ()),
+        row.get("budget"),
+        calibration_seed(row),
+    )
 
 
 def group_spread(rows: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
@@ -60,8 +79,8 @@ def group_spread(rows: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], float]
     Returns
     -------
     dict
-        ``(sweep, families, budget)`` to ``max / min - 1`` of the rows'
-        ``param_ratio`` (0 for a group of one point).
+        ``(sweep, families, budget, calibration seed)`` to ``max / min - 1`` of
+        the rows' ``param_ratio`` (0 for a group of one point).
     """
     kept: dict[tuple[Any, ...], list[float]] = {}
     for r in rows:
@@ -121,8 +140,10 @@ def paired_rows(
     Returns
     -------
     list of dict
-        One dict per compressed row that has a reference in its group, in file
-        order: ``label``, ``families``, ``budget``, ``param_ratio`` (kept fraction
+        One dict per compressed row that has a reference in its group (the same
+        sweep, families, budget and calibration seed), in file
+        order: ``label``, ``families``, ``budget``, ``seed`` (the calibration
+        seed), ``param_ratio`` (kept fraction
         of the families), ``model_ratio`` (removed fraction of the model),
         ``shares_budget`` (whether the group's kept parameters are within
         :data:`SAME_BUDGET_RTOL`), ``ppl``, ``ppl_ratio`` / ``ppl_low`` /
@@ -147,6 +168,7 @@ def paired_rows(
             "label": r.get("label", r.get("method")),
             "families": list(r.get("families") or []),
             "budget": r.get("budget"),
+            "seed": calibration_seed(r),
             "param_ratio": r.get("param_ratio"),
             "model_ratio": r.get("model_ratio"),
             "shares_budget": spread.get(_key(r), 0.0) <= SAME_BUDGET_RTOL,
@@ -170,6 +192,96 @@ def paired_rows(
                 acc_norm_significant=acc.significant,
             )
         out.append(entry)
+    return out
+
+
+def _experiment(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What rows of one experiment under several calibration seeds share."""
+    protocol = row.get("protocol") or {}
+    calibration = {k: v for k, v in (protocol.get("calibration") or {}).items() if k != "seed"}
+    return (
+        row.get("model"),
+        tuple(row.get("families") or ()),
+        row.get("budget"),
+        json.dumps(protocol.get("evaluation") or {}, sort_keys=True),
+        json.dumps(calibration, sort_keys=True),
+    )
+
+
+def seed_paired_rows(
+    rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm", seed: int = 0
+) -> list[dict[str, Any]]:
+    """Each method against the reference over all its calibration seeds.
+
+    Rows of one experiment (the same model, families, budget, evaluation
+    protocol and calibration settings but the seed) and one label are
+    compared with the reference's rows of the same seeds by
+    :func:`llm_adapter.experiment.paired.paired_perplexity_seeds`, where they
+    share two or more seeds.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Sweep rows with per-window scores, from one or several results files.
+    reference : str
+        The method or label compared against.
+    seed : int
+        Bootstrap seed.
+
+    Returns
+    -------
+    list of dict
+        One dict per (experiment, label) with two or more shared seeds, the
+        reference's own included: ``label``, ``families``, ``budget``,
+        ``seed`` (``"all N"``), ``seeds``, ``param_ratio``, ``model_ratio``,
+        ``shares_budget``, ``ppl`` (over every seed's windows), ``ppl_ratio``,
+        ``ppl_low``, ``ppl_high``, ``ppl_significant`` and ``ppl_verdict``.
+    """
+    groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for r in rows:
+        if r.get("method") == "dense" or r.get("ppl_window_nll") is None:
+            continue
+        if calibration_seed(r) is None:
+            continue
+        label = str(r.get("label", r.get("method")))
+        groups.setdefault(_experiment(r), {}).setdefault(label, []).append(r)
+    spread = group_spread(rows)
+    out = []
+    for labels in groups.values():
+        refs = next((v for k, v in labels.items() if reference in (k, v[0].get("method"))), None)
+        if refs is None:
+            continue
+        ref_seeds = {calibration_seed(r) for r in refs}
+        for label, mine in labels.items():
+            shared = [r for r in mine if calibration_seed(r) in ref_seeds]
+            seeds = {calibration_seed(r) for r in shared}
+            if len(seeds) < 2 or len(seeds) < len(shared):
+                continue
+            base = [r for r in refs if calibration_seed(r) in seeds]
+            res = paired_perplexity_seeds(base, shared, seed=seed)
+            nll = sum(float(sum(r["ppl_window_nll"])) for r in shared)
+            tokens = sum(float(sum(r["ppl_window_tokens"])) for r in shared)
+            first = shared[0]
+            out.append(
+                {
+                    "label": label,
+                    "families": list(first.get("families") or []),
+                    "budget": first.get("budget"),
+                    "seed": f"all {len(seeds)}",
+                    "seeds": list(res.seeds),
+                    "param_ratio": first.get("param_ratio"),
+                    "model_ratio": first.get("model_ratio"),
+                    "shares_budget": all(
+                        spread.get(_key(r), 0.0) <= SAME_BUDGET_RTOL for r in shared
+                    ),
+                    "ppl": math.exp(nll / tokens),
+                    "ppl_ratio": res.estimate,
+                    "ppl_low": res.low,
+                    "ppl_high": res.high,
+                    "ppl_significant": res.significant,
+                    "ppl_verdict": res.verdict,
+                }
+            )
     return out
 
 
@@ -202,6 +314,10 @@ def budget_cells(
         f"ppl / {reference} [95% CI]", "verdict", "acc_norm", f"acc_norm - {reference} [95% CI]",
         "verdict",
     ]  # fmt: skip
+    seeded = len({p["seed"] for p in pairs}) > 1
+    if seeded:  # rows under several calibration seeds: each seed, then all of them
+        head.insert(3, "seed")
+        pairs += seed_paired_rows(rows, reference=reference)
     body = []
     for p in pairs:
         budget = str(p["budget"])
@@ -216,11 +332,13 @@ def budget_cells(
             _removed(p.get("model_ratio")),
             _removed(None if kept is None else 1.0 - kept),
         ]
+        if seeded:
+            cells.insert(3, "-" if p["seed"] is None else str(p["seed"]))
         if "ppl_ratio" in p:
             cells += [
                 f"{p['ppl']:.3f}",
                 f"{p['ppl_ratio']:.4f} [{p['ppl_low']:.4f}, {p['ppl_high']:.4f}]",
-                _verdict(p["ppl_significant"], p["ppl_ratio"] < 1.0),
+                p.get("ppl_verdict") or _verdict(p["ppl_significant"], p["ppl_ratio"] < 1.0),
             ]
         else:
             cells += ["-", "-", "-"]

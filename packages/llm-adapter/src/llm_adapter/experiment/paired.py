@@ -12,11 +12,23 @@ Each row needs the per-window and per-item fields that
 :func:`llm_adapter.evaluate.evaluate_model` returns with ``per_item=True``
 (sweeps store them): ``ppl_window_nll``, ``ppl_window_tokens``,
 ``hellaswag_correct`` and ``hellaswag_correct_norm``.
+
+The calibration draw is a second source of variation: the same two methods
+calibrated on other windows of the text compare differently.
+:func:`paired_perplexity_seeds` takes rows of both methods under several
+calibration seeds and bootstraps hierarchically: each resample draws the
+seeds with replacement, then, within each drawn seed, that seed's windows
+with replacement (the same windows for both methods: paired), and takes the
+ratio of perplexities ``exp(mean NLL_b - mean NLL_a)`` over every drawn
+(seed, window) pair's tokens.  The verdict is "better" or "worse" only when
+the 95% percentile interval excludes 1; an interval containing 1 is a "tie"
+when the estimate is within 1% of 1, and "inconclusive" otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,11 +37,20 @@ from numpy.typing import NDArray
 
 from ..errors import AdapterError
 
-__all__ = ["PairedDifference", "paired_accuracy", "paired_perplexity"]
+__all__ = [
+    "PairedDifference",
+    "SeedPairedDifference",
+    "calibration_seed",
+    "paired_accuracy",
+    "paired_perplexity",
+    "paired_perplexity_seeds",
+]
 
 #: bootstrap resamples; the Monte Carlo error of a 95% percentile bound is well
 #: under a tenth of the interval's width at this size
 N_BOOT = 2000
+#: a ratio within this fraction of 1 whose interval contains 1 is a tie
+TIE = 0.01
 
 
 @dataclass(frozen=True)
@@ -211,4 +232,203 @@ def paired_accuracy(
     metric = "hellaswag_acc_norm_diff" if norm else "hellaswag_acc_diff"
     return _interval(
         metric, float(diff.mean()), diff[idx].mean(axis=1), 0.0, n, level, n_boot, seed
+    )
+
+
+def calibration_seed(row: Mapping[str, Any]) -> int | None:
+    """The calibration seed of a sweep row; None for a row without calibration.
+
+    Read from the row's ``calibration`` record (rows written since it exists),
+    else from its configuration's ``protocol.calibration`` section (whose seed
+    defaults to 0 in sweeps).
+
+    Parameters
+    ----------
+    row : mapping
+        A sweep row.
+
+    Returns
+    -------
+    int or None
+    """
+    record = row.get("calibration")
+    if isinstance(record, Mapping) and record.get("seed") is not None:
+        return int(record["seed"])
+    section = (row.get("protocol") or {}).get("calibration")
+    if isinstance(section, Mapping) and section:
+        return int(section.get("seed", 0))
+    return None
+
+
+@dataclass(frozen=True)
+class SeedPairedDifference:
+    """A paired perplexity comparison ``b`` against ``a`` over calibration seeds and windows.
+
+    Attributes
+    ----------
+    estimate : float
+        ``exp(mean NLL_b - mean NLL_a)`` over every seed's windows (token-weighted).
+    low, high : float
+        The hierarchical bootstrap's percentile interval at ``level``.
+    verdict : str
+        ``"better"`` (b's perplexity lower: ``high < 1``), ``"worse"`` (``low >
+        1``), ``"tie"`` (the interval contains 1 and ``|estimate - 1| < tie``) or
+        ``"inconclusive"`` (the interval contains 1, the estimate does not lie
+        within ``tie`` of it).
+    seeds : tuple of int or None
+        The calibration seeds, in the order given.
+    windows : tuple of int
+        Windows paired under each seed.
+    per_seed : tuple of float
+        The ratio under each seed alone.
+    level, n_boot, seed, tie
+        The interval's coverage, the resamples, the resampling seed and the
+        tie threshold.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    verdict: str
+    seeds: tuple[int | None, ...]
+    windows: tuple[int, ...]
+    per_seed: tuple[float, ...]
+    level: float
+    n_boot: int
+    seed: int
+    tie: float
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval excludes 1."""
+        return self.verdict in ("better", "worse")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _by_seed(rows: Sequence[Mapping[str, Any]], who: str) -> dict[int | None, Mapping[str, Any]]:
+    out: dict[int | None, Mapping[str, Any]] = {}
+    for row in rows:
+        s = calibration_seed(row)
+        if s in out:
+            raise AdapterError(
+                f"{who} has two rows with calibration seed {s}: give one row per seed"
+            )
+        out[s] = row
+    return out
+
+
+def paired_perplexity_seeds(
+    a_rows: Sequence[Mapping[str, Any]],
+    b_rows: Sequence[Mapping[str, Any]],
+    *,
+    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    tie: float = TIE,
+) -> SeedPairedDifference:
+    """Perplexity ratio ``ppl(b) / ppl(a)`` with a bootstrap over calibration seeds and windows.
+
+    Rows are paired by calibration seed (:func:`calibration_seed`): under each
+    seed the two methods were calibrated on the same windows and scored on the
+    same evaluation windows.  Each of ``n_boot`` resamples draws ``S`` seeds
+    with replacement from the ``S`` seeds (``numpy.random.default_rng(seed)
+    .integers(0, S, size=(n_boot, S))``), then, for each draw, that seed's
+    ``n_s`` windows with replacement (one ``integers(0, n_s, ...)`` call per
+    drawn position and seed, in that order), and computes ``exp(sum of
+    (NLL_b - NLL_a) / sum of tokens)`` over every drawn window: the ratio of
+    the two perplexities on that resample.  The interval is the percentile
+    interval at ``level``.
+
+    Parameters
+    ----------
+    a_rows, b_rows : sequence of mapping
+        One row per calibration seed for each method, with ``ppl_window_nll``
+        and ``ppl_window_tokens``; the same seeds for both.
+    level : float
+        Coverage of the interval.
+    n_boot : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+    tie : float
+        An interval that contains 1 with an estimate within ``tie`` of 1 is a tie.
+
+    Returns
+    -------
+    SeedPairedDifference
+    """
+    _check(level, n_boot)
+    if not 0.0 <= tie < 1.0:
+        raise AdapterError(f"tie={tie} must be in [0, 1), e.g. 0.01 for 1%")
+    a_by, b_by = _by_seed(a_rows, "the first method"), _by_seed(b_rows, "the second method")
+    if set(a_by) != set(b_by) or not a_by:
+        raise AdapterError(
+            f"the methods were calibrated with different seeds ({sorted(a_by, key=str)} vs "
+            f"{sorted(b_by, key=str)}): give both methods' rows for the same seeds"
+        )
+    seeds = list(a_by)
+    diffs, tokens = [], []
+    for s in seeds:
+        nll_a = _field(a_by[s], "ppl_window_nll", f"the first method's row of seed {s}")
+        nll_b = _field(b_by[s], "ppl_window_nll", f"the second method's row of seed {s}")
+        tok_a = _field(a_by[s], "ppl_window_tokens", f"the first method's row of seed {s}")
+        tok_b = _field(b_by[s], "ppl_window_tokens", f"the second method's row of seed {s}")
+        starts_a, starts_b = a_by[s].get("ppl_window_starts"), b_by[s].get("ppl_window_starts")
+        if (
+            nll_a.shape != nll_b.shape
+            or not np.array_equal(tok_a, tok_b)
+            or (starts_a is not None and starts_b is not None and starts_a != starts_b)
+        ):
+            raise AdapterError(
+                f"under calibration seed {s} the rows were scored on different windows: "
+                "compare rows of one evaluation protocol"
+            )
+        if nll_a.size < 2:
+            raise AdapterError(
+                f"{nll_a.size} window(s) under seed {s} cannot give an interval; score at "
+                "least 2 windows"
+            )
+        diffs.append(nll_b - nll_a)
+        tokens.append(tok_a)
+    n_seeds = len(seeds)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    diff_sum = np.zeros(n_boot)
+    token_sum = np.zeros(n_boot)
+    for j in range(n_seeds):
+        for k in range(n_seeds):
+            hit = np.flatnonzero(drawn[:, j] == k)
+            n = diffs[k].size
+            idx = rng.integers(0, n, size=(hit.size, n))
+            diff_sum[hit] += diffs[k][idx].sum(axis=1)
+            token_sum[hit] += tokens[k][idx].sum(axis=1)
+    samples = np.exp(diff_sum / token_sum)
+    alpha = (1.0 - level) / 2.0
+    low, high = (float(v) for v in np.quantile(samples, [alpha, 1.0 - alpha]))
+    total_diff = float(sum(d.sum() for d in diffs))
+    total_tokens = float(sum(t.sum() for t in tokens))
+    estimate = math.exp(total_diff / total_tokens)
+    if high < 1.0:
+        verdict = "better"
+    elif low > 1.0:
+        verdict = "worse"
+    else:
+        verdict = "tie" if abs(estimate - 1.0) < tie else "inconclusive"
+    return SeedPairedDifference(
+        estimate=estimate,
+        low=low,
+        high=high,
+        verdict=verdict,
+        seeds=tuple(seeds),
+        windows=tuple(int(d.size) for d in diffs),
+        per_seed=tuple(
+            math.exp(float(d.sum()) / float(t.sum())) for d, t in zip(diffs, tokens, strict=True)
+        ),
+        level=level,
+        n_boot=n_boot,
+        seed=seed,
+        tie=tie,
     )

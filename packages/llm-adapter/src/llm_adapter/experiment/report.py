@@ -24,7 +24,9 @@
 
 Rows measured with per-window and per-item scores also get a paired table:
 every method against SVD-LLM at the same budget, with a bootstrap interval
-(:mod:`llm_adapter.budgets`).
+(:mod:`llm_adapter.budgets`); with rows under several calibration seeds, each
+seed's comparison and the comparison over all seeds (a bootstrap over seeds,
+then windows within each seed).
 
 Figures are drawn with matplotlib's Agg backend (no display needed).
 """
@@ -49,6 +51,7 @@ from .budgets import (
     pareto_figure,
     pyplot,
 )
+from .paired import calibration_seed
 from .sweep import read_results
 
 __all__ = [
@@ -446,10 +449,20 @@ def write_report(
             f"{100 * SAME_BUDGET_RTOL:g}% in every group)",
             "equal rank": "at equal rank (the same d/D; parameters kept differ, see the columns)",
         }.get(basis, "at the same requested budget (parameters kept differ, see the columns)")
+        seeds = {calibration_seed(r) for r in rows if r.get("method") != "dense"}
+        over_seeds = (
+            "; rows 'all N' resample the N calibration seeds with replacement, then each "
+            "drawn seed's windows with replacement (the same windows for both methods), "
+            "'better'/'worse' only where the 95% interval of the perplexity ratio excludes 1, "
+            "'tie' where it contains 1 and the ratio is within 1% of 1, 'inconclusive' where "
+            "it contains 1 otherwise"
+            if len(seeds - {None}) > 1
+            else ""
+        )
         lines += [
             f"Paired comparison with SVD-LLM {shared} (bootstrap over the shared "
             "windows and items, 2,000 resamples; 'tie' where the 95% interval contains no "
-            "difference):",
+            f"difference{over_seeds}):",
             "",
             paired,
             "",
