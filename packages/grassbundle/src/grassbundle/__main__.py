@@ -1,11 +1,13 @@
 """Command line: ``python -m grassbundle check [--json] [--problem FILE.npz]``.
 
-``check`` runs every theorem check of :mod:`grassbundle.theorems` on seeded
-random problems, or on a user's problem stored as ``.npz`` with ``W`` (L x m x
-n), optionally ``C`` (L x n x n) and ``rank`` (default ``min(m, n) // 4``,
-at least 1).  It prints a table, or with ``--json`` a JSON list of reports
-(``name``, ``holds``, ``figures``, ...), and exits 0 only if every check holds
-(1 if one fails, 2 on bad input).
+``check`` runs every check of :mod:`grassbundle.theorems` and
+:mod:`grassbundle.theorems_fits` (the statements of ``docs/theory``: the
+bundle's theorems, rank allocation, the refits, the factorisations, the
+distances and means) on seeded random problems, or on a user's problem
+stored as ``.npz`` with ``W`` (L x m x n), optionally ``C`` (L x n x n) and
+``rank`` (default ``min(m, n) // 4``, at least 1).  It prints a table, or
+with ``--json`` a JSON list of reports (``name``, ``holds``, ``figures``,
+...), and exits 0 only if every check holds (1 if one fails, 2 on bad input).
 """
 
 from __future__ import annotations

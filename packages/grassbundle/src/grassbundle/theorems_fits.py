@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 from . import distances as _dist
 from .allocation import Allocation, activation_spectrum, allocate_ranks, factor_cost
 from .bundle import BundleProblem
-from .factorise import Factorisation, factorise
+from .factorise import Factorisation, factorise, reconstruction_errors
 from .means import chordal_mean, karcher_mean
 from .refit import residual_fit, svd_llm_update
 from .theorems import OPT_RTOL, TheoremReport, _fmt
@@ -645,29 +645,52 @@ def allocation_costs_and_spectra(problem: BundleProblem, *, seed: int = 0) -> Th
     W = problem.W
     L, m, n = problem.L, problem.m, problem.n
     failures: list[str] = []
-    # costs: counted from the factors' shapes
+    # costs: the numbers the factors of rank dd hold, over dd: one m x dd basis and
+    # k right factors dd x n (output side), or one dd x n and k m x dd (input side)
+    dd = 3
     for mm, nn, k in ((m, n, 1), (m, n, 2), (n, m, 3), (7, 3, 2), (3, 7, 1)):
-        out, inp = (mm * 5 + k * 5 * nn) // 5, (nn * 5 + k * 5 * mm) // 5
+        out, inp = (mm * dd + k * dd * nn) // dd, (dd * nn + k * mm * dd) // dd
         if factor_cost(mm, nn, k) != out or factor_cost(mm, nn, k, shared="input") != inp:
             failures.append(
                 f"factor_cost({mm}, {nn}, {k}) = {factor_cost(mm, nn, k)}, "
                 f"shared='input' {factor_cost(mm, nn, k, shared='input')}; counted {out}, {inp}"
             )
+    # what factorise stores, on the problem's first maps at its rank, and on a
+    # seeded pair of 6 x 4 maps at every rank, across the break-even rank
+    # (k m n = 48: output side c = 14, saves up to d = 3; input side c = 16,
+    # stores exactly 48 at d = 3)
+    rb = np.random.default_rng(seed + 3)
+    Gb = rb.standard_normal((2, 4, 8))
     k = min(2, L)
-    d = problem.rank
-    for method, extra, per in (
-        ("bundle", {"tying": k}, m + k * n),
-        ("basis-sharing", {"group_size": k}, n + k * m),
-    ):
-        f = factorise(W[:k], C[:k], method, d, **extra)
-        want = factor_cost(m, n, k, shared="output" if method == "bundle" else "input") * d
-        if f.params_kept != want or want != per * d:
-            failures.append(
-                f"{method}: stores {f.params_kept} parameters at rank {d} for {k} maps; "
-                f"factor_cost gives {want}, counted {per * d}"
-            )
-        if (f.params_kept < f.params_dense) != (per * d < k * m * n):
-            failures.append(f"{method}: break-even rule c d < k m n fails at rank {d}")
+    fams = [
+        (W[:k], C[:k], [problem.rank]),
+        (rb.standard_normal((2, 6, 4)), Gb @ np.swapaxes(Gb, 1, 2) / 8, [1, 2, 3, 4]),
+    ]
+    for Wf, Cf, ds in fams:
+        kf, mf, nf = Wf.shape
+        for dd in ds:
+            for method, extra, per in (
+                ("bundle", {"tying": kf}, mf + kf * nf),
+                ("basis-sharing", {"group_size": kf}, nf + kf * mf),
+            ):
+                if method == "bundle" and dd >= mf:
+                    continue
+                f = factorise(Wf, Cf, method, dd, **extra)
+                want = dd * (
+                    factor_cost(mf, nf, kf)
+                    if method == "bundle"
+                    else factor_cost(mf, nf, kf, shared="input")
+                )
+                if f.params_kept != want or want != per * dd:
+                    failures.append(
+                        f"{method}: stores {f.params_kept} parameters at rank {dd} for {kf} "
+                        f"{mf}x{nf} maps; factor_cost gives {want}, counted {per * dd}"
+                    )
+                if (f.params_kept < f.params_dense) != (per * dd < kf * mf * nf):
+                    failures.append(
+                        f"{method}: break-even rule c d < k m n fails at rank {dd} "
+                        f"({f.params_kept} kept, {f.params_dense} dense)"
+                    )
     # spectra: dense eigvalsh of the summed matrix
     spec_dev = 0.0
     for layers in ([0], list(range(min(L, 3)))):
@@ -695,7 +718,7 @@ def allocation_costs_and_spectra(problem: BundleProblem, *, seed: int = 0) -> Th
         groups = [list(range(s, min(s + kk, L))) for s in range(0, L, kk)]
         specs = [activation_spectrum(W[g], C[g], omega="frobenius") for g in groups]
         costs = [factor_cost(m, n, len(g)) for g in groups]
-        budget = sum(c * d for c in costs)
+        budget = sum(c * problem.rank for c in costs)
         top = min(m - 1, n)
         a = allocate_ranks(specs, costs, budget, max_rank=top)
         ranks = np.concatenate([[int(a.ranks[i])] * len(g) for i, g in enumerate(groups)])
@@ -1156,6 +1179,45 @@ def _check_factorisation(
     return out
 
 
+def _check_reconstruction_errors(W: F64, C: F64, d: int, seed: int, label: str) -> list[str]:
+    """``reconstruction_errors`` of seeded weights ``W + (rank d)``, against the samples.
+
+    The weights are not an optimum of anything (where the activation error
+    ``tr(E C E^T)`` could coincide with a wrong formula such as ``tr(E C
+    W^T)``); each error is the mean over samples with the given statistics:
+    ``||E x||^2``, and ``||W x - W' x_hat||^2`` for the output error.
+    """
+    rng = np.random.default_rng(seed + 17)
+    L, m, n = W.shape
+    Wc = W + rng.standard_normal((L, m, d)) @ rng.standard_normal((L, d, n)) / math.sqrt(n)
+    samples = [_shifted_samples(C[l], rng) for l in range(L)]
+    stats = [_stats(X, Xh) for X, Xh in samples]
+    got = reconstruction_errors(
+        W,
+        Wc,
+        np.stack([s[0] for s in stats]),
+        C_hat=np.stack([s[1] for s in stats]),
+        C_cross=np.stack([s[2] for s in stats]),
+    )
+    out = []
+    for l, (X, Xh) in enumerate(samples):
+        E = W[l] - Wc[l]
+        ref = _mse(W[l], X, X, np.zeros_like(W[l]))
+        want = {
+            "frobenius_error": float(np.sum(E * E)),
+            "activation_error": _mse(E, X, X, np.zeros_like(E)),
+            "activation_total": ref,
+            "output_error": _mse(W[l], X, Xh, Wc[l]),
+        }
+        for name, value in want.items():
+            arr = getattr(got, name)
+            scale = float(np.sum(W[l] * W[l])) if name == "frobenius_error" else ref
+            if arr is None or abs(float(arr[l]) - value) > FIT_RTOL * scale:
+                have = None if arr is None else float(arr[l])
+                out.append(f"{label}: reconstruction_errors {name}[{l}] = {have}, is {value:.6g}")
+    return out
+
+
 def factorise_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
     """Every method of :func:`grassbundle.factorise` is its definition, on uneven families.
 
@@ -1178,7 +1240,9 @@ def factorise_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
     and every factorisation has one shared factor per group, the groups of
     consecutive layers, ``W'_l = U_g U_g^T W_l`` for the output side, the
     parameters ``sum_g d_g (m + |g| n)`` (``n + |g| m`` for the input side)
-    and the errors it reports.  Energies to ``OPT_RTOL`` of the trace.
+    and the errors it reports; and :func:`grassbundle.reconstruction_errors` of
+    seeded weights ``W_l + (rank d)`` equals the errors on samples with the given
+    statistics.  Energies to ``OPT_RTOL`` of the trace.
 
     Parameters
     ----------
@@ -1273,6 +1337,7 @@ def factorise_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
                 Cg = sum(C[l] for l in g)
                 R = np.concatenate([W[l] - f.weight(l) for l in g], axis=0)
                 energy_gap(Y @ Cg @ Y.T, db, float(np.sum((R @ Cg) * R)), f"{tag} group {i}")
+        failures += _check_reconstruction_errors(W, C, d, seed, label)
     return _report(
         NAMES["factorise_statement"],
         failures,
