@@ -234,3 +234,20 @@ def test_theorems_activation_basis_prefix_is_svd_llm():
     for r in (1, 3, 5):
         ref = (Us[:, :r] * sig[:r]) @ Vt[:r] @ np.linalg.inv(S)
         np.testing.assert_allclose(U[:, :r] @ (U[:, :r].T @ W), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize(("m", "n", "samples"), [(8, 5, 3), (5, 8, 3), (9, 4, 50)])
+def test_theorems_activation_basis_energies(m, n, samples):
+    """mu are the eigenvalues of W C W^T (computed here by eigvalsh), U is orthonormal
+    and U diag(mu) U^T = W C W^T, also for a singular C (fewer samples than inputs)."""
+    rng = np.random.default_rng(m + n + samples)
+    W = rng.standard_normal((m, n))
+    X = rng.standard_normal((n, samples))
+    C = X @ X.T / samples
+    mu, U = gb.activation_basis(W, C)
+    M = W @ C @ W.T
+    ref = np.sort(np.linalg.eigvalsh(M))[::-1][: min(m, n)]
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(mu, np.clip(ref, 0, None), atol=1e-10 * scale)
+    np.testing.assert_allclose(U.T @ U, np.eye(min(m, n)), atol=1e-10)
+    np.testing.assert_allclose((U * mu) @ U.T, M, atol=1e-10 * scale)

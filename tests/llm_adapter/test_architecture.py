@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lowrank",),
     ("data",),
     ("calibrate",),
+    ("scoring",),
     ("sequential",),
     ("compress",),
     ("checkpoint",),

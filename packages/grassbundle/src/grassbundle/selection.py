@@ -353,10 +353,20 @@ def activation_basis(W: ArrayLike, C: ArrayLike) -> tuple[F64, F64]:
     W64 = _validate.weight_stack(W)[0]
     m, n = W64.shape
     C64 = _validate.covariance_stack(C, 1, n, "C", psd=True)[0]
+    R = min(m, n)
+    if m > n:  # a tall map: the SVD of W S (m x n, S S^T = C) costs m n^2, not m^3
+        S = _validate.sqrt_factor(C64, "C")
+        U, sigma, _ = np.linalg.svd(W64 @ S, full_matrices=False)
+        mu = np.zeros(R)
+        k = min(R, sigma.size)
+        mu[:k] = sigma[:k] ** 2
+        if U.shape[1] < R:  # C singular: complete U with an orthonormal basis of the rest
+            Q, _ = np.linalg.qr(np.hstack([U, np.eye(m)[:, : R]]))
+            U = np.hstack([U, Q[:, U.shape[1] : R]])
+        return mu, np.ascontiguousarray(U[:, :R])
     M = W64 @ C64 @ W64.T
     M = 0.5 * (M + M.T)
     mu, V = np.linalg.eigh(M)
-    R = min(m, n)
     idx = np.argsort(mu)[::-1][:R]
     return np.clip(mu[idx], 0.0, None), np.ascontiguousarray(V[:, idx])
 

@@ -71,6 +71,8 @@ from .methods import (
     DEFAULT_FAMILIES,
     DEFAULT_RANK_RATIO,
     FLAGS,
+    GRADIENT_ALLOCATIONS,
+    LOSS_AWARE,
     METHOD_TABLE,
     METHODS,
     METRICS,
@@ -90,8 +92,9 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from grassbundle import Factorisation
+    from grassbundle import Factorisation, ReconstructionErrors
 
+    from .scoring import ComponentBases, GradientScores
     from .sequential import SequentialFit
 
 __all__ = [
@@ -133,10 +136,25 @@ class CompressionConfig:
     update : bool, default False
         ``svd-llm`` only: SVD-LLM's second step (sequential least-squares
         update of the left factor); needs calibration windows.
-    allocate : {"none", "sum", "normalised"}, default "none"
+    allocate : {"none", "sum", "normalised", "fisher", "gradient", "type"}, default "none"
         ``svd-llm`` and ``residual``: per-layer ranks under the uniform ranks'
         parameter budget; ``bundle`` (tied activation corner only): one rank
-        per tied group under that budget.
+        per tied group under that budget.  The loss-aware allocations
+        (``svd-llm`` without ``update``) choose components globally under
+        that budget and may keep maps dense (see :func:`compress_model`).
+    select : {"rank", "components"}, default "rank"
+        Loss-aware allocations: keep each map's top components at the chosen
+        rank, or its highest-scoring components.
+    protect : int, default 0
+        Loss-aware allocations: the first and last ``protect`` layers of
+        every family stay dense.
+    rank_floor : float, default 0.0
+        Loss-aware allocations: smallest factored rank, as a fraction of the
+        map's break-even rank ``m n / (m + n)``.
+    max_deviation : float, default inf
+        Loss-aware allocations: each map keeps a fraction of its parameters
+        within this distance of the uniform fraction (dense only where the
+        bound reaches 1).
     spelling : llm_adapter.methods.Spelling, default command-line flags
         How error messages name a bad value (``--lam -1`` or ``points[0] lam = -1``);
         not a field.
@@ -156,6 +174,10 @@ class CompressionConfig:
     group_size: int = 2
     update: bool = False
     allocate: str = "none"
+    select: str = "rank"
+    protect: int = 0
+    rank_floor: float = 0.0
+    max_deviation: float = math.inf
     spelling: InitVar[Spelling] = FLAGS
 
     def __post_init__(self, spelling: Spelling) -> None:
@@ -253,6 +275,9 @@ class FamilyReport:
     ranks : list of int or None
         Per-layer ranks where they differ between layers (``allocate``); then
         ``rank`` is the largest.
+    dense : list of bool or None
+        Layers left dense by a loss-aware allocation (their ``ranks`` entry is
+        ``min(m, n)`` and their errors are 0); None when every layer is factored.
     """
 
     family: str
@@ -275,11 +300,14 @@ class FamilyReport:
     seconds_factorise: float = 0.0
     seconds_write_back: float = 0.0
     ranks: list[int] | None = None
+    dense: list[bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["ranks"] is None:  # uniform rank: the manifest reads as before
             del d["ranks"]
+        if d["dense"] is None:  # every layer factored: the manifest reads as before
+            del d["dense"]
         return d
 
 
@@ -491,7 +519,7 @@ def _family_report(
     groups: Sequence[int],
     ranks: Sequence[int],
     params_kept: int,
-    errors: Factorisation | SequentialFit,
+    errors: Factorisation | SequentialFit | ReconstructionErrors,
 ) -> FamilyReport:
     """A :class:`FamilyReport` from the factor layout and grassbundle's per-layer errors."""
     L, m, n = shape
@@ -681,6 +709,138 @@ def _per_layer_families(
     return reports
 
 
+def _unit_scores(
+    config: CompressionConfig,
+    bases: ComponentBases,
+    scores: GradientScores | None,
+    family: str,
+    layer: int,
+) -> NDArray[np.float64]:
+    """The loss increase of removing each component of one map, by ``config.allocate``."""
+    if config.allocate == "fisher":
+        assert scores is not None
+        return 0.5 * scores.second[family][layer]  # the empirical Fisher's diagonal term
+    if config.allocate == "gradient":
+        assert scores is not None
+        return np.abs(scores.first[family][layer])
+    return bases.energies[family][layer]  # "type": SVD-LLM's truncation loss, within a family
+
+
+def _loss_aware_families(
+    model: nn.Module,
+    config: CompressionConfig,
+    families: Sequence[str],
+    ranks: dict[str, int],
+    stats: CalibrationStats,
+    bases: ComponentBases | None,
+    scores: GradientScores | None,
+    windows: torch.Tensor | None,
+    progress: bool,
+) -> dict[str, FamilyReport]:
+    """Loss-aware allocation: components chosen under the uniform ranks' budget, dense allowed.
+
+    The units of :func:`grassbundle.select_components` are the layers of
+    every family: SVD-LLM's components (:func:`llm_adapter.scoring.component_bases`)
+    with the scores of ``config.allocate``, cost ``m + n`` per component and
+    ``m n`` dense.  The budget is what the uniform ranks spend, over all
+    families at once (``fisher``, ``gradient``) or per family (``type``,
+    whose energies are compared within one kind of map only).  Each factored
+    map is written back as ``U_K (U_K^T W)``; dense maps stay ``nn.Linear``.
+    """
+    import grassbundle as gb
+
+    from .scoring import component_bases, gradient_scores
+    from .sequential import as_parameter
+
+    if bases is None:
+        bases = component_bases(model, families, stats)
+    if config.allocate in GRADIENT_ALLOCATIONS and scores is None:
+        scores = gradient_scores(model, families, stats, bases, windows, progress=progress)
+    weights = {f: family_weights(model, f) for f in families}
+    plan: list[tuple[str, int]] = []
+    args: dict[str, list[Any]] = {k: [] for k in ("scores", "costs", "dense", "lo", "hi", "force")}
+    budgets: dict[str, int] = {}
+    for f in families:
+        L, m, n = weights[f].shape
+        budgets[f] = L * ranks[f] * (m + n)
+        even = m * n / (m + n)  # break-even rank: a map's kept fraction is rank / even
+        uniform = ranks[f] / even
+        delta = float(config.max_deviation)
+        for l in range(L):
+            s = _unit_scores(config, bases, scores, f, l)
+            R = s.size
+            lo = max(1, math.ceil(float(config.rank_floor) * even))
+            hi, dense = R, True
+            if math.isfinite(delta):
+                lo = max(lo, math.ceil((uniform - delta) * even))
+                hi = min(R, math.floor((uniform + delta) * even))
+                dense = uniform + delta >= 1.0
+            protect = int(config.protect)
+            forced = protect > 0 and (l < protect or l >= L - protect)
+            if not forced and not dense and not 1 <= min(lo, R) <= hi:
+                raise AdapterError(
+                    f"the bounds leave {f} layer {l} no rank (from {lo} to {hi}): raise "
+                    f"--max-deviation {config.max_deviation:g} or lower --rank-floor"
+                )
+            plan.append((f, l))
+            args["scores"].append(s)
+            args["costs"].append(m + n)
+            args["dense"].append(m * n)
+            args["lo"].append(min(lo, R))
+            args["hi"].append(max(min(lo, R), hi))
+            args["force"].append(forced)
+    global_ = config.allocate in GRADIENT_ALLOCATIONS
+    groups = [list(families)] if global_ else [[f] for f in families]
+    kept: dict[tuple[str, int], NDArray[np.intp] | None] = {}
+    for group in groups:
+        idx = [i for i, (f, _) in enumerate(plan) if f in group]
+        try:
+            sel = gb.select_components(
+                [args["scores"][i] for i in idx], [args["costs"][i] for i in idx],
+                sum(budgets[f] for f in group), dense_costs=[args["dense"][i] for i in idx],
+                mode="components" if config.select == "components" else "rank",
+                min_rank=[args["lo"][i] for i in idx], max_rank=[args["hi"][i] for i in idx],
+                force_dense=[args["force"][i] for i in idx],
+            )  # fmt: skip
+        except ValueError as exc:
+            raise AdapterError(f"loss-aware allocation failed: {exc}") from None
+        for i, K in zip(idx, sel.kept, strict=True):
+            kept[plan[i]] = K
+    reports = {}
+    for f in families:
+        W = weights[f]
+        L, m, n = W.shape
+        W_hat = W.copy()
+        names = family_module_names(model, f)
+        replaced, layer_ranks_, dense_ = [], [], []
+        for l, (name, old) in enumerate(zip(names, family_modules(model, f), strict=True)):
+            K = kept[(f, l)]
+            if K is None:
+                layer_ranks_.append(min(m, n))
+                dense_.append(True)
+                continue
+            assert isinstance(old, nn.Linear)
+            U = bases.bases[f][l][:, K]
+            right = U.T @ W[l]
+            W_hat[l] = U @ right
+            left_p, right_p = as_parameter(U, old.weight), as_parameter(right, old.weight)
+            set_module(model, name, LowRankLinear(left_p, right_p, old.bias, shared="left"))
+            replaced.append(name)
+            layer_ranks_.append(int(K.size))
+            dense_.append(False)
+        errors = gb.reconstruction_errors(W, W_hat, stats.covariance(f))
+        params = sum(m * n if d else r * (m + n) for r, d in zip(layer_ranks_, dense_, strict=True))
+        report = _family_report(
+            f, (L, m, n), replaced, shared="left", groups=range(L), ranks=layer_ranks_,
+            params_kept=params, errors=errors,
+        )  # fmt: skip
+        if report.ranks is None and len(set(layer_ranks_)) == 1:
+            report.ranks = list(layer_ranks_)
+        report.dense = dense_ if any(dense_) else None
+        reports[f] = report
+    return reports
+
+
 def _floats(a: Sequence[float] | NDArray[np.float64] | None) -> list[float] | None:
     return None if a is None else [float(x) for x in a]
 
@@ -692,6 +852,8 @@ def compress_model(
     *,
     progress: bool = False,
     windows: torch.Tensor | None = None,
+    bases: ComponentBases | None = None,
+    scores: GradientScores | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place and report what was done.
 
@@ -708,7 +870,14 @@ def compress_model(
         Show a tqdm progress bar over families.
     windows : torch.Tensor, shape=[N, T], optional
         The calibration token windows, for the sequential methods
-        (``residual``, ``svd-llm`` with ``update``); default ``stats.windows``.
+        (``residual``, ``svd-llm`` with ``update``) and the gradient scores;
+        default ``stats.windows``.
+    bases : llm_adapter.scoring.ComponentBases, optional
+        The loss-aware allocations' components (computed when not given;
+        a sweep computes them once for all its points).
+    scores : llm_adapter.scoring.GradientScores, optional
+        The ``fisher`` and ``gradient`` allocations' scores (computed on
+        ``windows`` when not given).
 
     Returns
     -------
@@ -732,7 +901,14 @@ def compress_model(
     reports: dict[str, FamilyReport] = {}
     t_fact = 0.0
     t_write = 0.0
-    if config.sequential or config.allocate != "none":
+    if config.allocate in LOSS_AWARE:
+        assert stats is not None
+        t0 = time.perf_counter()
+        reports = _loss_aware_families(
+            model, config, families, ranks, stats, bases, scores, windows, progress
+        )
+        t_fact = time.perf_counter() - t0
+    elif config.sequential or config.allocate != "none":
         assert stats is not None
         t0 = time.perf_counter()
         reports = _per_layer_families(model, config, families, ranks, stats, windows, progress)

@@ -30,10 +30,13 @@ __all__ = [
     "DEFAULT_FAMILIES",
     "DEFAULT_RANK_RATIO",
     "FLAGS",
+    "GRADIENT_ALLOCATIONS",
+    "LOSS_AWARE",
     "METHODS",
     "METHOD_TABLE",
     "METRICS",
     "PARAMS",
+    "SELECTIONS",
     "Method",
     "Param",
     "Spelling",
@@ -49,7 +52,14 @@ DEFAULT_RANK_RATIO = 0.25
 #: the families compressed when none are named
 DEFAULT_FAMILIES: tuple[str, ...] = ("attention.dense",)
 #: rank allocation modes (``"none"``: one rank per family)
-ALLOCATIONS = ("none", "sum", "normalised")
+ALLOCATIONS = ("none", "sum", "normalised", "fisher", "gradient", "type")
+#: the loss-aware allocations (:mod:`llm_adapter.scoring`, :func:`grassbundle.select_components`):
+#: components chosen globally under the budget, dense maps allowed
+LOSS_AWARE = ("fisher", "gradient", "type")
+#: the allocations that need gradient scores (a backward pass per calibration window)
+GRADIENT_ALLOCATIONS = ("fisher", "gradient")
+#: how the loss-aware allocations use their scores
+SELECTIONS = ("rank", "components")
 #: the bundle's energies
 METRICS = ("weight", "activation")
 
@@ -240,8 +250,22 @@ PARAMS: dict[str, Param] = {
         Param("allocate", str, "none", "svd-llm, residual, bundle (tied corner): per-layer "
               "(per-group) ranks under the same parameter budget, minimising the summed ('sum') "
               "or per-unit relative ('normalised') activation energy ('none': one rank per "
-              "family)",
+              "family); svd-llm only, loss-aware with maps allowed to stay dense: 'fisher' "
+              "(per-window squared first-order loss changes), 'gradient' (absolute first-order "
+              "loss changes), 'type' (activation energy compared within each family)",
               "allocation", choices=ALLOCATIONS, optional=True),
+        Param("select", str, "rank", "svd-llm with a loss-aware --allocate (fisher, gradient, "
+              "type): keep each map's top singular components at the chosen rank ('rank') or "
+              "the highest-scoring components ('components')", "selection",
+              choices=SELECTIONS, optional=True),
+        Param("protect", int, 0, "svd-llm with a loss-aware --allocate: keep the first and the "
+              "last N layers of every family dense", "protected layers", low=0, optional=True),
+        Param("rank_floor", float, 0.0, "svd-llm with a loss-aware --allocate: smallest rank "
+              "of a factored map, as a fraction of its break-even rank mn/(m+n)", "rank floor",
+              low=0.0, optional=True),
+        Param("max_deviation", float, math.inf, "svd-llm with a loss-aware --allocate: bound "
+              "on each map's kept fraction of parameters away from the uniform one (inf: none)",
+              "deviation bound", low=0.0, allow_inf=True, optional=True),
     )
 }  # fmt: skip
 
@@ -249,7 +273,8 @@ METHOD_TABLE: dict[str, Method] = {
     m.name: m
     for m in (
         Method("svd", "SVD", (), "plain truncated SVD per layer", lambda p: False),
-        Method("svd-llm", "SVD-LLM", ("update", "allocate"),
+        Method("svd-llm", "SVD-LLM", ("update", "allocate", "select", "protect", "rank_floor",
+                                      "max_deviation"),
                "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True),
         Method("basis-sharing", "Basis Sharing", ("group_size",),
                "Basis Sharing: one input-side basis per group of layers", lambda p: True),
@@ -314,6 +339,18 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
                 "--allocate with --method bundle allocates ranks over the tied groups of the "
                 "activation corner: use --metric activation, --lam 0 and no --coupling; got "
                 f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
+            )
+    loss_aware = values["allocate"] in LOSS_AWARE
+    if loss_aware and (method != "svd-llm" or values["update"]):
+        raise AdapterError(
+            f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "
+            "truncation (maps may stay dense): use --method svd-llm without --update"
+        )
+    for key in ("select", "protect", "rank_floor", "max_deviation"):
+        if not loss_aware and values[key] != PARAMS[key].default:
+            raise AdapterError(
+                f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
+                f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
             )
     if values["coupling"] > 0:
         if math.isinf(values["lam"]):

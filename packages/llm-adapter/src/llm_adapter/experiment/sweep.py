@@ -828,6 +828,9 @@ class _Shared:
     protocol: dict[str, Any]
     evaluation: dict[str, Any]
     progress: bool
+    #: the loss-aware allocations' components and gradient scores per family, computed
+    #: on the dense model when a point first needs them and shared by every later point
+    scoring: dict[str, dict[str, Any]] = field(default_factory=lambda: {"bases": {}, "grad": {}})
 
 
 def _shared(
@@ -935,7 +938,7 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         reused = True
     else:
         model = copy.deepcopy(base)
-        report = _compress_point(model, point, kept_ratio[key], stats)
+        report = _compress_point(model, point, kept_ratio[key], stats, s)
         if ck is not None:
             save(model, tokenizer, report, ck, overwrite=True)
     model = prepare_for_eval(model, device, config.get("dtype", "auto"))
@@ -1102,7 +1105,48 @@ def _run_sweep(
     return rows
 
 
-def _compress_point(model: Any, point: SweepPoint, param_ratio: float | None, stats: Any) -> Any:
+def _loss_aware_inputs(s: _Shared, families: tuple[str, ...], allocate: str) -> dict[str, Any]:
+    """The components (and gradient scores) of ``families``, computed once per sweep run."""
+    from ..methods import GRADIENT_ALLOCATIONS, LOSS_AWARE
+    from ..scoring import ComponentBases, GradientScores, component_bases, gradient_scores
+
+    if allocate not in LOSS_AWARE:
+        return {}
+    have = s.scoring["bases"]
+    todo = [f for f in families if f not in have]
+    if todo:
+        got = component_bases(s.base, todo, s.stats)
+        for f in todo:
+            have[f] = (got.energies[f], got.bases[f])
+    bases = ComponentBases({f: have[f][0] for f in families}, {f: have[f][1] for f in families})
+    out: dict[str, Any] = {"bases": bases}
+    if allocate in GRADIENT_ALLOCATIONS:
+        grad = s.scoring["grad"]
+        todo = [f for f in families if f not in grad]
+        if todo:
+            got_s = gradient_scores(
+                s.base, todo, s.stats, ComponentBases(
+                    {f: have[f][0] for f in todo}, {f: have[f][1] for f in todo}),
+                cache_dir=s.config.get("cache_dir", _default_cache()), progress=s.progress,
+            )  # fmt: skip
+            for f in todo:
+                grad[f] = (got_s.first[f], got_s.second[f], got_s)
+        first = {f: grad[f][0] for f in families}
+        second = {f: grad[f][1] for f in families}
+        any_ = grad[families[0]][2]
+        out["scores"] = GradientScores(
+            first, second, any_.windows, any_.tokens, protocol=any_.protocol
+        )
+    return out
+
+
+def _compress_point(
+    model: Any,
+    point: SweepPoint,
+    param_ratio: float | None,
+    stats: Any,
+    shared: _Shared | None = None,
+) -> Any:
     """Compress ``model`` in place for one point; return its report.
 
     A basis-sharing point with ``private`` families shares bases within groups in
@@ -1128,7 +1172,8 @@ def _compress_point(model: Any, point: SweepPoint, param_ratio: float | None, st
             param_ratio=param_ratio,
             families=fams, **kw,
         )  # fmt: skip
-        part = compress_model(model, cc, stats)
+        extra = _loss_aware_inputs(shared, fams, cc.allocate) if shared is not None else {}
+        part = compress_model(model, cc, stats, **extra)
         if report is None:
             report = part
         else:
