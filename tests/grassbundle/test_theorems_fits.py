@@ -210,6 +210,16 @@ def _karcher_unweighted(monkeypatch) -> None:
     _patch_everywhere(monkeypatch, orig, unweighted)
 
 
+def _coupling_at_twice_mu(monkeypatch) -> None:
+    """solve_coupled minimising J at 2 mu while reporting mu."""
+    orig = gb.solve_coupled
+
+    def doubled(problem, lam, mu, **kw):
+        return dataclasses.replace(orig(problem, lam, 2.0 * mu, **kw), mu=mu)
+
+    _patch_everywhere(monkeypatch, orig, doubled)
+
+
 def _chordal_mean_bottom(monkeypatch) -> None:
     orig = gb.chordal_mean
 
@@ -237,6 +247,7 @@ FIT_MUTATIONS = {
     "procrustes_is_chordal": (_procrustes_is_chordal, {"distances"}),
     "karcher_unweighted": (_karcher_unweighted, {"means"}),
     "chordal_mean_bottom": (_chordal_mean_bottom, {"means"}),
+    "coupling_at_twice_mu": (_coupling_at_twice_mu, {"coupling"}),
 }
 
 
@@ -253,6 +264,7 @@ CHECK_OF = {
     "factorise": "factorise_statement",
     "distances": "distances_statement",
     "means": "means_statement",
+    "coupling": "coupling_statement",
 }
 
 

@@ -3,7 +3,7 @@
 ``check`` runs every check of :mod:`grassbundle.theorems` and
 :mod:`grassbundle.theorems_fits` (the statements of ``docs/theory``: the
 bundle's theorems, rank allocation, the refits, the factorisations, the
-distances and means) on seeded random problems, or on a user's problem
+distances and means, soft coupling) on seeded random problems, or on a user's problem
 stored as ``.npz`` with ``W`` (L x m x n), optionally ``C`` (L x n x n) and
 ``rank`` (default ``min(m, n) // 4``, at least 1).  It prints a table, or
 with ``--json`` a JSON list of reports (``name``, ``holds``, ``figures``,

@@ -36,7 +36,8 @@ Every check also verifies, for the section the solver returns,
 
 The statements of ``docs/theory/allocation.rst`` (rank allocation, SVD-LLM's
 update, the residual fit, the ridge), the factorisations of
-:func:`grassbundle.factorise` and the Grassmann distances and means are
+:func:`grassbundle.factorise`, the Grassmann distances and means and soft
+coupling are
 checked in :mod:`grassbundle.theorems_fits`; :func:`run_all_checks` runs both.
 
 Checks need the ``m x m`` matrices ``K_g`` and one dense ``eigh`` per layer
@@ -1340,7 +1341,7 @@ def run_all_checks(
         check once with :func:`grassbundle.solve` and once with
         :func:`phase_diagram_solver` (names suffixed ``via phase_diagram``),
         and, once per problem, the checks of :mod:`grassbundle.theorems_fits`
-        (allocation, refits, factorisations, distances and means).  With a
+        (allocation, refits, factorisations, distances and means, coupling).  With a
         solver given, only the bundle checks run, on that solver.
 
     Returns
