@@ -421,3 +421,13 @@ def test_theorems_fits_a_crash_is_a_failing_check(monkeypatch, problems) -> None
     assert failed[tf.NAMES["allocation_costs_and_spectra"]] == [
         "raised IndexError: index 3 is out of bounds"
     ]
+
+
+def test_theorems_orthonormality_ceiling_is_what_rejects(monkeypatch) -> None:
+    """The mutation the test above exists for: a ceiling loosened tenfold accepts
+    the basis 2% off orthonormal (so the rejection above is the ceiling's)."""
+    checks_mod = importlib.import_module("grassbundle._checks")
+    U = np.linalg.qr(np.random.default_rng(64).standard_normal((64, 2)))[0]
+    off16 = (math.sqrt(1.02) * U).astype(np.float16)
+    monkeypatch.setattr(checks_mod, "ORTHONORMALITY_CEILING", 1e-1)
+    gb.as_point(off16)
