@@ -543,11 +543,17 @@ def point_label(point: SweepPoint) -> str:
         return text
     if point.method in ("svd-llm", "residual"):
         p = point.params
-        return (
+        text = (
             point.method
             + (" +update" if p.get("update") else "")
             + (f" alloc={p['allocate']}" if p.get("allocate", "none") != "none" else "")
         )
+        for key, short in (("select", "select"), ("protect", "protect"),
+                           ("rank_floor", "floor"), ("max_deviation", "dev")):  # fmt: skip
+            if key in p and p[key] != PARAMS[key].default:
+                value = p[key]
+                text += f" {short}={format_float(value) if isinstance(value, float) else value}"
+        return text
     if point.method == "basis-sharing":
         private = point.params.get("private")
         return f"basis-sharing g={point.params['group_size']}" + (
@@ -830,7 +836,10 @@ class _Shared:
     progress: bool
     #: the loss-aware allocations' components and gradient scores per family, computed
     #: on the dense model when a point first needs them and shared by every later point
-    scoring: dict[str, dict[str, Any]] = field(default_factory=lambda: {"bases": {}, "grad": {}})
+    #: (and the seconds they took, reported in the row of the point that computed them)
+    scoring: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"bases": {}, "grad": {}, "seconds": {}}
+    )
 
 
 def _shared(
@@ -939,6 +948,9 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
     else:
         model = copy.deepcopy(base)
         report = _compress_point(model, point, kept_ratio[key], stats, s)
+        for name, seconds in s.scoring["seconds"].items():  # computed for this point
+            report.timings[f"scoring_{name}"] = seconds
+        s.scoring["seconds"] = {}
         if ck is not None:
             save(model, tokenizer, report, ck, overwrite=True)
     model = prepare_for_eval(model, device, config.get("dtype", "auto"))
@@ -966,6 +978,10 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
                 "activation_fraction": fr.activation_fraction,
                 "activation_fraction_heldout": heldout.get(f),
             }
+            if fr.ranks is not None:  # allocated: the ranks, and which layers stayed dense
+                per_layer[f]["ranks"] = fr.ranks
+            if fr.dense is not None:
+                per_layer[f]["dense"] = fr.dense
             frob += fr.frobenius_fraction
             act += fr.activation_fraction or []
             act_held += heldout.get(f, [])
@@ -975,6 +991,7 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         timings.update(
             factorisation=float(report.timings.get("factorisation", 0.0)),
             write_back=float(report.timings.get("write_back", 0.0)),
+            **{k: float(v) for k, v in report.timings.items() if k.startswith("scoring_")},
         )
     timings.update(
         perplexity=float(metrics.get("ppl_seconds", 0.0)),
@@ -1116,6 +1133,7 @@ def _loss_aware_inputs(s: _Shared, families: tuple[str, ...], allocate: str) -> 
     todo = [f for f in families if f not in have]
     if todo:
         got = component_bases(s.base, todo, s.stats)
+        s.scoring["seconds"]["bases"] = s.scoring["seconds"].get("bases", 0.0) + got.seconds
         for f in todo:
             have[f] = (got.energies[f], got.bases[f])
     bases = ComponentBases({f: have[f][0] for f in families}, {f: have[f][1] for f in families})
@@ -1129,6 +1147,8 @@ def _loss_aware_inputs(s: _Shared, families: tuple[str, ...], allocate: str) -> 
                     {f: have[f][0] for f in todo}, {f: have[f][1] for f in todo}),
                 cache_dir=s.config.get("cache_dir", _default_cache()), progress=s.progress,
             )  # fmt: skip
+            seconds = s.scoring["seconds"]
+            seconds["gradient"] = seconds.get("gradient", 0.0) + got_s.seconds
             for f in todo:
                 grad[f] = (got_s.first[f], got_s.second[f], got_s)
         first = {f: grad[f][0] for f in families}
