@@ -233,6 +233,27 @@ def _chordal_mean_bottom(monkeypatch) -> None:
     _patch_everywhere(monkeypatch, orig, bottom)
 
 
+def _removal_gradient_sign(monkeypatch) -> None:
+    orig = gb.removal_gradients
+    _patch_everywhere(monkeypatch, orig, lambda W, U, G: -orig(W, U, G))
+
+
+def _basis_ignores_covariance(monkeypatch) -> None:
+    """The components of W W^T (plain SVD) in place of W C W^T."""
+    orig = gb.activation_basis
+    _patch_everywhere(monkeypatch, orig, lambda W, C: orig(W, np.eye(np.shape(W)[1])))
+
+
+def _selection_over_budget(monkeypatch) -> None:
+    """The selection run at a budget 10% above the one asked for."""
+    orig = gb.select_components
+
+    def loose(scores, costs, budget, **kw):
+        return dataclasses.replace(orig(scores, costs, int(budget * 1.1), **kw), budget=budget)
+
+    _patch_everywhere(monkeypatch, orig, loose)
+
+
 # mutation -> (install, the checks that must fail under it)
 FIT_MUTATIONS = {
     "factor_cost_swaps_m_and_n": (_cost_swapped, {"allocation_costs_and_spectra"}),
@@ -248,6 +269,9 @@ FIT_MUTATIONS = {
     "karcher_unweighted": (_karcher_unweighted, {"means"}),
     "chordal_mean_bottom": (_chordal_mean_bottom, {"means"}),
     "coupling_at_twice_mu": (_coupling_at_twice_mu, {"coupling"}),
+    "removal_gradient_sign": (_removal_gradient_sign, {"selection"}),
+    "basis_ignores_covariance": (_basis_ignores_covariance, {"selection"}),
+    "selection_over_budget": (_selection_over_budget, {"selection"}),
 }
 
 
@@ -265,6 +289,7 @@ CHECK_OF = {
     "distances": "distances_statement",
     "means": "means_statement",
     "coupling": "coupling_statement",
+    "selection": "selection_statement",
 }
 
 

@@ -123,6 +123,7 @@ NAMES = {
     "distances_statement": "distances",
     "means_statement": "means",
     "coupling_statement": "coupling",
+    "selection_statement": "selection[everett, break-even, scores]",
 }
 
 
@@ -1687,6 +1688,134 @@ def coupling_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepor
 
 
 #: The checks of this module, in the order ``python -m grassbundle check`` runs them.
+# -- loss-aware selection -----------------------------------------------------------
+
+
+def _selection_options(
+    s: F64, c: int, D: int | None, mode: str
+) -> list[tuple[int, float, frozenset[int] | None]]:
+    """Every option of one unit from the definitions: (cost, loss, kept set or None)."""
+    import itertools
+
+    R = s.size
+    out: list[tuple[int, float, frozenset[int] | None]] = []
+    for r in range(1, R + 1):
+        if D is not None and r * c >= D:
+            break
+        sets = itertools.combinations(range(R), r) if mode == "components" else [range(r)]
+        for K in sets:
+            keep = frozenset(K)
+            out.append((r * c, float(sum(s[i] for i in range(R) if i not in keep)), keep))
+    if D is not None:
+        out.append((D, 0.0, None))
+    return out
+
+
+def selection_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
+    """:func:`grassbundle.select_components`, ``activation_basis`` and ``removal_gradients``.
+
+    On the problem's maps: the components' energies are the eigenvalues of
+    ``W C W^T`` (``eigvalsh``) with an orthonormal basis that diagonalises it,
+    and the removal gradient of each component is the directional derivative
+    of a least-squares loss on explicit samples (central differences).  On
+    seeded small instances (units of 2-4 components, some dense-capable):
+    Everett's theorem (at a budget spent exactly by a multiplier's choice,
+    computed here from the definitions, the selection equals the brute-force
+    optimum), weak duality (``lower_bound <= optimum <= loss``) at random
+    budgets, and break-even (no factored unit stores as much as its dense form).
+    """
+    from .selection import activation_basis, removal_gradients, select_components
+
+    rng = np.random.default_rng(seed)
+    failures: list[str] = []
+    C = _covariances(problem, rng)
+    W = np.asarray(problem.W, dtype=np.float64)
+    worst = 0.0
+    for l in range(min(W.shape[0], 3)):
+        mu, U = activation_basis(W[l], C[l])
+        M = W[l] @ C[l] @ W[l].T
+        ref = np.sort(np.linalg.eigvalsh(M))[::-1][: mu.size]
+        scale = max(float(np.abs(ref).max()), 1e-300)
+        err = max(
+            float(np.abs(mu - np.clip(ref, 0, None)).max()),
+            float(np.abs((U * mu) @ U.T - M).max()),
+        )
+        worst = max(worst, err / scale)
+        if err > FIT_RTOL * 10 * scale:
+            failures.append(f"layer {l}: components are not the eigenpairs of W C W^T ({err:.3e})")
+        X = rng.standard_normal((W.shape[2], 30))
+        Y = rng.standard_normal((W.shape[1], 30))
+        G = (W[l] @ X - Y) @ X.T
+        g = removal_gradients(W[l], U, G)
+        for i in range(min(U.shape[1], 4)):
+            Dir = np.outer(U[:, i], U[:, i]) @ W[l]
+            t = 1e-6
+            lo = 0.5 * float(np.sum(((W[l] - t * Dir) @ X - Y) ** 2))
+            hi = 0.5 * float(np.sum(((W[l] + t * Dir) @ X - Y) ** 2))
+            fd = (lo - hi) / (2 * t)
+            if abs(g[i] - fd) > 1e-5 * max(abs(fd), float(np.abs(G).max())):
+                failures.append(f"layer {l} component {i}: removal gradient {g[i]:.6g} != {fd:.6g}")
+    checked = 0
+    for case in range(8):
+        U_ = int(rng.integers(2, 4))
+        scores = [rng.gamma(1.0, size=int(rng.integers(2, 5))) for _ in range(U_)]
+        if case % 2:
+            scores = [x - rng.uniform(0, 0.4, size=x.size) for x in scores]
+        shapes = [(int(rng.integers(2, 6)), int(rng.integers(2, 6))) for _ in range(U_)]
+        costs = [m + n for m, n in shapes]
+        dense = [m * n if rng.random() < 0.7 else None for m, n in shapes]
+        modes: tuple[Any, ...] = ("components", "rank")
+        for mode in modes:
+            opts = [
+                _selection_options(x, c, D, mode)
+                for x, c, D in zip(scores, costs, dense, strict=True)
+            ]
+
+            def brute(budget: int, opts: list[Any] = opts) -> float:
+                best = math.inf
+                import itertools
+
+                for combo in itertools.product(*opts):
+                    if sum(o[0] for o in combo) <= budget:
+                        best = min(best, sum(o[1] for o in combo))
+                return best
+
+            beta = float(rng.uniform(0.0, 0.3))
+            budget = sum(min(o, key=lambda q: (q[1] + beta * q[0], q[0]))[0] for o in opts)
+            sel = select_components(scores, costs, budget, dense_costs=dense, mode=mode)
+            opt = brute(budget)
+            if abs(sel.loss - opt) > 1e-9:
+                failures.append(
+                    f"case {case} {mode}: {sel.loss:.6g} != optimum {opt:.6g} (multiplier's budget)"
+                )
+            top = sum(
+                D if D is not None else x.size * c
+                for x, c, D in zip(scores, costs, dense, strict=True)
+            )
+            other = int(rng.integers(sum(costs), top + 1))
+            sel = select_components(scores, costs, other, dense_costs=dense, mode=mode)
+            opt = brute(other)
+            if not sel.lower_bound <= opt + 1e-9 <= sel.loss + 2e-9:
+                failures.append(
+                    f"case {case} {mode}: {sel.lower_bound:.6g} <= {opt:.6g} <= {sel.loss:.6g} fail"
+                )
+            if sel.cost > other:
+                failures.append(f"case {case} {mode}: cost {sel.cost} over the budget {other}")
+            for u, K in enumerate(sel.kept):
+                Du = dense[u]
+                if K is not None and Du is not None and K.size * costs[u] >= Du:
+                    failures.append(f"case {case} {mode}: unit {u} factored at or above break-even")
+            checked += 2
+    return _report(
+        NAMES["selection_statement"],
+        failures,
+        {"components_rel_err": worst, "instances": checked},
+        {"FIT_RTOL x 10": FIT_RTOL * 10, "loss": 1e-9},
+        "Everett's theorem, weak duality, break-even and the component scores hold",
+        f"{checked} selections against brute force; components to {worst:.1e}",
+    )
+
+
 FIT_CHECKS: tuple[Callable[..., TheoremReport], ...] = (
     allocation_greedy_equal_costs,
     allocation_relaxation,
@@ -1700,6 +1829,7 @@ FIT_CHECKS: tuple[Callable[..., TheoremReport], ...] = (
     distances_statement,
     means_statement,
     coupling_statement,
+    selection_statement,
 )
 
 
