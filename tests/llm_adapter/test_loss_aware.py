@@ -27,7 +27,12 @@ from llm_adapter.cli import main
 from llm_adapter.evaluate import perplexity, tokenize_for_eval
 from llm_adapter.lowrank import LowRankLinear
 from llm_adapter.models import family_module_names, family_modules, family_weights
-from llm_adapter.scoring import component_bases, gradient_scores
+from llm_adapter.scoring import (
+    component_bases,
+    gradient_scores,
+    sensitivity_component_scores,
+    sensitivity_scores,
+)
 
 pytestmark = [pytest.mark.data]
 
@@ -43,6 +48,7 @@ CASES: dict[str, dict[str, Any]] = {
     "gradient": {"allocate": "gradient"},
     "type": {"allocate": "type"},
     "fisher-bounded": {"allocate": "fisher", "max_deviation": 0.2, "rank_floor": 0.1},
+    "sensitivity": {"allocate": "sensitivity", "probe_windows": 1},
 }
 
 
@@ -60,6 +66,7 @@ def setup(shared_model: Path, shared_data: Path, tmp_path_factory: pytest.TempPa
     fams = stats.families
     bases = component_bases(model, fams, stats)
     scores = gradient_scores(model, fams, stats, bases, cache_dir=cache)
+    sensitivity = sensitivity_scores(model, fams, stats, bases, stats.windows[:1])
     uniform = copy.deepcopy(model)
     report = la.compress_model(
         uniform, la.CompressionConfig(method="svd-llm", param_ratio=RATIO, families="all"), stats
@@ -67,7 +74,8 @@ def setup(shared_model: Path, shared_data: Path, tmp_path_factory: pytest.TempPa
     kept = sum(r.params_kept for r in report.families.values())
     return {
         "model": model, "tok": tok, "stats": stats, "ids": ids, "ppl": ppl, "bases": bases,
-        "scores": scores, "uniform_kept": kept, "cache": cache, "root": tmp_path_factory,
+        "scores": scores, "sensitivity": sensitivity, "uniform_kept": kept, "cache": cache,
+        "root": tmp_path_factory,
     }  # fmt: skip
 
 
@@ -78,8 +86,9 @@ def runs(setup: Any) -> dict[str, Any]:
         model = copy.deepcopy(setup["model"])
         config = la.CompressionConfig(method="svd-llm", param_ratio=RATIO, families="all", **kw)
         report = la.compress_model(
-            model, config, setup["stats"], bases=setup["bases"], scores=setup["scores"]
-        )
+            model, config, setup["stats"], bases=setup["bases"], scores=setup["scores"],
+            sensitivity=setup["sensitivity"],
+        )  # fmt: skip
         out[key] = (model, report)
     return out
 
@@ -235,3 +244,47 @@ def test_bad_combinations_fail_in_one_line(
     assert rc == 2
     assert len(err.splitlines()) == 1 and needle in err
     assert not (tmp_path / "x").exists()
+
+
+def test_sensitivity_probe_is_the_loss_of_one_truncated_map(setup: Any) -> None:
+    """One probe recomputed here: a copy of the model with one map replaced by its rank-r
+    SVD-LLM truncation (U from eigh of W C W^T), its mean next-token loss from the
+    log-softmax of its logits, minus the dense one; and the probed model is restored bit for bit."""
+    model, stats, sens = setup["model"], setup["stats"], setup["sensitivity"]
+    f, l, k = "attention.dense", 2, 1
+    r = int(sens.ranks[f][k])
+    W = family_weights(model, f)[l]
+    C = stats.covariance(f)[l]
+    mu, V = np.linalg.eigh(W @ C @ W.T)
+    U = V[:, np.argsort(mu)[::-1][:r]]
+    probe = copy.deepcopy(model)
+    module = family_modules(probe, f)[l]
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(U @ U.T @ W))  # type: ignore[operator]
+    ids = stats.windows[:1]
+
+    def nll(m: Any) -> float:  # mean next-token cross-entropy in float64, from the logits
+        with torch.no_grad():
+            logp = torch.log_softmax(m(input_ids=ids).logits[0, :-1].double(), dim=-1)
+        return float(-logp.gather(1, ids[0, 1:, None]).mean())
+
+    got = nll(probe) - nll(model)
+    assert sens.losses[f][l, k] == pytest.approx(got, rel=1e-6, abs=1e-9)
+    for name in stats.families:  # the probed model is the dense one again
+        for a, b in zip(family_modules(model, name), family_modules(probe, name), strict=True):
+            if b is not module:
+                assert torch.equal(a.weight, b.weight)  # type: ignore[arg-type]
+    assert torch.equal(
+        family_modules(model, f)[l].weight,  # type: ignore[arg-type]
+        family_modules(setup["model"], f)[l].weight,  # type: ignore[arg-type]
+    )
+
+
+def test_sensitivity_component_scores_interpolate_the_curve() -> None:
+    """Probes at ranks 2 and 4 of R = 6 with losses 3.0 and 1.0 (0 at full rank):
+    slopes (3 - 1) / 2 = 1 on components 3-4 and (1 - 0) / 2 = 0.5 on 5-6; the first two
+    take the first slope; so the tail sums are 3, 2, 1, 0.5, 0 at ranks 2..6."""
+    s = sensitivity_component_scores(np.array([3.0, 1.0]), np.array([2, 4]), 6)
+    np.testing.assert_allclose(s, [1.0, 1.0, 1.0, 1.0, 0.5, 0.5])
+    tails = [s[r:].sum() for r in range(2, 7)]
+    np.testing.assert_allclose(tails, [3.0, 2.0, 1.0, 0.5, 0.0])

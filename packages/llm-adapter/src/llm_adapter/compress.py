@@ -94,7 +94,7 @@ from .models import (
 if TYPE_CHECKING:
     from grassbundle import Factorisation, ReconstructionErrors
 
-    from .scoring import ComponentBases, GradientScores
+    from .scoring import ComponentBases, GradientScores, SensitivityScores
     from .sequential import SequentialFit
 
 __all__ = [
@@ -151,6 +151,8 @@ class CompressionConfig:
     rank_floor : float, default 0.0
         Loss-aware allocations: smallest factored rank, as a fraction of the
         map's break-even rank ``m n / (m + n)``.
+    probe_windows : int, default 2
+        ``allocate="sensitivity"``: calibration windows each probe evaluates.
     max_deviation : float, default inf
         Loss-aware allocations: each map keeps a fraction of its parameters
         within this distance of the uniform fraction (dense only where the
@@ -178,6 +180,7 @@ class CompressionConfig:
     protect: int = 0
     rank_floor: float = 0.0
     max_deviation: float = math.inf
+    probe_windows: int = 2
     spelling: InitVar[Spelling] = FLAGS
 
     def __post_init__(self, spelling: Spelling) -> None:
@@ -715,6 +718,7 @@ def _unit_scores(
     scores: GradientScores | None,
     family: str,
     layer: int,
+    sensitivity: SensitivityScores | None = None,
 ) -> NDArray[np.float64]:
     """The loss increase of removing each component of one map, by ``config.allocate``."""
     if config.allocate == "fisher":
@@ -723,6 +727,14 @@ def _unit_scores(
     if config.allocate == "gradient":
         assert scores is not None
         return np.abs(scores.first[family][layer])
+    if config.allocate == "sensitivity":
+        from .scoring import sensitivity_component_scores
+
+        assert sensitivity is not None
+        R = bases.energies[family][layer].size
+        return sensitivity_component_scores(
+            sensitivity.losses[family][layer], sensitivity.ranks[family], R
+        )
     return bases.energies[family][layer]  # "type": SVD-LLM's truncation loss, within a family
 
 
@@ -736,6 +748,7 @@ def _loss_aware_families(
     scores: GradientScores | None,
     windows: torch.Tensor | None,
     progress: bool,
+    sensitivity: SensitivityScores | None = None,
 ) -> dict[str, FamilyReport]:
     """Loss-aware allocation: components chosen under the uniform ranks' budget, dense allowed.
 
@@ -749,13 +762,19 @@ def _loss_aware_families(
     """
     import grassbundle as gb
 
-    from .scoring import component_bases, gradient_scores
+    from .scoring import component_bases, gradient_scores, sensitivity_scores
     from .sequential import as_parameter
 
     if bases is None:
         bases = component_bases(model, families, stats)
     if config.allocate in GRADIENT_ALLOCATIONS and scores is None:
         scores = gradient_scores(model, families, stats, bases, windows, progress=progress)
+    if config.allocate == "sensitivity" and sensitivity is None:
+        probe = windows if windows is not None else stats.windows
+        assert probe is not None
+        sensitivity = sensitivity_scores(
+            model, families, stats, bases, probe[: int(config.probe_windows)], progress=progress
+        )
     weights = {f: family_weights(model, f) for f in families}
     plan: list[tuple[str, int]] = []
     args: dict[str, list[Any]] = {k: [] for k in ("scores", "costs", "dense", "lo", "hi", "force")}
@@ -767,9 +786,11 @@ def _loss_aware_families(
         uniform = ranks[f] / even
         delta = float(config.max_deviation)
         for l in range(L):
-            s = _unit_scores(config, bases, scores, f, l)
+            s = _unit_scores(config, bases, scores, f, l, sensitivity)
             R = s.size
             lo = max(1, math.ceil(float(config.rank_floor) * even))
+            if sensitivity is not None:  # the loss curve is measured from its first probe on
+                lo = max(lo, int(sensitivity.ranks[f][0]))
             hi, dense = R, True
             if math.isfinite(delta):
                 lo = max(lo, math.ceil((uniform - delta) * even))
@@ -789,7 +810,7 @@ def _loss_aware_families(
             args["lo"].append(min(lo, R))
             args["hi"].append(max(min(lo, R), hi))
             args["force"].append(forced)
-    global_ = config.allocate in GRADIENT_ALLOCATIONS
+    global_ = config.allocate != "type"  # "type" compares energies within a family only
     groups = [list(families)] if global_ else [[f] for f in families]
     kept: dict[tuple[str, int], NDArray[np.intp] | None] = {}
     for group in groups:
@@ -854,6 +875,7 @@ def compress_model(
     windows: torch.Tensor | None = None,
     bases: ComponentBases | None = None,
     scores: GradientScores | None = None,
+    sensitivity: SensitivityScores | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place and report what was done.
 
@@ -878,6 +900,9 @@ def compress_model(
     scores : llm_adapter.scoring.GradientScores, optional
         The ``fisher`` and ``gradient`` allocations' scores (computed on
         ``windows`` when not given).
+    sensitivity : llm_adapter.scoring.SensitivityScores, optional
+        The ``sensitivity`` allocation's probes (computed on the first
+        ``probe_windows`` of ``windows`` when not given).
 
     Returns
     -------
@@ -905,7 +930,7 @@ def compress_model(
         assert stats is not None
         t0 = time.perf_counter()
         reports = _loss_aware_families(
-            model, config, families, ranks, stats, bases, scores, windows, progress
+            model, config, families, ranks, stats, bases, scores, windows, progress, sensitivity
         )
         t_fact = time.perf_counter() - t0
     elif config.sequential or config.allocate != "none":

@@ -52,10 +52,10 @@ DEFAULT_RANK_RATIO = 0.25
 #: the families compressed when none are named
 DEFAULT_FAMILIES: tuple[str, ...] = ("attention.dense",)
 #: rank allocation modes (``"none"``: one rank per family)
-ALLOCATIONS = ("none", "sum", "normalised", "fisher", "gradient", "type")
+ALLOCATIONS = ("none", "sum", "normalised", "fisher", "gradient", "type", "sensitivity")
 #: the loss-aware allocations (:mod:`llm_adapter.scoring`, :func:`grassbundle.select_components`):
 #: components chosen globally under the budget, dense maps allowed
-LOSS_AWARE = ("fisher", "gradient", "type")
+LOSS_AWARE = ("fisher", "gradient", "type", "sensitivity")
 #: the allocations that need gradient scores (a backward pass per calibration window)
 GRADIENT_ALLOCATIONS = ("fisher", "gradient")
 #: how the loss-aware allocations use their scores
@@ -252,7 +252,8 @@ PARAMS: dict[str, Param] = {
               "or per-unit relative ('normalised') activation energy ('none': one rank per "
               "family); svd-llm only, loss-aware with maps allowed to stay dense: 'fisher' "
               "(per-window squared first-order loss changes), 'gradient' (absolute first-order "
-              "loss changes), 'type' (activation energy compared within each family)",
+              "loss changes), 'type' (activation energy compared within each family), "
+              "'sensitivity' (calibration loss with each map alone truncated, ASVD-style)",
               "allocation", choices=ALLOCATIONS, optional=True),
         Param("select", str, "rank", "svd-llm with a loss-aware --allocate (fisher, gradient, "
               "type): keep each map's top singular components at the chosen rank ('rank') or "
@@ -263,6 +264,9 @@ PARAMS: dict[str, Param] = {
         Param("rank_floor", float, 0.0, "svd-llm with a loss-aware --allocate: smallest rank "
               "of a factored map, as a fraction of its break-even rank mn/(m+n)", "rank floor",
               low=0.0, optional=True),
+        Param("probe_windows", int, 2, "svd-llm --allocate sensitivity: calibration windows "
+              "each probe evaluates (4 truncations per map, each a forward pass over them)",
+              "probe windows", low=1, optional=True),
         Param("max_deviation", float, math.inf, "svd-llm with a loss-aware --allocate: bound "
               "on each map's kept fraction of parameters away from the uniform one (inf: none)",
               "deviation bound", low=0.0, allow_inf=True, optional=True),
@@ -274,7 +278,7 @@ METHOD_TABLE: dict[str, Method] = {
     for m in (
         Method("svd", "SVD", (), "plain truncated SVD per layer", lambda p: False),
         Method("svd-llm", "SVD-LLM", ("update", "allocate", "select", "protect", "rank_floor",
-                                      "max_deviation"),
+                                      "max_deviation", "probe_windows"),
                "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True),
         Method("basis-sharing", "Basis Sharing", ("group_size",),
                "Basis Sharing: one input-side basis per group of layers", lambda p: True),
@@ -352,6 +356,18 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
                 f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
                 f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
             )
+    if values["probe_windows"] != PARAMS["probe_windows"].default and (
+        values["allocate"] != "sensitivity"
+    ):
+        raise AdapterError(
+            f"{spell.name('probe_windows')} sizes the sensitivity probe: add --allocate "
+            f"sensitivity (got {spell.value('allocate', values['allocate'])})"
+        )
+    if values["allocate"] == "sensitivity" and values["select"] != "rank":
+        raise AdapterError(
+            "--allocate sensitivity measures whole truncations, not single components: "
+            f"use --select rank (got {spell.value('select', values['select'])})"
+        )
     if values["coupling"] > 0:
         if math.isinf(values["lam"]):
             raise AdapterError(

@@ -1122,7 +1122,9 @@ def _run_sweep(
     return rows
 
 
-def _loss_aware_inputs(s: _Shared, families: tuple[str, ...], allocate: str) -> dict[str, Any]:
+def _loss_aware_inputs(
+    s: _Shared, families: tuple[str, ...], allocate: str, probe_windows: int = 2
+) -> dict[str, Any]:
     """The components (and gradient scores) of ``families``, computed once per sweep run."""
     from ..methods import GRADIENT_ALLOCATIONS, LOSS_AWARE
     from ..scoring import ComponentBases, GradientScores, component_bases, gradient_scores
@@ -1138,6 +1140,17 @@ def _loss_aware_inputs(s: _Shared, families: tuple[str, ...], allocate: str) -> 
             have[f] = (got.energies[f], got.bases[f])
     bases = ComponentBases({f: have[f][0] for f in families}, {f: have[f][1] for f in families})
     out: dict[str, Any] = {"bases": bases}
+    if allocate == "sensitivity":
+        from ..scoring import sensitivity_scores
+
+        got_p = sensitivity_scores(
+            s.base, families, s.stats, bases, s.stats.windows[:probe_windows],
+            cache_dir=s.config.get("cache_dir", _default_cache()), progress=s.progress,
+        )  # fmt: skip
+        if got_p.seconds:
+            seconds = s.scoring["seconds"]
+            seconds["sensitivity"] = seconds.get("sensitivity", 0.0) + got_p.seconds
+        out["sensitivity"] = got_p
     if allocate in GRADIENT_ALLOCATIONS:
         grad = s.scoring["grad"]
         todo = [f for f in families if f not in grad]
@@ -1192,7 +1205,11 @@ def _compress_point(
             param_ratio=param_ratio,
             families=fams, **kw,
         )  # fmt: skip
-        extra = _loss_aware_inputs(shared, fams, cc.allocate) if shared is not None else {}
+        extra = (
+            _loss_aware_inputs(shared, fams, cc.allocate, cc.probe_windows)
+            if shared is not None
+            else {}
+        )
         part = compress_model(model, cc, stats, **extra)
         if report is None:
             report = part
