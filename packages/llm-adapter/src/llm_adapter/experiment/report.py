@@ -21,6 +21,11 @@
 ``DIR/pareto.png``
     Perplexity and HellaSwag acc_norm against the fraction of the model's
     parameters kept, one curve per method (points with a parameter budget).
+``DIR/allocation.png`` and ``DIR/allocation.csv``
+    For allocated points (per-layer ranks; of the first calibration seed
+    when there are several): the rank of every layer of every family, maps
+    left dense marked, and per family the mean, smallest and largest rank and
+    the number of dense layers.
 
 Rows measured with per-window and per-item scores also get a paired table:
 every method against SVD-LLM at the same budget, with a bootstrap interval
@@ -361,6 +366,72 @@ def _per_layer(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _allocated(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with per-layer ranks, of the first calibration seed present."""
+    pts = [
+        r for r in rows
+        if any("ranks" in v for v in (r.get("per_layer") or {}).values())
+    ]  # fmt: skip
+    seeds = [calibration_seed(r) for r in pts]
+    first = next((x for x in seeds if x is not None), None)
+    return [r for r, x in zip(pts, seeds, strict=True) if x == first]
+
+
+def allocation_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Per allocated point and family: mean, smallest and largest rank, dense layers."""
+    import numpy as np
+
+    lines = ["label,budget,family,layers,mean rank (factored),min rank,max rank,dense layers"]
+    for r in _allocated(rows):
+        for f, v in r["per_layer"].items():
+            ranks = v.get("ranks")
+            if ranks is None:
+                continue
+            dense = v.get("dense") or [False] * len(ranks)
+            fac = [k for k, d in zip(ranks, dense, strict=True) if not d]
+            mean = f"{np.mean(fac):.1f}" if fac else "-"
+            lo = str(min(fac)) if fac else "-"
+            hi = str(max(fac)) if fac else "-"
+            lines.append(
+                f'"{r.get("label", r["method"])}",{r.get("budget")},{f},{len(ranks)},{mean},'
+                f"{lo},{hi},{sum(dense)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _allocation(rows: Sequence[dict[str, Any]], path: Path) -> bool:
+    import numpy as np
+
+    pts = _allocated(rows)
+    if not pts:
+        return False
+    plt = pyplot()
+    fig, axes = plt.subplots(len(pts), 1, figsize=(11, 1.0 + 0.32 * 8 * len(pts)), squeeze=False)
+    for ax, r in zip(axes[:, 0], pts, strict=True):
+        fams = [f for f, v in r["per_layer"].items() if v.get("ranks") is not None]
+        L = max(len(r["per_layer"][f]["ranks"]) for f in fams)
+        grid = np.full((len(fams), L), np.nan)
+        dense = np.zeros((len(fams), L), dtype=bool)
+        for i, f in enumerate(fams):
+            ranks = r["per_layer"][f]["ranks"]
+            flags = r["per_layer"][f].get("dense") or [False] * len(ranks)
+            for l, (k, d) in enumerate(zip(ranks, flags, strict=True)):
+                grid[i, l] = np.nan if d else k
+                dense[i, l] = d
+        im = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ys, xs = np.nonzero(dense)
+        ax.scatter(xs, ys, marker="s", s=28, color="red", label="dense")
+        ax.set_yticks(range(len(fams)), [f.split(".")[-1] for f in fams], fontsize=7)
+        ax.set_title(f"{r.get('label', r['method'])}, {r.get('budget')}: rank per layer "
+                     "(red: kept dense)", fontsize=9)  # fmt: skip
+        ax.set_xlabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_report(
     results: str | Path | Sequence[str | Path], out_dir: str | Path, *, title: str | None = None
 ) -> dict[str, Path]:
@@ -404,6 +475,7 @@ def write_report(
         "frobenius_vs_perplexity": _central,
         "per_layer_errors": _per_layer,
         "pareto": pareto_figure,
+        "allocation": _allocation,
     }
     for name, draw in figures.items():
         if draw(rows, out / f"{name}.png"):
@@ -477,6 +549,9 @@ def write_report(
     written["table"] = table
     written["csv"] = out / "results.csv"
     written["csv"].write_text(csv_table(rows))
+    if "allocation" in written:
+        written["allocation_csv"] = out / "allocation.csv"
+        written["allocation_csv"].write_text(allocation_csv(rows))
     if paired:
         written["paired_csv"] = out / "paired.csv"
         written["paired_csv"].write_text(budget_csv(rows))
@@ -489,7 +564,8 @@ REPORT_RECORD = ".llm-adapter-report.json"
 #: every file a report may write
 REPORT_FILES = (
     "results.md", "results.csv", "paired.csv", "phase_diagram.png",
-    "frobenius_vs_perplexity.png", "per_layer_errors.png", "pareto.png",
+    "frobenius_vs_perplexity.png", "per_layer_errors.png", "pareto.png", "allocation.png",
+    "allocation.csv",
 )  # fmt: skip
 #: a sentence of every results.md a report wrote (recognises reports older than the record)
 _REPORT_SENTENCE = "Errors are means over the compressed layers of"
