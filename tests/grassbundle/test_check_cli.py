@@ -20,7 +20,7 @@ def test_check_table_exit_zero(capsys):
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
     # 2 problems x (2 solver routes x 17 bundle checks + 12 checks of theorems_fits)
-    assert "94/94 checks hold" in out
+    assert "96/96 checks hold" in out
     assert "theorem_a[k=1]" in out and "NO" not in out
     # a tying degree with a shorter last group (L = 6, k = 4; L = 4, k = 3), and
     # every check again through phase_diagram
@@ -31,7 +31,7 @@ def test_check_table_exit_zero(capsys):
 def test_check_json(capsys):
     assert cli.main(["check", "--json"]) == 0
     reports = json.loads(capsys.readouterr().out)
-    assert isinstance(reports, list) and len(reports) == 94
+    assert isinstance(reports, list) and len(reports) == 96
     for r in reports:
         assert {"name", "holds", "figures", "tolerance", "why"} <= set(r)
         assert r["holds"] is True
@@ -48,8 +48,8 @@ def test_check_user_problem(tmp_path, capsys):
     assert cli.main(["check", "--problem", str(f)]) == 0
     out = capsys.readouterr().out
     # L = 3: k in {1, 2, 3} (k = 2 leaves a shorter last group), two solver routes,
-    # and the 12 checks of theorems_fits once
-    assert "39/39 checks hold" in out
+    # and the 14 checks of theorems_fits once
+    assert "40/40 checks hold" in out
     for name in ("allocation_theorem_1", "residual_fit_theorem_4", "factorise", "means"):
         assert f"\n{name}" in out
     # without C and rank: default rank min(m, n) // 4 and synthetic covariances

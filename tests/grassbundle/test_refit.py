@@ -343,3 +343,43 @@ def test_svd_llm_update_on_a_singular_whitening_covariance() -> None:
     U3 = np.linalg.eigh(W @ C @ W.T)[1][:, ::-1][:, :3]
     u = np.linalg.svd(W - U3 @ U3.T @ W)[0][:, :1]
     assert np.linalg.norm(u.T @ (W - fit.weight())) <= 1e-8 * np.linalg.norm(W)
+
+
+# -- constrained_refit: bad input is one line naming the value ------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"factor": "middle"}, "factor must be one of left, right, both, sigma; got 'middle'"),
+        ({"target": "teacher"}, "target must be one of output, local, joint; got 'teacher'"),
+        ({"mix": 1.5}, r"mix must be a number in \[0, 1\]; got mix = 1.5"),
+        ({"ridge": -1.0}, "ridge"),
+        ({"left": np.eye(5, 2)}, "give both left and right"),
+        ({"rank": None}, "give rank"),
+    ],
+)
+def test_constrained_refit_rejects_bad_options(kw, match) -> None:
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((5, 4))
+    X = rng.standard_normal((4, 20))
+    C = X @ X.T / 20
+    args = {"rank": 2, **kw}
+    with pytest.raises(ValueError, match=match):
+        gb.constrained_refit(W, C, C, C, **args)
+
+
+def test_constrained_refit_sigma_is_a_d_by_d_solve_on_the_kept_singular_values() -> None:
+    """With ``x_hat = x`` and the local target the truncation is already optimal: g = 1.
+
+    ``P_U W`` minimises ``E||W x - M x||^2`` over rank-``d`` maps, so over the
+    gains of its own components too; the gains are 1 to the solve's roundoff
+    (condition of the ``d x d`` system times eps, below 1e-8 here).
+    """
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((7, 6))
+    X = rng.standard_normal((6, 40))
+    C = X @ X.T / 40
+    fit = gb.constrained_refit(W, C, C, C, rank=3, factor="sigma", target="local")
+    assert fit.info["gains"].shape == (3,)
+    assert np.max(np.abs(fit.info["gains"] - 1.0)) < 1e-8

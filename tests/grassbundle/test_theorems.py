@@ -209,8 +209,8 @@ def test_theorems_monotonicity_rejects_unsorted_ladder(weight_problem):
 
 def test_theorems_all_checks_hold_on_default_problems():
     reports = run_all_checks()
-    # 2 problems x (2 solver routes x (1 + 4 ks x 4 checks) + 13 checks of theorems_fits)
-    assert len(reports) == 94
+    # 2 problems x (2 solver routes x (1 + 4 ks x 4 checks) + 14 checks of theorems_fits)
+    assert len(reports) == 96
     assert all(r.holds for r in reports), [r.failures for r in reports if not r.holds]
     assert sum("via phase_diagram" in r.name for r in reports) == 34
     assert sum(r.name.startswith(FIT_NAMES) for r in reports) == 26

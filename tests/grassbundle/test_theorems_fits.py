@@ -151,6 +151,14 @@ def _ridge_sign(monkeypatch) -> None:
     monkeypatch.setattr(refit_mod, "_eps", lambda C_hat, ridge, name: -orig(C_hat, ridge, name))
 
 
+def _joint_mix_swapped(monkeypatch) -> None:
+    """The joint target weighs the compressed inputs by ``mix`` instead of ``1 - mix``."""
+    orig = refit_mod._refit_statistics
+    monkeypatch.setattr(
+        refit_mod, "_refit_statistics", lambda C, Ch, Cx, t, mix: orig(C, Ch, Cx, t, 1.0 - mix)
+    )
+
+
 def _update_is_plain_svd(monkeypatch) -> None:
     """SVD-LLM's truncation without the whitening (plain SVD), then the update."""
     orig = gb.svd_llm_update
@@ -262,6 +270,7 @@ FIT_MUTATIONS = {
     "lower_bound_too_low": (_lower_bound_critical_whole, {"allocation_theorem_2"}),
     "ridge_wrong_sign": (_ridge_sign, {"residual_fit_theorem_4", "svd_llm_update", "ridge_limits"}),
     "svd_llm_update_plain_svd": (_update_is_plain_svd, {"svd_llm_update"}),
+    "joint_mix_swapped": (_joint_mix_swapped, {"refit_variants"}),
     "residual_fit_ignores_cross": (_residual_fit_without_cross, {"residual_fit_theorem_4"}),
     "factorise_svd_llm_is_svd": (_svd_llm_is_svd, {"factorise"}),
     "short_last_group_untied": (_short_last_group_untied, {"factorise"}),
@@ -285,6 +294,7 @@ CHECK_OF = {
     "residual_fit_theorem_4": "residual_fit_theorem_4",
     "residual_fit_theorem_5": "residual_fit_theorem_5",
     "ridge_limits": "ridge_limits",
+    "refit_variants": "refit_variants_statement",
     "factorise": "factorise_statement",
     "distances": "distances_statement",
     "means": "means_statement",

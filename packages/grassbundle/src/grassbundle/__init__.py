@@ -50,7 +50,14 @@ from .grassmann import (
     retraction,
 )
 from .means import KarcherMeanResult, chordal_mean, karcher_mean
-from .refit import LowRankFit, ResidualFit, refit_left, residual_fit, svd_llm_update
+from .refit import (
+    LowRankFit,
+    ResidualFit,
+    constrained_refit,
+    refit_left,
+    residual_fit,
+    svd_llm_update,
+)
 from .selection import Selection, activation_basis, removal_gradients, select_components
 
 __version__ = "0.1.0"
@@ -78,6 +85,7 @@ __all__ = [
     "binet_cauchy_dist",
     "chordal_dist",
     "chordal_mean",
+    "constrained_refit",
     "dist",
     "evaluate_section",
     "exp",

@@ -10,7 +10,7 @@ the same calibration tokens::
     C_hat   = E[x_hat x_hat^T]  (the compressed model's input covariance)
     C_cross = E[x x_hat^T]      (cross-covariance, original times compressed)
 
-Three functions, each exact for the objective it states:
+Four functions, each exact for the objective it states:
 
 * :func:`svd_llm_update`: SVD-LLM's truncation followed by its authors'
   closed-form update of the left factor (the ``whitening_local_update`` step
@@ -18,6 +18,9 @@ Three functions, each exact for the objective it states:
   squares fit of the map's output ``W x_hat`` on the inputs ``x_hat``.
 * :func:`refit_left`: that update for any right factor, and with the target
   ``W x`` (original model) instead of ``W x_hat`` when ``C_cross`` is given.
+* :func:`constrained_refit`: the refit variants (which factors, which
+  target, a ridge towards the unrefit factors), with SVD-LLM's update and the
+  residual fit as special cases.
 * :func:`residual_fit`: the best rank-``d`` map ``A B`` (both factors) for
   ``E||W x - A B x_hat||^2``, a reduced-rank regression in closed form; for a
   group of ``k`` maps it gives the best shared output basis.
@@ -52,9 +55,12 @@ from ._validate import PSD_RTOL
 from ._validate import covariance_stack as _stack
 
 __all__ = [
+    "REFIT_FACTORS",
+    "REFIT_TARGETS",
     "RIDGE",
     "LowRankFit",
     "ResidualFit",
+    "constrained_refit",
     "refit_left",
     "residual_fit",
     "svd_llm_update",
@@ -337,6 +343,25 @@ def _output_error(ref: float, A: F64, B: F64, WCx: F64, C_hat: F64) -> float:
     return float(ref - 2.0 * np.vdot(A, WCx @ B.T) + np.vdot(A.T @ A, BC @ B.T))
 
 
+def _truncation(Wm: F64, C64: F64, d: int) -> F64:
+    """SVD-LLM's truncation basis: the top-``d`` left singular vectors of ``W R``, ``R R^T = C``.
+
+    Cholesky as the authors (the eigh square root on the range if ``C`` is
+    singular).  When ``C`` has rank ``r < d`` any completion is optimal for
+    ``C`` (the extra directions see no calibration input); the top singular
+    vectors of the rest of ``W`` complete it, so the weight energy that ``C``
+    cannot rank is kept by Frobenius norm.
+    """
+    R = _validate.sqrt_factor(C64, "C")
+    Uf, _, _ = scipy.linalg.svd(Wm @ R, full_matrices=False, lapack_driver="gesdd")
+    U = np.ascontiguousarray(Uf[:, :d])
+    if U.shape[1] < d:
+        rest = Wm - U @ (U.T @ Wm)
+        Ur, _, _ = scipy.linalg.svd(rest, full_matrices=False, lapack_driver="gesdd")
+        U = np.linalg.qr(np.concatenate([U, Ur[:, : d - U.shape[1]]], axis=1))[0]
+    return U
+
+
 def svd_llm_update(
     W: ArrayLike,
     C: ArrayLike,
@@ -402,18 +427,7 @@ def svd_llm_update(
     C64 = _stack(C, 1, n, "C", psd=True)[0]
     Cu = C64 if C_update is None else _stack(C_update, 1, n, "C_update", psd=True)[0]
     r = _check_ridge(ridge)
-    # SVD-LLM's truncation: the top-d left singular vectors of W R, R R^T = C
-    # (Cholesky as the authors; the eigh square root on the range if C is singular)
-    R = _validate.sqrt_factor(C64, "C")
-    Uf, _, _ = scipy.linalg.svd(Wm @ R, full_matrices=False, lapack_driver="gesdd")
-    U = np.ascontiguousarray(Uf[:, :d])
-    if U.shape[1] < d:
-        # C has rank r < d: any completion is optimal for C (the extra directions
-        # see no calibration input); take the top singular vectors of the rest
-        # of W, so the weight energy that C cannot rank is kept by Frobenius norm
-        rest = Wm - U @ (U.T @ Wm)
-        Ur, _, _ = scipy.linalg.svd(rest, full_matrices=False, lapack_driver="gesdd")
-        U = np.linalg.qr(np.concatenate([U, Ur[:, : d - U.shape[1]]], axis=1))[0]
+    U = _truncation(Wm, C64, d)
     Z = U.T @ Wm
     A = refit_left(Wm, Z, Cu, ridge=r)
     WCu = Wm @ Cu
@@ -543,4 +557,192 @@ def residual_fit(
         err = np.array([max(_output_error(ref[l], U, B[l], WCx[l], Ch[l]), 0.0) for l in range(k)])
     return ResidualFit(
         basis=U, right=B, spectrum=spec, target=T, error=err, reference=ref, ridge=eps
+    )
+
+
+# -- constrained refits -------------------------------------------------------------
+
+#: Which factors :func:`constrained_refit` refits.
+REFIT_FACTORS = ("left", "right", "both", "sigma")
+#: Which output :func:`constrained_refit` fits.
+REFIT_TARGETS = ("output", "local", "joint")
+
+
+def _refit_statistics(C: F64, C_hat: F64, C_cross: F64, target: str, mix: float) -> tuple[F64, F64]:
+    """The input Gram ``G`` and cross-moment ``X`` of a target.
+
+    ``J(A B) = c - 2 <A B, W X> + <A B G, A B>``.
+    """
+    if target == "output":
+        return C_hat, C_cross
+    if target == "local":
+        return C_hat, C_hat
+    return mix * C + (1.0 - mix) * C_hat, mix * C + (1.0 - mix) * C_cross
+
+
+def constrained_refit(
+    W: ArrayLike,
+    C: ArrayLike,
+    C_hat: ArrayLike,
+    C_cross: ArrayLike,
+    *,
+    rank: int | None = None,
+    left: ArrayLike | None = None,
+    right: ArrayLike | None = None,
+    factor: str = "left",
+    target: str = "output",
+    mix: float = 0.5,
+    ridge: float = 0.0,
+) -> LowRankFit:
+    """A refit of some factors of a rank-``d`` map, pulled towards the unrefit ones.
+
+    The unrefit factors ``A0`` (``m x d``) and ``B0`` (``d x n``) are given
+    (``left``, ``right``) or, with ``rank``, SVD-LLM's truncation on ``C``
+    (``A0 = U`` the top-``d`` eigenvectors of ``W C W^T``, ``B0 = U^T W``, as
+    :func:`svd_llm_update`); ``W0 = A0 B0``.  The target fixes an input Gram
+    ``G`` and a cross-moment ``X``, and the objective::
+
+        J(A B) = E_target - 2 <A B, W X> + <A B G, A B>        (<P, Q> = tr(P Q^T))
+
+        output:  E||W x - A B x_hat||^2              G = C_hat,          X = C_cross
+        local:   E||W x_hat - A B x_hat||^2          G = C_hat,          X = C_hat
+        joint:   mix E||W x - A B x||^2
+                 + (1 - mix) E||W x - A B x_hat||^2  G = mix C + (1-mix) C_hat,
+                                                     X = mix C + (1-mix) C_cross
+
+    is minimised with the ridge ``eps ||A B - W0||_F^2``, ``eps = ridge *
+    tr(G) / n`` (relative to the mean diagonal of ``G``, as GPTQ damps its
+    Hessian), over the factors ``factor`` frees:
+
+    * ``"left"``: ``A`` (``B = B0``): ``A (B0 Ge B0^T) = Xw B0^T``;
+    * ``"right"``: ``B`` (``A = A0``): ``(A0^T A0) B Ge = A0^T Xw``;
+    * ``"both"``: the best rank-``d`` ``A B`` (reduced-rank regression):
+      ``A = U``, the top-``d`` eigenvectors of ``T Ge T^T``, ``B = U^T T``,
+      ``T = Xw Ge^{-1}``;
+    * ``"sigma"``: ``A = A0 diag(g)``, ``B = B0`` (the kept singular values
+      rescaled): ``((A0^T A0) o (B0 Ge B0^T)) g = diag(A0^T Xw B0^T)``, a
+      ``d x d`` solve (``o`` the entrywise product);
+
+    with ``Ge = G + eps I`` and ``Xw = W X + eps W0``: the ridge is ``n``
+    virtual inputs ``sqrt(eps) e_i`` whose target is the unrefit map's output
+    ``W0 e_i``.  ``ridge = 0`` is the unregularised fit (minimum-norm on the
+    numerical range, cut-off :data:`RCOND`); ``ridge -> inf`` returns ``W0``
+    (``A0``, ``B0`` or ``g = 1``), at distance ``O(1 / ridge)``.  Special
+    cases: ``"left"``, ``"local"``, ``ridge = 0`` is SVD-LLM's update
+    (:func:`svd_llm_update` at ``ridge = 0``); ``"both"``, ``"output"``,
+    ``ridge = 0`` is :func:`residual_fit` at ``ridge = 0``; ``"joint"`` with
+    ``mix = 1`` and ``"both"`` is SVD-LLM's truncation itself (the activation
+    corner of the bundle), with ``mix = 0`` the output target.
+
+    Parameters
+    ----------
+    W : array-like, shape=[m, n]
+        The original map.
+    C, C_hat, C_cross : array-like, shape=[n, n]
+        ``E[x x^T]``, ``E[x_hat x_hat^T]`` (symmetric PSD) and ``E[x x_hat^T]``.
+    rank : int, optional
+        With neither ``left`` nor ``right``: the truncation's rank.
+    left, right : array-like, shape=[m, d] and [d, n], optional
+        The unrefit factors (both or neither).
+    factor : {"left", "right", "both", "sigma"}, default "left"
+    target : {"output", "local", "joint"}, default "output"
+    mix : float, default 0.5
+        The teacher-input weight of the joint target, in ``[0, 1]``.
+    ridge : float, default 0.0
+        ``>= 0``, relative to the mean diagonal of ``G``.
+
+    Returns
+    -------
+    LowRankFit
+        ``error`` and ``reference``: ``E||W x - A B x_hat||^2`` and ``E||W
+        x||^2`` whatever the target; ``info``: ``"error_before"`` (of ``W0``),
+        ``"ridge"`` (the absolute ``eps``), ``"objective"`` and
+        ``"objective_before"`` (``J`` without the ridge term, of the fit and
+        of ``W0``), ``"left_before"`` and ``"right_before"`` (``A0``,
+        ``B0``), ``"gains"`` (``g``, ``"sigma"`` only).
+    """
+    if factor not in REFIT_FACTORS:
+        raise ValueError(f"factor must be one of {', '.join(REFIT_FACTORS)}; got {factor!r}")
+    if target not in REFIT_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(REFIT_TARGETS)}; got {target!r}")
+    if isinstance(mix, bool) or not isinstance(mix, int | float) or not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be a number in [0, 1]; got mix = {mix!r}")
+    rho = _check_ridge(ridge)
+    W64 = _validate.weight_stack(W)
+    if W64.shape[0] != 1:
+        raise ValueError(f"W must have shape (m, n); got shape {np.shape(W)}")
+    Wm = W64[0]
+    m, n = Wm.shape
+    C64 = _stack(C, 1, n, "C", psd=True)[0]
+    Ch = _stack(C_hat, 1, n, "C_hat", psd=True)[0]
+    Cx = _stack(C_cross, 1, n, "C_cross", psd=False)[0]
+    _check_psd(Ch, "C_hat")
+    if (left is None) != (right is None):
+        raise ValueError("give both left and right (the unrefit factors) or neither (use rank)")
+    if left is None:
+        if rank is None:
+            raise ValueError("give rank (SVD-LLM's truncation) or the factors left and right")
+        d = _check_rank(rank, m, n)
+        A0 = _truncation(Wm, C64, d)
+        B0 = A0.T @ Wm
+    else:
+        A0 = np.asarray(left, dtype=np.float64)
+        B0 = np.asarray(right, dtype=np.float64)
+        if A0.ndim != 2 or B0.ndim != 2 or A0.shape[0] != m or B0.shape[1] != n:
+            raise ValueError(
+                f"left and right must have shapes (m, d) and (d, n) with m, n = {m}, {n}; "
+                f"got {A0.shape} and {B0.shape}"
+            )
+        if A0.shape[1] != B0.shape[0] or not 1 <= A0.shape[1] <= min(m, n):
+            raise ValueError(
+                f"left and right must share a rank 1 <= d <= {min(m, n)}; "
+                f"got {A0.shape} and {B0.shape}"
+            )
+        if not (np.all(np.isfinite(A0)) and np.all(np.isfinite(B0))):
+            raise ValueError("left and right must have finite entries; found NaN or inf")
+    G, X = _refit_statistics(C64, Ch, Cx, target, float(mix))
+    eps = _eps(G, rho, "the target's input covariance")
+    W0 = A0 @ B0
+    Xw = Wm @ X + eps * W0  # the cross-moment with the virtual inputs
+    info: dict[str, Any] = {"ridge": eps, "left_before": A0, "right_before": B0}
+    if factor == "left":
+        BG = B0 @ G
+        A = _spd_solve_right(BG @ B0.T + eps * (B0 @ B0.T), Xw @ B0.T)
+        B = B0
+    elif factor == "right":
+        _, T = _whiten_solve(Xw, G, eps, "the target's input covariance")
+        Bt = _spd_solve_right(A0.T @ A0, T.T @ A0)  # B^T (A0^T A0) = T^T A0
+        A, B = A0, np.ascontiguousarray(Bt.T)
+    elif factor == "both":
+        Y, T = _whiten_solve(Xw, G, eps, "the target's input covariance")
+        d = A0.shape[1]
+        if Y.shape[1] <= m:
+            Uf, _, _ = scipy.linalg.svd(Y, full_matrices=False, lapack_driver="gesdd")
+            U = Uf[:, :d]
+            if U.shape[1] < d:  # Y has fewer columns than d: any completion is optimal
+                U = np.linalg.qr(np.concatenate([U, A0], axis=1))[0][:, :d]
+        else:
+            _, V = np.linalg.eigh(Y @ Y.T)
+            U = V[:, ::-1][:, :d]
+        A, B = np.ascontiguousarray(U), U.T @ T
+    else:  # sigma
+        H = (A0.T @ A0) * (B0 @ G @ B0.T + eps * (B0 @ B0.T))
+        h = np.einsum("md,mn,dn->d", A0, Xw, B0)
+        g = _spd_solve_right(H, h[None, :])[0]
+        A, B = A0 * g, B0
+        info["gains"] = g
+    WCx = Wm @ Cx
+    ref = float(np.vdot(Wm @ C64, Wm))
+    WX = Wm @ X
+    # E||target||^2: tr(W C_hat W^T) for the local target, tr(W C W^T) for the others
+    ref_t = float(np.vdot(Wm @ Ch, Wm)) if target == "local" else ref
+    info["error_before"] = max(_output_error(ref, A0, B0, WCx, Ch), 0.0)
+    info["objective"] = max(_output_error(ref_t, A, B, WX, G), 0.0)
+    info["objective_before"] = max(_output_error(ref_t, A0, B0, WX, G), 0.0)
+    return LowRankFit(
+        left=np.ascontiguousarray(A),
+        right=np.ascontiguousarray(B),
+        error=max(_output_error(ref, A, B, WCx, Ch), 0.0),
+        reference=ref,
+        info=info,
     )

@@ -22,6 +22,10 @@ checks:
   :func:`ridge_limits`: least squares (``numpy.linalg.lstsq``) on explicit
   samples whose second moments are the statistics, the ridge as virtual
   samples;
+* :func:`refit_variants_statement`: :func:`grassbundle.constrained_refit`'s
+  factor modes and targets against least squares on the rows (``lstsq``,
+  the ridge as virtual rows), its ridge path and limits, and its special
+  cases (SVD-LLM's update, the residual fit, SVD-LLM's truncation);
 * :func:`factorise_statement`: every method of :func:`grassbundle.factorise`
   against its definition (Ky Fan optima from ``eigvalsh``, the section form
   ``W'_l = U_g U_g^T W_l``, the parameters counted from the group sizes),
@@ -44,6 +48,7 @@ instances of their own.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,7 +63,7 @@ from .bundle import BundleProblem
 from .coupling import solve_coupled
 from .factorise import Factorisation, factorise, reconstruction_errors
 from .means import chordal_mean, karcher_mean
-from .refit import residual_fit, svd_llm_update
+from .refit import constrained_refit, residual_fit, svd_llm_update
 from .theorems import OPT_RTOL, TheoremReport, _fmt, _gram, _layer_energy, _reference
 
 __all__ = [
@@ -76,6 +81,7 @@ __all__ = [
     "factorise_statement",
     "fit_checks",
     "means_statement",
+    "refit_variants_statement",
     "residual_fit_theorem_4",
     "residual_fit_theorem_5",
     "ridge_limits",
@@ -119,6 +125,7 @@ NAMES = {
     "residual_fit_theorem_4": "residual_fit_theorem_4",
     "residual_fit_theorem_5": "residual_fit_theorem_5",
     "ridge_limits": "ridge_limits",
+    "refit_variants_statement": "refit_variants[ridge, targets, corners]",
     "factorise_statement": "factorise[every method]",
     "distances_statement": "distances",
     "means_statement": "means",
@@ -1101,6 +1108,197 @@ def ridge_limits(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
     )
 
 
+# -- constrained refits ---------------------------------------------------------------
+
+
+def _refit_samples(
+    W: F64, W0: F64, X: F64, Xh: F64, target: str, mix: float, eps: float
+) -> tuple[F64, F64]:
+    """Inputs ``Z`` and targets ``Y`` (rows) whose mean squared error ``||Y - Z M^T||^2 / N``
+    is a target's objective plus ``eps ||M - W0||_F^2`` (``N`` the real rows of ``X``).
+
+    output: rows ``(x_hat_t, W x_t)``; local: ``(x_hat_t, W x_hat_t)``; joint:
+    ``sqrt(mix) (x_t, W x_t)`` and ``sqrt(1 - mix) (x_hat_t, W x_t)``; the
+    ridge: ``n`` virtual rows ``sqrt(N eps) (e_i, W0 e_i)``.
+    """
+    N, n = X.shape
+    if target == "output":
+        Z, Y = Xh, X @ W.T
+    elif target == "local":
+        Z, Y = Xh, Xh @ W.T
+    else:
+        a, b = math.sqrt(mix), math.sqrt(1.0 - mix)
+        Z, Y = np.vstack([a * X, b * Xh]), np.vstack([a * X @ W.T, b * X @ W.T])
+    if eps > 0:
+        V = math.sqrt(N * eps) * np.eye(n)
+        Z, Y = np.vstack([Z, V]), np.vstack([Y, V @ W0.T])
+    return Z, Y
+
+
+def _refit_brute(factor: str, Z: F64, Y: F64, A0: F64, B0: F64) -> F64:
+    """The best map ``M`` of a refit variant by least squares on the rows (``lstsq``).
+
+    left: ``Y ~ (Z B0^T) A^T``; right: ``vec(Y) ~ (A0 kron Z) vec(B^T)``;
+    sigma: ``vec(Y) ~ sum_i g_i vec((Z b_i) a_i^T)``; both: reduced-rank
+    regression (:func:`_rrr`'s projection of the least-squares map on the top
+    right singular vectors of the fitted values).
+    """
+    d = A0.shape[1]
+    if factor == "left":
+        At = np.linalg.lstsq(Z @ B0.T, Y, rcond=None)[0]
+        return np.asarray(At.T @ B0)
+    if factor == "right":
+        n = Z.shape[1]
+        K = np.kron(A0, Z)  # vec_F(Z B^T A0^T) = (A0 kron Z) vec_F(B^T)
+        v = np.linalg.lstsq(K, Y.reshape(-1, order="F"), rcond=None)[0]
+        return np.asarray(A0 @ v.reshape(n, d, order="F").T)
+    if factor == "sigma":
+        cols = [np.outer(Z @ B0[i], A0[:, i]).reshape(-1, order="F") for i in range(d)]
+        g = np.linalg.lstsq(np.stack(cols, axis=1), Y.reshape(-1, order="F"), rcond=None)[0]
+        return np.asarray((A0 * g) @ B0)
+    Gamma = np.linalg.lstsq(Z, Y, rcond=None)[0]
+    _, _, Vt = np.linalg.svd(Z @ Gamma, full_matrices=False)
+    Vd = Vt[:d].T
+    return np.asarray((Gamma @ Vd @ Vd.T).T)
+
+
+def _sample_objective(Z: F64, Y: F64, M: F64, N: int) -> float:
+    R = Y - Z @ M.T
+    return float(np.sum(R * R)) / N
+
+
+def refit_variants_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
+    """The refit variants of :func:`grassbundle.constrained_refit` against least squares.
+
+    On shifted samples (the unrefit factors ``A0 = U``, the top-``d``
+    eigenvectors of ``W C W^T`` by ``eigh``, and ``B0 = U^T W``):
+
+    * every factor mode (left, right, both, sigma) and target (output, local,
+      joint at ``mix`` 0.3), at ``ridge`` 0 and 0.1: the fit's objective plus
+      ridge term equals the least-squares optimum on the rows (the ridge as
+      ``n`` virtual rows ``sqrt(N eps)(e_i, W0 e_i)``, ``eps = ridge tr(G) /
+      n``), and ``info["error"]`` is the empirical output error;
+    * the ridge path (``ridge`` in 0, 0.01, 1, 100): the objective does not
+      decrease and the distance ``||A B - W0||_F`` does not increase (exact
+      minimisers of ``J + eps D``; objectives to ``FIT_RTOL``, distances to
+      ``1e-9 ||W||_F``, both far above roundoff); no fit is worse than
+      ``W0`` on ``J``;
+    * ``ridge -> inf``: at ``ridge = 1e6`` the distance to ``W0`` is below
+      ``1e-4 ||W0||_F`` and at least 100 times smaller than at ``1e3``
+      (``O(1 / ridge)``);
+    * left + local + ``ridge = 0`` is :func:`grassbundle.svd_llm_update` at
+      ``ridge = 0``; both + output + ``ridge = 0`` is
+      :func:`grassbundle.residual_fit` at ``ridge = 0`` (equal objectives);
+      both + joint at ``mix = 1`` is ``P_U W`` (SVD-LLM's truncation, the
+      bundle's activation corner), where the eigengap makes it unique.
+
+    Parameters
+    ----------
+    problem : BundleProblem
+        Its ``W``, ``C`` (seeded covariances when it has none) and rank.
+    seed : int, default 0
+        Seed of the instances, samples and shifts drawn here.
+
+    Returns
+    -------
+    TheoremReport
+    """
+    failures: list[str] = []
+    worst = 0.0
+    mix = 0.3
+    for label, W, X, Xh, d in _fit_cases(problem, seed):
+        C, Ch, Cx = _stats(X, Xh)
+        N, n = X.shape
+        U, mu = _top(W @ C @ W.T, d)
+        A0, B0 = U, U.T @ W
+        W0 = A0 @ B0
+        ref = _mse(W, X, X, np.zeros_like(W)) + _mse(W, Xh, Xh, np.zeros_like(W))
+        unique = len(mu) > d and mu[d - 1] - mu[d] > 1e-6 * mu[0]
+        for factor in ("left", "right", "both", "sigma"):
+            for target in ("output", "local", "joint"):
+                tag = f"{label} {factor}/{target}"
+                G = {
+                    "output": Ch,
+                    "local": Ch,
+                    "joint": mix * C + (1 - mix) * Ch,
+                }[target]
+                path = []
+                for rho in (0.0, 0.01, 0.1, 1.0, 100.0):
+                    fit = constrained_refit(
+                        W, C, Ch, Cx, left=A0, right=B0, factor=factor, target=target,
+                        mix=mix, ridge=rho,
+                    )  # fmt: skip
+                    eps = rho * float(np.trace(G)) / n
+                    Z, Y = _refit_samples(W, W0, X, Xh, target, mix, eps)
+                    M = fit.weight()
+                    if rho in (0.0, 0.1):
+                        want = _sample_objective(Z, Y, _refit_brute(factor, Z, Y, A0, B0), N)
+                        gap = (_sample_objective(Z, Y, M, N) - want) / ref
+                        worst = max(worst, abs(gap))
+                        if abs(gap) > FIT_RTOL:
+                            failures.append(
+                                f"{tag} ridge {rho:g}: off the lstsq optimum by {gap:.3e}"
+                            )
+                        emp = _mse(W, X, Xh, M)
+                        if abs(fit.error - emp) > FIT_RTOL * ref:
+                            failures.append(
+                                f"{tag}: error {fit.error:.6g}, on the samples {emp:.6g}"
+                            )
+                    Z0, Y0 = _refit_samples(W, W0, X, Xh, target, mix, 0.0)
+                    path.append(
+                        (rho, _sample_objective(Z0, Y0, M, N), float(np.linalg.norm(M - W0)))
+                    )
+                base = _sample_objective(Z0, Y0, W0, N)
+                for (r1, j1, d1), (r2, j2, d2) in itertools.pairwise(path):
+                    if j2 < j1 - FIT_RTOL * ref or d2 > d1 + 1e-9 * float(np.linalg.norm(W)):
+                        failures.append(
+                            f"{tag}: ridge {r1:g} -> {r2:g} objective {j1:.6g} -> {j2:.6g}, "
+                            f"distance {d1:.3e} -> {d2:.3e} (want up, down)"
+                        )
+                if max(j for _, j, _ in path) > base + FIT_RTOL * ref:
+                    failures.append(f"{tag}: a refit is worse than the unrefit factors")
+                far = []
+                for rho in (1e3, 1e6):
+                    fit = constrained_refit(
+                        W, C, Ch, Cx, left=A0, right=B0, factor=factor, target=target,
+                        mix=mix, ridge=rho,
+                    )  # fmt: skip
+                    far.append(float(np.linalg.norm(fit.weight() - W0)))
+                scale = float(np.linalg.norm(W0))
+                if far[1] > 1e-4 * scale or far[1] * 100 > far[0] + 1e-12 * scale:
+                    failures.append(
+                        f"{tag}: ridge 1e3, 1e6 leave {far[0]:.3e}, {far[1]:.3e} of W0 "
+                        "(want O(1/ridge) -> 0)"
+                    )
+        # the special cases
+        up = svd_llm_update(W, C, rank=d, C_update=Ch, ridge=0.0)
+        lo = constrained_refit(W, C, Ch, Cx, left=A0, right=B0, factor="left", target="local")
+        Zl, Yl = _refit_samples(W, W0, X, Xh, "local", mix, 0.0)
+        gap = abs(
+            _sample_objective(Zl, Yl, lo.weight(), N) - _sample_objective(Zl, Yl, up.weight(), N)
+        )
+        if unique and gap > FIT_RTOL * ref:
+            failures.append(f"{label}: left/local/ridge 0 differs from svd_llm_update by {gap:.3e}")
+        rf = residual_fit(W, Ch, Cx, rank=d, C=C, ridge=0.0)
+        bo = constrained_refit(W, C, Ch, Cx, rank=d, factor="both", target="output")
+        gap = abs(_mse(W, X, Xh, bo.weight()) - _mse(W, X, Xh, rf.weight()))
+        if gap > FIT_RTOL * ref:
+            failures.append(f"{label}: both/output/ridge 0 differs from residual_fit by {gap:.3e}")
+        co = constrained_refit(W, C, Ch, Cx, rank=d, factor="both", target="joint", mix=1.0)
+        if unique:
+            dev = float(np.linalg.norm(co.weight() - W0)) / float(np.linalg.norm(W))
+            if dev > 1e-7:
+                failures.append(f"{label}: both/joint mix 1 is {dev:.3e} off P_U W")
+    return _report(
+        NAMES["refit_variants_statement"],
+        failures,
+        {"max_relative_gap_to_lstsq": worst},
+        {"fit_rtol": FIT_RTOL, "ridge_inf_rtol": 1e-4, "subspace_atol": 1e-7},
+        "objectives are differences of O(E||W x||^2) traces with conditioning <= 1e4: 1e-9",
+        f"max gap to lstsq {_fmt(worst)}",
+    )
+
+
 # -- factorise --------------------------------------------------------------------------
 
 
@@ -1825,6 +2023,7 @@ FIT_CHECKS: tuple[Callable[..., TheoremReport], ...] = (
     residual_fit_theorem_4,
     residual_fit_theorem_5,
     ridge_limits,
+    refit_variants_statement,
     factorise_statement,
     distances_statement,
     means_statement,
