@@ -26,7 +26,12 @@ Methods (``CompressionConfig.method``):
 
 Options: ``update=True`` (``svd-llm`` only) adds SVD-LLM's second step, the
 least-squares update of the left factor on the compressed model's inputs,
-computed sequentially (:func:`grassbundle.svd_llm_update`). ``allocate``
+computed sequentially (:func:`grassbundle.svd_llm_update`). ``refit``
+(``svd-llm`` only, with ``target``, ``mix``, ``ridge`` and ``gate``) refits
+the left, right, both factors or the kept singular values of the truncation
+sequentially, a ridge towards the unrefit factors chosen per map on held-out
+calibration windows and the refit kept only where it lowers the held-out
+output error (:func:`grassbundle.constrained_refit`). ``allocate``
 (``svd-llm`` and ``residual``) replaces the uniform rank by per-layer ranks
 that minimise the summed activation truncation energy (``"sum"``) or the
 summed per-layer fractions (``"normalised"``) under the same parameter budget
@@ -157,6 +162,20 @@ class CompressionConfig:
         Loss-aware allocations: each map keeps a fraction of its parameters
         within this distance of the uniform fraction (dense only where the
         bound reaches 1).
+    refit : {"none", "left", "right", "both", "sigma"}, default "none"
+        ``svd-llm`` only: refit factors of SVD-LLM's truncation block by block
+        on the compressed model's inputs (:func:`grassbundle.constrained_refit`,
+        :mod:`llm_adapter.sequential`); needs calibration windows.
+    target : {"output", "local", "joint"}, default "output"
+        With ``refit``: the output fitted.
+    mix : float, default 0.5
+        With ``refit`` and ``target="joint"``: weight of the original inputs.
+    ridge : float or "auto", default "auto"
+        With ``refit``: the ridge towards the unrefit factors (relative to
+        the mean input variance), or chosen per map on held-out windows.
+    gate : {"heldout", "off"}, default "heldout"
+        With ``refit``: keep a map's refit only where it lowers the held-out
+        output error, or always.
     spelling : llm_adapter.methods.Spelling, default command-line flags
         How error messages name a bad value (``--lam -1`` or ``points[0] lam = -1``);
         not a field.
@@ -181,6 +200,11 @@ class CompressionConfig:
     rank_floor: float = 0.0
     max_deviation: float = math.inf
     probe_windows: int = 2
+    refit: str = "none"
+    target: str = "output"
+    mix: float = 0.5
+    ridge: float | str = "auto"
+    gate: str = "heldout"
     spelling: InitVar[Spelling] = FLAGS
 
     def __post_init__(self, spelling: Spelling) -> None:
@@ -215,7 +239,7 @@ class CompressionConfig:
     @property
     def sequential(self) -> bool:
         """Whether the method fits block by block on calibration windows."""
-        return self.method == "residual" or self.update
+        return self.method == "residual" or self.update or self.refit != "none"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -281,6 +305,12 @@ class FamilyReport:
     dense : list of bool or None
         Layers left dense by a loss-aware allocation (their ``ranks`` entry is
         ``min(m, n)`` and their errors are 0); None when every layer is factored.
+    refit_ridge : list of float or None
+        With ``refit``: per layer, the relative ridge of the refit (chosen on
+        held-out windows with ``ridge="auto"``); None without a refit.
+    refit_kept : list of bool or None
+        With ``refit``: per layer, whether the refit was kept (the gate);
+        None without a refit.
     """
 
     family: str
@@ -304,13 +334,15 @@ class FamilyReport:
     seconds_write_back: float = 0.0
     ranks: list[int] | None = None
     dense: list[bool] | None = None
+    refit_ridge: list[float] | None = None
+    refit_kept: list[bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["ranks"] is None:  # uniform rank: the manifest reads as before
-            del d["ranks"]
-        if d["dense"] is None:  # every layer factored: the manifest reads as before
-            del d["dense"]
+        # optional fields, absent when unused: manifests without them read as before
+        for key in ("ranks", "dense", "refit_ridge", "refit_kept"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -388,6 +420,11 @@ class CompressionReport:
             lines.append(
                 f"{r.family:<28} {r.rank:>5} {r.rank_ratio:>6.3f} {kept:>19} "
                 f"{np.mean(r.frobenius_fraction):9.4f} {act}"
+            )
+        gated = [k for r in self.families.values() for k in (r.refit_kept or ())]
+        if gated:
+            lines.append(
+                f"refit kept by {sum(gated)} of {len(gated)} maps (lower held-out output error)"
             )
         lines.append(
             "errors: mean over layers of ||W-W'||_F^2/||W||_F^2 (frob) and "
@@ -699,9 +736,14 @@ def _per_layer_families(
         first = family_modules(model, f)[0]
         assert isinstance(first, nn.Linear)
         shapes[f] = (len(names[f]), first.out_features, first.in_features)
+    fit = "residual" if config.method == "residual" else "update"
+    refit = None
+    if config.refit != "none":
+        fit = "refit"
+        refit = {k: getattr(config, k) for k in ("target", "mix", "ridge", "gate")}
+        refit["factor"] = config.refit
     fits = compress_sequential(
-        model, list(families), per_layer, windows,
-        fit="residual" if config.method == "residual" else "update", progress=progress,
+        model, list(families), per_layer, windows, fit=fit, refit=refit, progress=progress,
     )  # fmt: skip
     for f in families:  # untied: every layer stores its own m x d_l and d_l x n factors
         L, m, n = shapes[f]
@@ -709,6 +751,8 @@ def _per_layer_families(
             f, shapes[f], names[f], shared="left", groups=range(L), ranks=fits[f].ranks,
             params_kept=sum(fits[f].ranks) * (m + n), errors=fits[f],
         )  # fmt: skip
+        reports[f].refit_ridge = fits[f].refit_ridge
+        reports[f].refit_kept = fits[f].refit_kept
     return reports
 
 

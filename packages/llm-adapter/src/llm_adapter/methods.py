@@ -30,12 +30,15 @@ __all__ = [
     "DEFAULT_FAMILIES",
     "DEFAULT_RANK_RATIO",
     "FLAGS",
+    "GATES",
     "GRADIENT_ALLOCATIONS",
     "LOSS_AWARE",
     "METHODS",
     "METHOD_TABLE",
     "METRICS",
     "PARAMS",
+    "REFITS",
+    "REFIT_TARGETS",
     "SELECTIONS",
     "Method",
     "Param",
@@ -62,6 +65,12 @@ GRADIENT_ALLOCATIONS = ("fisher", "gradient")
 SELECTIONS = ("rank", "components")
 #: the bundle's energies
 METRICS = ("weight", "activation")
+#: which factors a refit frees (:func:`grassbundle.constrained_refit`; "none": no refit)
+REFITS = ("none", "left", "right", "both", "sigma")
+#: the output a refit fits
+REFIT_TARGETS = ("output", "local", "joint")
+#: refit gating: keep a map's refit only where it lowers the held-out output error, or always
+GATES = ("heldout", "off")
 
 
 def flag(key: str) -> str:
@@ -126,6 +135,14 @@ def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
         ) from None
 
 
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def split_families(value: str | Sequence[str]) -> tuple[str, ...]:
     """Family names from ``"a,b"`` (stripped, blanks dropped) or a sequence (as given)."""
     if isinstance(value, str):
@@ -154,6 +171,8 @@ class Param:
         Smallest allowed value (inclusive).
     allow_inf : bool
         Whether ``inf`` is allowed (``float`` only).
+    words : tuple of str
+        Words a ``float`` parameter takes besides numbers (``"auto"``).
     optional : bool
         Left out of manifests and sweep keys at its default (so records
         written before the parameter existed read the same).
@@ -168,6 +187,7 @@ class Param:
     low: float | None = None
     allow_inf: bool = False
     optional: bool = False
+    words: tuple[str, ...] = ()
 
     def check(self, value: Any, spell: Spelling = FLAGS) -> Any:
         """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``."""
@@ -195,6 +215,13 @@ class Param:
                     f"{self.what} must be an integer >= {self.low:g}; got {spell.value(key, value)}"
                 )
             return value
+        if self.words and isinstance(value, str) and not _is_number(value):
+            if value.strip().lower() in self.words:
+                return value.strip().lower()
+            raise AdapterError(
+                f"{spell.value(key, value)} is not a number or {' or '.join(self.words)} "
+                f"(use a float >= {self.low:g} or {' or '.join(self.words)})"
+            )
         number = parse_float(value, key, spell)
         if math.isnan(number) or (math.isinf(number) and not self.allow_inf):
             raise AdapterError(
@@ -247,6 +274,23 @@ PARAMS: dict[str, Param] = {
         Param("update", bool, False, "svd-llm: add SVD-LLM's second step (sequential "
               "least-squares update of the left factor on the compressed model's inputs)",
               "update", optional=True),
+        Param("refit", str, "none", "svd-llm: refit factors of SVD-LLM's truncation block by "
+              "block on the compressed model's inputs: the left, the right, both (reduced-rank) "
+              "or the kept singular values ('sigma'); 'none': no refit", "refit",
+              choices=REFITS, optional=True),
+        Param("target", str, "output", "svd-llm with --refit: the output fitted: the original "
+              "W x ('output'), W x_hat ('local', SVD-LLM's update's) or both inputs together "
+              "('joint', weighted by --mix)", "refit target", choices=REFIT_TARGETS,
+              optional=True),
+        Param("mix", float, 0.5, "svd-llm with --refit and --target joint: weight of the "
+              "original inputs, in [0, 1]", "joint mixing weight", low=0.0, optional=True),
+        Param("ridge", float, "auto", "svd-llm with --refit: pull towards the unrefit factors, "
+              "relative to the mean input variance (>= 0), or 'auto' (chosen per map on "
+              "held-out calibration windows)", "refit ridge", low=0.0, words=("auto",),
+              optional=True),
+        Param("gate", str, "heldout", "svd-llm with --refit: keep a map's refit only where it "
+              "lowers the output error on held-out calibration windows ('heldout'), or always "
+              "('off')", "refit gate", choices=GATES, optional=True),
         Param("allocate", str, "none", "svd-llm, residual, bundle (tied corner): per-layer "
               "(per-group) ranks under the same parameter budget, minimising the summed ('sum') "
               "or per-unit relative ('normalised') activation energy ('none': one rank per "
@@ -278,7 +322,8 @@ METHOD_TABLE: dict[str, Method] = {
     for m in (
         Method("svd", "SVD", (), "plain truncated SVD per layer", lambda p: False),
         Method("svd-llm", "SVD-LLM", ("update", "allocate", "select", "protect", "rank_floor",
-                                      "max_deviation", "probe_windows"),
+                                      "max_deviation", "probe_windows", "refit", "target",
+                                      "mix", "ridge", "gate"),
                "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True),
         Method("basis-sharing", "Basis Sharing", ("group_size",),
                "Basis Sharing: one input-side basis per group of layers", lambda p: True),
@@ -344,7 +389,35 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
                 "activation corner: use --metric activation, --lam 0 and no --coupling; got "
                 f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
             )
+    refit = values["refit"] != "none"
+    for key in ("target", "mix", "ridge", "gate"):
+        if not refit and values[key] != PARAMS[key].default:
+            raise AdapterError(
+                f"{spell.name(key)} shapes a refit: add --refit "
+                f"{' or '.join(REFITS[1:])} (got {spell.value('refit', values['refit'])})"
+            )
+    if refit and values["update"]:
+        raise AdapterError(
+            "--update is SVD-LLM's own refit (the left factor for the target W x_hat): drop "
+            f"--update, or use --refit left --target local instead of --update with "
+            f"{spell.value('refit', values['refit'])}"
+        )
+    if values["mix"] > 1:
+        raise AdapterError(
+            f"joint mixing weight must be in [0, 1]; got {spell.value('mix', values['mix'])}"
+        )
+    if values["mix"] != PARAMS["mix"].default and values["target"] != "joint":
+        raise AdapterError(
+            f"{spell.name('mix')} weighs the joint target: add --target joint "
+            f"(got {spell.value('target', values['target'])})"
+        )
     loss_aware = values["allocate"] in LOSS_AWARE
+    if loss_aware and refit:
+        raise AdapterError(
+            f"{spell.value('allocate', values['allocate'])} may keep maps dense and is not "
+            f"combined with a refit: drop {spell.name('refit')}, or use --allocate none, sum "
+            "or normalised"
+        )
     if loss_aware and (method != "svd-llm" or values["update"]):
         raise AdapterError(
             f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "

@@ -24,6 +24,18 @@ in one pass. Two fits (all maths in :mod:`grassbundle.refit`):
     *original* output ``W x`` (:func:`grassbundle.residual_fit`, a
     reduced-rank regression), so each layer also corrects the error its
     compressed inputs carry.
+``"refit"``
+    A constrained refit of SVD-LLM's truncation
+    (:func:`grassbundle.constrained_refit`): which factors (left, right,
+    both, the kept singular values), which target (``W x``, ``W x_hat``, or
+    both inputs together) and a ridge towards the unrefit factors.  With
+    ``ridge="auto"`` or ``gate="heldout"`` the last :data:`HOLDOUT` of the
+    calibration windows are held out: per map the ridge is the one of
+    :data:`AUTO_RIDGES` (or the one given) whose fit on the other windows
+    has the least output error ``E||W x - W' x_hat||^2`` on the held-out
+    ones, and the refit, then fitted on all windows, is kept only where that
+    error is below the unrefit truncation's (else the map keeps SVD-LLM's
+    truncation, fitted on all windows).
 
 The adapter only moves tensors: statistics in, factors out.
 """
@@ -47,10 +59,16 @@ from .models import family_module_names, family_modules, model_device, set_modul
 if TYPE_CHECKING:
     from grassbundle import ReconstructionErrors
 
-__all__ = ["SequentialFit", "as_parameter", "compress_sequential"]
+__all__ = ["AUTO_RIDGES", "HOLDOUT", "SequentialFit", "as_parameter", "compress_sequential"]
 
-Fit = Literal["update", "residual"]
-FITS: tuple[str, ...] = ("update", "residual")
+Fit = Literal["update", "residual", "refit"]
+FITS: tuple[str, ...] = ("update", "residual", "refit")
+#: Fraction of the calibration windows (the last ones, at least one) held out to
+#: choose a refit's ridge and to gate it.
+HOLDOUT = 0.25
+#: The relative ridges ``ridge="auto"`` chooses from: 0 (the unregularised fit)
+#: to 100 (within about 1% of the unrefit factors), a decade apart.
+AUTO_RIDGES: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass
@@ -77,6 +95,10 @@ class SequentialFit:
         ``||W_l - W'_l||_F^2 / ||W_l||_F^2`` per layer.
     activation_fraction : list of float
         ``activation_error / activation_total`` per layer (0 where the total is 0).
+    refit_ridge : list of float or None
+        ``"refit"`` only: the relative ridge per layer (chosen or given).
+    refit_kept : list of bool or None
+        ``"refit"`` only: whether the layer kept its refit (the gate).
 
     Every error is :func:`grassbundle.reconstruction_errors`' for the fitted weights.
     """
@@ -89,6 +111,8 @@ class SequentialFit:
     output_total: list[float]
     frobenius_fraction: list[float] = field(default_factory=list)
     activation_fraction: list[float] = field(default_factory=list)
+    refit_ridge: list[float] | None = None
+    refit_kept: list[bool] | None = None
 
     def add(self, rank: int, errors: ReconstructionErrors) -> None:
         """Append one layer: its rank and grassbundle's errors of its fit (one map).
@@ -219,6 +243,78 @@ def _fit_one(
         raise AdapterError(f"grassbundle rejected the {fit} fit: {exc}") from None
 
 
+def _refit_one(
+    W: NDArray[np.float64],
+    parts: Sequence[tuple[NDArray[np.float64], ...]],
+    rank: int,
+    opts: Mapping[str, Any],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float, bool]:
+    """A constrained refit of one map: ``(left, right, ridge, kept)``.
+
+    ``parts``: the statistics ``(C, C_hat, C_cross)`` of all windows, then,
+    when held out, of the fitting and the held-out windows.
+    """
+    import grassbundle as gb
+
+    kw = {k: opts[k] for k in ("factor", "target", "mix")}
+    ridge, gate = opts["ridge"], opts["gate"]
+    try:
+        if len(parts) == 1:  # a given ridge, no gate: one fit on all windows
+            fit = gb.constrained_refit(W, *parts[0], rank=rank, ridge=float(ridge), **kw)
+            return fit.left, fit.right, float(ridge), True
+        everything, fitting, held = parts
+        grid = AUTO_RIDGES if ridge == "auto" else (float(ridge),)
+
+        def held_out(M: NDArray[np.float64]) -> float:
+            e = gb.reconstruction_errors(W, M, held[0], C_hat=held[1], C_cross=held[2])
+            assert e.output_error is not None
+            return float(e.output_error[0])
+
+        first = gb.constrained_refit(W, *fitting, rank=rank, ridge=grid[0], **kw)
+        A0, B0 = first.info["left_before"], first.info["right_before"]
+        best, chosen = held_out(first.weight()), grid[0]
+        for rho in grid[1:]:
+            fit = gb.constrained_refit(W, *fitting, left=A0, right=B0, ridge=rho, **kw)
+            err = held_out(fit.weight())
+            if err < best:
+                best, chosen = err, rho
+        kept = gate == "off" or best < held_out(A0 @ B0)
+        fit = gb.constrained_refit(W, *everything, rank=rank, ridge=chosen, **kw)
+    except ValueError as exc:
+        raise AdapterError(f"grassbundle rejected the refit: {exc}") from None
+    if kept:
+        return fit.left, fit.right, chosen, True
+    return fit.info["left_before"], fit.info["right_before"], chosen, False
+
+
+def _moment(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """``sum_t a_t b_t^T`` (float64) and the number of tokens."""
+    total = sum(int(x.shape[0]) for x in a)
+    return sum((x.T @ y for x, y in zip(a, b, strict=True)), torch.zeros(())), total
+
+
+def _split_stats(
+    x: list[torch.Tensor], xh: list[torch.Tensor], nb: int
+) -> list[tuple[NDArray[np.float64], ...]]:
+    """``(C, C_hat, C_cross)`` of all batches, of the first ``nb`` and of the rest."""
+    out = []
+    sums = []
+    for sl in (slice(0, nb), slice(nb, None)):
+        a, b = x[sl], xh[sl]
+        sums.append([_moment(a, a), _moment(b, b), _moment(a, b)])
+    for part in (None, 0, 1):
+        stats = []
+        for j in range(3):
+            if part is None:
+                acc = sums[0][j][0] + sums[1][j][0]
+                total = sums[0][j][1] + sums[1][j][1]
+            else:
+                acc, total = sums[part][j]
+            stats.append(np.asarray(acc.numpy() / total, dtype=np.float64))
+        out.append(tuple(stats))
+    return out
+
+
 def compress_sequential(
     model: nn.Module,
     families: Sequence[str],
@@ -227,6 +323,7 @@ def compress_sequential(
     *,
     fit: str = "residual",
     ridge: float | None = None,
+    refit: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, SequentialFit]:
@@ -242,10 +339,16 @@ def compress_sequential(
         Rank of every layer of every family.
     windows : torch.Tensor, shape=[N, T], int64
         Calibration token windows.
-    fit : {"residual", "update"}
+    fit : {"residual", "update", "refit"}
         See the module documentation.
     ridge : float, optional
-        Relative ridge for grassbundle (default :data:`grassbundle.refit.RIDGE`).
+        Relative ridge for grassbundle (default :data:`grassbundle.refit.RIDGE`);
+        not for ``"refit"``, whose ridge is in ``refit``.
+    refit : dict, optional
+        ``fit="refit"`` only (and needed there): ``factor`` (left, right,
+        both, sigma), ``target`` (output, local, joint), ``mix``, ``ridge``
+        (a float >= 0 or ``"auto"``) and ``gate`` (heldout, off), as
+        :class:`~llm_adapter.CompressionConfig` names them.
     batch_size : int
         Windows per forward pass.
     progress : bool
@@ -264,6 +367,8 @@ def compress_sequential(
 
     if fit not in FITS:
         raise AdapterError(f"unknown sequential fit {fit!r}; valid: {', '.join(FITS)}")
+    if (fit == "refit") != (refit is not None):
+        raise AdapterError("compress_sequential: give refit= options exactly when fit='refit'")
     r = RIDGE if ridge is None else float(ridge)
     layers = _layers(model)
     per_family = {f: family_modules(model, f) for f in families}
@@ -271,9 +376,26 @@ def compress_sequential(
     for f in families:
         if len(ranks[f]) != len(layers):
             raise AdapterError(f"{f}: {len(ranks[f])} ranks for {len(layers)} layers")
-    orig_batches = _block_inputs(model, layers, windows, batch_size)
+    split = refit is not None and (refit["ridge"] == "auto" or refit["gate"] == "heldout")
+    nb = 0  # batches of fitting windows; the rest are held out
+    if split:
+        N = int(windows.shape[0])
+        if N < 2:
+            raise AdapterError(
+                f"a refit with --ridge auto or --gate heldout holds out calibration windows; "
+                f"got {N} window: use --calib-samples >= 2, or a fixed --ridge with --gate off"
+            )
+        held = max(1, round(HOLDOUT * N))
+        orig_batches = _block_inputs(model, layers, windows[: N - held], batch_size)
+        nb = len(orig_batches)
+        orig_batches += _block_inputs(model, layers, windows[N - held :], batch_size)
+    else:
+        orig_batches = _block_inputs(model, layers, windows, batch_size)
     hat_batches = [(h.clone(), a, k) for h, a, k in orig_batches]
     out: dict[str, SequentialFit] = {f: SequentialFit([], [], [], [], [], []) for f in families}
+    if refit is not None:
+        for f in families:
+            out[f].refit_ridge, out[f].refit_kept = [], []
     bar = tqdm(range(len(layers)), desc="sequential fit", unit="block", disable=not progress)
     for i in bar:
         block = layers[i]
@@ -290,13 +412,22 @@ def compress_sequential(
             xhs, _ = _capture(block, mods_hat, hat_batches)
             for g, xh in zip(group, xhs, strict=True):
                 x = xs[families.index(g)]
-                C = _gram(x, x)
-                C_hat = _gram(xh, xh)
-                C_cross = _gram(x, xh)
                 old = per_family[g][i]
                 assert isinstance(old, nn.Linear)
                 W = old.weight.detach().to("cpu", torch.float64).numpy()
-                left, right = _fit_one(fit, W, C, C_hat, C_cross, int(ranks[g][i]), r)
+                if refit is None:
+                    C = _gram(x, x)
+                    C_hat = _gram(xh, xh)
+                    C_cross = _gram(x, xh)
+                    left, right = _fit_one(fit, W, C, C_hat, C_cross, int(ranks[g][i]), r)
+                else:
+                    parts = _split_stats(x, xh, nb) if split else [_split_stats(x, xh, 0)[0]]
+                    C, C_hat, C_cross = parts[0]
+                    left, right, rho, kept = _refit_one(W, parts, int(ranks[g][i]), refit)
+                    ridges, gates = out[g].refit_ridge, out[g].refit_kept
+                    assert ridges is not None and gates is not None
+                    ridges.append(rho)
+                    gates.append(kept)
                 errors = gb.reconstruction_errors(W, left @ right, C, C_hat=C_hat, C_cross=C_cross)
                 out[g].add(int(ranks[g][i]), errors)
                 new = LowRankLinear(
