@@ -95,6 +95,55 @@ def test_update_fit_solves_its_normal_equations() -> None:
     assert np.linalg.norm(grad) <= 1e-5 * np.linalg.norm(W @ Ch @ Z.T)
 
 
+def test_left_refit_for_the_original_output_solves_its_normal_equations() -> None:
+    """``--refit left`` (target ``W x``, ridge 0, no gate): ``(W C_x - A Z C_hat) Z^T = 0``.
+
+    ``C_x = E[x x_hat^T]`` and ``C_hat`` recaptured through whole-model hooks
+    on the original and the compressed model; tolerance as the update's.
+    """
+    base, windows, d = _model(), _windows(), 6
+    model = _model()
+    opts = {"factor": "left", "target": "output", "mix": 0.5, "ridge": 0.0, "gate": "off"}
+    fits = compress_sequential(model, [O], {O: [d] * 3}, windows, fit="refit", refit=opts)
+    assert fits[O].refit_kept == [True] * 3 and fits[O].refit_ridge == [0.0] * 3
+    name = family_module_names(base, O)[2]
+    x, xh = _inputs(base, name, windows), _inputs(model, name, windows)
+    Ch, Cx = xh.T @ xh / len(xh), x.T @ xh / len(x)
+    W = _dense(base, name)
+    mod = model.get_submodule(name)
+    A, Z = mod.left.detach().double().numpy(), mod.right.detach().double().numpy()
+    grad = (W @ Cx - A @ Z @ Ch) @ Z.T
+    assert np.linalg.norm(grad) <= 1e-5 * np.linalg.norm(W @ Cx @ Z.T)
+    # not the update's equations (target W x_hat): the check above can fail
+    other = (W - A @ Z) @ Ch @ Z.T
+    assert np.linalg.norm(other) > 1e-3 * np.linalg.norm(W @ Ch @ Z.T)
+
+
+def test_gated_refit_keeps_the_truncation_where_it_is_not_kept() -> None:
+    """With the gate, a map that did not keep its refit is SVD-LLM's truncation ``P_U W``.
+
+    ``U`` the top-``d`` eigenvectors of ``W C W^T`` (``eigh``), ``C`` from the
+    original model's inputs on every window; the chosen ridges are on the grid.
+    """
+    from llm_adapter.sequential import AUTO_RIDGES
+
+    base, windows, d = _model(), _windows(), 6
+    model = _model()
+    opts = {"factor": "both", "target": "output", "mix": 0.5, "ridge": "auto", "gate": "heldout"}
+    fits = compress_sequential(model, [O], {O: [d] * 3}, windows, fit="refit", refit=opts)
+    kept, ridges = fits[O].refit_kept, fits[O].refit_ridge
+    assert kept is not None and ridges is not None
+    assert len(kept) == 3 and set(ridges) <= set(AUTO_RIDGES)
+    for i, name in enumerate(family_module_names(base, O)):
+        x = _inputs(base, name, windows)
+        W = _dense(base, name)
+        _, V = np.linalg.eigh(W @ (x.T @ x / len(x)) @ W.T)
+        U = V[:, ::-1][:, :d]
+        dev = np.linalg.norm(_dense(model, name) - U @ (U.T @ W)) / np.linalg.norm(W)
+        if not kept[i]:
+            assert dev <= 1e-6, (i, dev)
+
+
 def test_every_family_is_replaced_and_per_layer_ranks_are_kept() -> None:
     model, windows = _model(), _windows()
     fams = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", O,
@@ -117,6 +166,7 @@ def test_every_family_is_replaced_and_per_layer_ranks_are_kept() -> None:
         ("svd-llm", {"update": True}),
         ("svd-llm", {"allocate": "sum"}),
         ("residual", {"allocate": "normalised"}),
+        ("svd-llm", {"refit": "sigma", "target": "joint", "mix": 0.25}),
     ],
 )
 def test_new_methods_save_reload_and_spend_the_budget(

@@ -294,9 +294,12 @@ def _moment(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[torch.Tensor,
 
 
 def _split_stats(
-    x: list[torch.Tensor], xh: list[torch.Tensor], nb: int
+    x: list[torch.Tensor], xh: list[torch.Tensor], nb: int | None
 ) -> list[tuple[NDArray[np.float64], ...]]:
-    """``(C, C_hat, C_cross)`` of all batches, of the first ``nb`` and of the rest."""
+    """``(C, C_hat, C_cross)`` of all batches; then, unless ``nb`` is None, of the first
+    ``nb`` and of the rest."""
+    if nb is None:
+        return [(_gram(x, x), _gram(xh, xh), _gram(x, xh))]
     out = []
     sums = []
     for sl in (slice(0, nb), slice(nb, None)):
@@ -421,7 +424,7 @@ def compress_sequential(
                     C_cross = _gram(x, xh)
                     left, right = _fit_one(fit, W, C, C_hat, C_cross, int(ranks[g][i]), r)
                 else:
-                    parts = _split_stats(x, xh, nb) if split else [_split_stats(x, xh, 0)[0]]
+                    parts = _split_stats(x, xh, nb if split else None)
                     C, C_hat, C_cross = parts[0]
                     left, right, rho, kept = _refit_one(W, parts, int(ranks[g][i]), refit)
                     ridges, gates = out[g].refit_ridge, out[g].refit_kept
