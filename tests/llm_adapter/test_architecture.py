@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("compress",),
     ("checkpoint",),
     ("export",),
+    ("deploy",),
     ("evaluate",),
     ("lmeval",),
     ("experiment",),

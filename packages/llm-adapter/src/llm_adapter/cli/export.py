@@ -1,4 +1,4 @@
-"""``llm-adapter export``: a compressed checkpoint as a plain dense one."""
+"""``llm-adapter export``: a compressed checkpoint as a plain dense one, or as ONNX."""
 
 from __future__ import annotations
 
@@ -19,10 +19,23 @@ def register(subparsers: Any) -> None:
         "export",
         "Multiply out the low-rank factors (W' = L R) and write a checkpoint "
         "that AutoModelForCausalLM.from_pretrained loads without llm-adapter: the original "
-        "model's size, the compressed model's outputs (to float tolerance).",
+        "model's size, the compressed model's outputs (to float tolerance). With --format "
+        "onnx: one ONNX file (input_ids -> logits) whose low-rank maps stay two MatMuls, "
+        "shared bases stored once, so it keeps the compressed size; runs with ONNX Runtime.",
     )
     add_model(p, "directory written by compress", metavar="CHECKPOINT")
-    p.add_argument("--out", required=True, metavar="DIR", help="the new directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the new directory (with --format onnx: a .onnx file)",
+    )
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "onnx"],
+        help="safetensors: dense checkpoint (default); onnx: factors kept, for ONNX Runtime",
+    )
     p.add_argument(
         "--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16, float64"
     )
@@ -61,9 +74,44 @@ def _verify(source: Path, out: Path) -> float:
     return float((a - b).abs().max())
 
 
+def _run_onnx(args: argparse.Namespace) -> int:
+    from ..deploy import export_onnx, onnx_initializer_bytes
+    from ..errors import AdapterError
+
+    if args.dtype != "auto":
+        raise AdapterError(
+            f"--dtype {args.dtype} does not apply to --format onnx (the ONNX file is float32); "
+            "leave --dtype out"
+        )
+    out = export_onnx(args.model, args.out, overwrite=args.overwrite)
+    print(f"ONNX export {out}")
+    stored = onnx_initializer_bytes(out)
+    print(f"  file: {out.stat().st_size:,} bytes; weights stored: {stored:,} bytes")
+    if args.verify:
+        import torch
+
+        from ..checkpoint import load
+        from ..deploy import onnx_logits
+
+        model: Any
+        model, _ = load(args.model, device="cpu")
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, int(model.config.vocab_size), (2, 32), generator=gen)
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits.float().numpy()
+        diff = float(abs(onnx_logits(out, ids) - ref).max())
+        print(
+            f"  max |logit difference| to the model (ONNX Runtime): {diff:.3g} "
+            f"(largest |logit| {float(abs(ref).max()):.3g})"
+        )
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     """The ``export`` subcommand."""
     source = args.model  # given once, positionally or as --model (checked by main)
+    if args.format == "onnx":
+        return _run_onnx(args)
     from ..checkpoint import clean_leftovers
     from ..export import checkpoint_summary, export_dense, format_summary
 
