@@ -124,7 +124,7 @@ def test_readme_has_the_sections() -> None:
 def test_two_commands_are_kept() -> None:
     # the two commands of the README are the project's contract
     text = README.read_text(encoding="utf-8")
-    assert "make demo   # set up, then compress the bundled model" in text
+    assert "make demo   # set up, then compress SmolLM2-135M-Instruct" in text
     assert "make test   # set up, then run ruff, mypy and the whole test suite" in text
 
 
