@@ -1,7 +1,7 @@
 """Refit variants of SVD-LLM on neox-mini: perplexity, paired intervals and time.
 
 All families of the 6-layer neox-mini at half their parameters (param ratio
-0.5), float32 weights (statistics in float64), 16 calibration windows of 128
+0.5, or ``--param-ratio``), float32 weights (statistics in float64), 16 calibration windows of 128
 tokens from WikiText-2 valid (seed 0; the refits hold out the last 4), 16
 evaluation windows of 128 tokens from WikiText-2 test.  Each variant is
 compared with unrefit SVD-LLM and with SVD-LLM's update by the paired
@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=16, help="evaluation windows")
     p.add_argument("--families", default="all", help="families to compress")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants")
+    p.add_argument("--param-ratio", type=float, default=0.5, help="fraction of parameters kept")
     p.add_argument("--out", type=Path, default=OUT, help="JSON lines output")
     args = p.parse_args()
     variants = {k: VARIANTS[k] for k in args.variants.split(",")}
@@ -57,12 +58,14 @@ def main() -> None:
     )  # fmt: skip
     text = (SHARED / "data" / "wikitext-2" / "wiki.test.tokens").read_text(encoding="utf-8")
     ids = tokenize_for_eval(tok, text[:200_000])[: args.eval_windows * 128]
+    dense = perplexity(model, input_ids=ids, seq_len=128, progress=False).perplexity
+    print(f"dense ppl {dense:.3f}", flush=True)
     rows = {}
     args.out.parent.mkdir(exist_ok=True)
     for name, kw in variants.items():
         m = copy.deepcopy(model)
         config = la.CompressionConfig(
-            method="svd-llm", families=args.families, param_ratio=0.5, **kw
+            method="svd-llm", families=args.families, param_ratio=args.param_ratio, **kw
         )
         t0 = time.process_time()  # CPU seconds: comparable on a shared machine
         report = la.compress_model(m, config, stats)
@@ -70,7 +73,8 @@ def main() -> None:
         ppl = perplexity(m, input_ids=ids, seq_len=128, progress=False)
         kept = [k for f in report.families.values() for k in (f.refit_kept or ())]
         row = {
-            "variant": name, "config": report.config, "cpu_seconds": seconds, "ppl": ppl.perplexity,
+            "variant": name, "dense_ppl": dense, "config": report.config,
+            "cpu_seconds": seconds, "ppl": ppl.perplexity,
             "ppl_window_nll": list(ppl.window_nll), "ppl_window_tokens": list(ppl.window_tokens),
             "params_kept": sum(f.params_kept for f in report.families.values()),
             "kept": sum(kept), "maps": len(kept),
