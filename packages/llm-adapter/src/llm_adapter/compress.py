@@ -39,6 +39,13 @@ as the uniform ranks (:func:`grassbundle.allocate_ranks`, over every layer of
 every compressed family); with ``bundle`` at the tied activation corner
 (``metric="activation"``, ``lam = 0``) it allocates one rank per tied group,
 minimising the corner's own objective (see :func:`layer_ranks`).
+The loss-aware allocations (``svd-llm`` without ``update``: ``"fisher"``,
+``"gradient"``, ``"sensitivity"``, ``"type"``) score SVD-LLM's components
+of every map by the calibration loss (:mod:`llm_adapter.scoring`), choose
+them under the uniform ranks' budget with
+:func:`grassbundle.select_components`, and leave a map dense where that is
+cheaper than its factors; ``select``, ``protect``, ``rank_floor`` and
+``max_deviation`` shape that choice (:doc:`/theory/selection`).
 
 Every output-side method writes ``W'_l = U_l (U_l^T W_l)``: factor ``U_l``
 (``m x d``, one ``nn.Parameter`` per tied group) and ``U_l^T W_l``
@@ -141,12 +148,12 @@ class CompressionConfig:
     update : bool, default False
         ``svd-llm`` only: SVD-LLM's second step (sequential least-squares
         update of the left factor); needs calibration windows.
-    allocate : {"none", "sum", "normalised", "fisher", "gradient", "type"}, default "none"
+    allocate : {"none", "sum", "normalised", "fisher", "gradient", "type", "sensitivity"}
         ``svd-llm`` and ``residual``: per-layer ranks under the uniform ranks'
         parameter budget; ``bundle`` (tied activation corner only): one rank
         per tied group under that budget.  The loss-aware allocations
         (``svd-llm`` without ``update``) choose components globally under
-        that budget and may keep maps dense (see :func:`compress_model`).
+        that budget and may keep maps dense (see the module docstring).
     select : {"rank", "components"}, default "rank"
         Loss-aware allocations: keep each map's top components at the chosen
         rank, or its highest-scoring components.
@@ -800,8 +807,9 @@ def _loss_aware_families(
     every family: SVD-LLM's components (:func:`llm_adapter.scoring.component_bases`)
     with the scores of ``config.allocate``, cost ``m + n`` per component and
     ``m n`` dense.  The budget is what the uniform ranks spend, over all
-    families at once (``fisher``, ``gradient``) or per family (``type``,
-    whose energies are compared within one kind of map only).  Each factored
+    families at once (``fisher``, ``gradient``, ``sensitivity``) or per
+    family (``type``, whose energies are compared within one kind of map
+    only).  Each factored
     map is written back as ``U_K (U_K^T W)``; dense maps stay ``nn.Linear``.
     """
     import grassbundle as gb
