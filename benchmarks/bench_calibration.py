@@ -110,6 +110,15 @@ def _naive(model: Any, families: str, windows: torch.Tensor, batch_size: int) ->
             h.remove()
 
 
+def publish(lines: list[str], out: str) -> None:
+    """Print a benchmark's table and write it, as printed, to ``out``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -172,11 +181,7 @@ def main(argv: list[str]) -> int:
         )
     lines.append("")
     lines.append("command: .venv/bin/python benchmarks/bench_calibration.py " + " ".join(argv))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 

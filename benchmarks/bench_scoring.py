@@ -34,7 +34,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_calibration import _best, _model  # noqa: E402
+from bench_calibration import _best, _model, publish  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -104,11 +104,7 @@ def main(argv: list[str]) -> int:
         "",
         "command: .venv/bin/python benchmarks/bench_scoring.py " + " ".join(argv),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -243,6 +243,20 @@ def test_one_point_sweep(tmp_path: Path) -> None:
     assert np.isfinite(row["ppl"])
 
 
+def _reloads_and_stays_near_dense(
+    model: Any, dense: Any, tokenizer: Any, report: Any, tmp_path: Path
+) -> None:
+    """Saved and reloaded with identical logits; perplexity finite and below 3x the dense one."""
+    out = save(model, tokenizer, report, tmp_path / "ck")
+    loaded, tok = load(out, device="cpu")
+    ids = torch.tensor([tokenizer("The tower is 324 metres tall.")["input_ids"]])
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+    text = read_wikitext(RAW_TEST)
+    ppl = perplexity(loaded, tok, text=text, seq_len=512, max_windows=2, progress=False)
+    ppl_dense = perplexity(dense, tokenizer, text=text, seq_len=512, max_windows=2, progress=False)
+    assert np.isfinite(ppl.perplexity) and ppl.perplexity < 3 * ppl_dense.perplexity
+
+
 NEWER = [
     {"method": "svd-llm", "update": True},
     {"method": "residual"},
@@ -267,14 +281,7 @@ def test_newer_methods_at_an_equal_budget(
     assert fam.params_kept > 0.45 * fam.params_dense
     if kw.get("allocate"):
         assert fam.ranks is not None and len(set(fam.ranks)) > 1  # the budget was reallocated
-    out = save(model, tokenizer, report, tmp_path / "ck")
-    loaded, tok = load(out, device="cpu")
-    ids = torch.tensor([tokenizer("The tower is 324 metres tall.")["input_ids"]])
-    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
-    text = read_wikitext(RAW_TEST)
-    ppl = perplexity(loaded, tok, text=text, seq_len=512, max_windows=2, progress=False)
-    ppl_dense = perplexity(dense, tokenizer, text=text, seq_len=512, max_windows=2, progress=False)
-    assert np.isfinite(ppl.perplexity) and ppl.perplexity < 3 * ppl_dense.perplexity
+    _reloads_and_stays_near_dense(model, dense, tokenizer, report, tmp_path)
 
 
 def test_loss_aware_allocation_with_grouped_query_maps(
@@ -312,11 +319,4 @@ def test_loss_aware_allocation_with_grouped_query_maps(
                 assert np.array_equal(module.weight.detach().double().numpy(), W[l])
             else:
                 assert r * (fam.m + fam.n) < fam.m * fam.n
-    out = save(model, tokenizer, report, tmp_path / "ck")
-    loaded, tok = load(out, device="cpu")
-    ids = torch.tensor([tokenizer("The tower is 324 metres tall.")["input_ids"]])
-    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
-    text = read_wikitext(RAW_TEST)
-    ppl = perplexity(loaded, tok, text=text, seq_len=512, max_windows=2, progress=False)
-    ppl_dense = perplexity(dense, tokenizer, text=text, seq_len=512, max_windows=2, progress=False)
-    assert np.isfinite(ppl.perplexity) and ppl.perplexity < 3 * ppl_dense.perplexity
+    _reloads_and_stays_near_dense(model, dense, tokenizer, report, tmp_path)
