@@ -361,7 +361,7 @@ def activation_basis(W: ArrayLike, C: ArrayLike) -> tuple[F64, F64]:
         k = min(R, sigma.size)
         mu[:k] = sigma[:k] ** 2
         if U.shape[1] < R:  # C singular: complete U with an orthonormal basis of the rest
-            Q, _ = np.linalg.qr(np.hstack([U, np.eye(m)[:, : R]]))
+            Q, _ = np.linalg.qr(np.hstack([U, np.eye(m)[:, :R]]))
             U = np.hstack([U, Q[:, U.shape[1] : R]])
         return mu, np.ascontiguousarray(U[:, :R])
     M = W64 @ C64 @ W64.T
