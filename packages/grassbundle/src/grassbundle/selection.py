@@ -48,9 +48,9 @@ smallest ``beta`` whose choice fits the budget, and a greedy *fill* then
 spends what is left (upgrades that fit, largest loss decrease first).  For
 every ``beta``, ``g(beta) = sum_u min_o (loss + beta cost) - beta B`` is a
 lower bound on the optimum (weak duality), reported as
-:attr:`Selection.lower_bound`; the gap to the achieved loss is at most one
-unit's step, and zero when the multiplier's choice spends the budget
-exactly.
+:attr:`Selection.lower_bound`, so ``loss - lower_bound`` bounds the
+distance to the optimum of every instance; the choice is optimal when the
+multiplier's choice spends the budget exactly (Everett).
 """
 
 from __future__ import annotations
