@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One BLAS and one torch thread while a module runs (restored after); modules ask
+    for it with ``pytest.mark.usefixtures("one_thread")``.
+
+    On shared cores, OpenBLAS and OpenMP threads that wait for a busy core spin:
+    a 192 x 192 fit then takes seconds instead of milliseconds.
+    """
+    import torch
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not a dependency: then only torch's threads are limited
+        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(limits=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import copy
 import io
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch
 from llm_adapter.cli import main
 from llm_adapter.evaluate import perplexity, tokenize_for_eval
 
-pytestmark = [pytest.mark.data]
+pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
 FAMILY = "attention.dense"
 L, M, N = 6, 192, 192  # neox-mini: 6 layers, attention.dense is 192 x 192
@@ -73,28 +72,6 @@ def _flags(kw: dict[str, Any]) -> list[str]:
     if "allocate" in kw:
         out += ["--allocate", kw["allocate"]]
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One BLAS and one torch thread while this module runs (restored after).
-
-    On shared cores, OpenBLAS and OpenMP threads that wait for a busy core spin:
-    a 192 x 192 fit then takes seconds instead of milliseconds.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # not a dependency: then only torch's threads are limited
-        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(limits=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ fitted, one held out) and ``attention.dense`` at rank ratio 0.25:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +28,12 @@ from llm_adapter.cli import main
 from llm_adapter.models import family_modules
 from llm_adapter.sequential import AUTO_RIDGES
 
-pytestmark = [pytest.mark.data]
+pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
 FAMILY = "attention.dense"
 L, M, N = 6, 192, 192  # neox-mini: 6 layers, attention.dense is 192 x 192
 D = 48  # --rank-ratio 0.25
 SAMPLES, CALIB_LEN = 4, 128
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One BLAS and one torch thread while this module runs (restored after)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        limits: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(limits=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
