@@ -351,3 +351,57 @@ def test_tied_allocation_over_groups(allocate: str, tmp_path: Path) -> None:
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(m(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def _skewed_model() -> torch.nn.Module:
+    """Layer 0's attention.dense full-rank with a flat spectrum and a large norm; the other
+    layers' of rank 2: activation energy wants layer 0 whole."""
+    model = _model(layers=4)
+    rng = np.random.default_rng(3)
+    with torch.no_grad():
+        for l, mod in enumerate(family_modules(model, "attention.dense")):
+            if l == 0:
+                Q, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+                W = 10.0 * Q
+            else:
+                W = 0.1 * rng.standard_normal((32, 2)) @ rng.standard_normal((2, 32))
+            mod.weight.copy_(torch.from_numpy(W))
+    return model
+
+
+@pytest.mark.parametrize("method", ["svd-llm", "residual"])
+@pytest.mark.parametrize("allocate", ["sum", "normalised"])
+def test_energy_allocation_keeps_maps_dense(method: str, allocate: str, tmp_path: Path) -> None:
+    """The energy allocations price ranks at m + n and a dense map at m n (32 x 32: the
+    break-even rank is 16): under the uniform ranks' budget (rank 8, 4 x 8 x 64 = 2048)
+    layer 0, whose flat spectrum holds almost all the energy, stays an nn.Linear with its
+    weights untouched and errors 0, the others keep their two components, the parameters
+    counted are the ones stored, within the budget, and the checkpoint reloads
+    bit-identically."""
+    from llm_adapter import load, save
+
+    fam_name = "attention.dense"
+    model = _skewed_model()
+    W0 = family_weights(model, fam_name)
+    stats = _stats(model, fam_name)
+    config = CompressionConfig(
+        method=method, allocate=allocate, rank_ratio=0.25, families=(fam_name,)
+    )
+    report = compress_model(model, config, stats, windows=stats.windows)
+    fam = report.families[fam_name]
+    assert fam.dense == [True, False, False, False]
+    assert fam.ranks is not None and fam.ranks[0] == 32 and min(fam.ranks[1:]) >= 2
+    mods = family_modules(model, fam_name)
+    assert type(mods[0]) is torch.nn.Linear
+    assert np.array_equal(mods[0].weight.detach().numpy(), W0[0])
+    assert all(isinstance(mod, LowRankLinear) for mod in mods[1:])
+    assert fam.frobenius_error[0] == 0.0
+    stored = sum(p.numel() for mod in mods for p in mod.parameters() if p.dim() == 2)
+    assert fam.params_kept == stored <= 4 * 8 * 64
+    if method == "svd-llm":  # the rank-2 layers are reproduced: errors at roundoff
+        assert max(fam.frobenius_fraction[1:]) < 1e-10
+    save(model, None, report, tmp_path / "ck")
+    loaded, _ = load(tmp_path / "ck", device="cpu")
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)

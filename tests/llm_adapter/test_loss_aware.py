@@ -1,7 +1,8 @@
 """Loss-aware allocation end to end on the shared trained GPT-NeoX (neox-mini).
 
-``svd-llm`` with ``--allocate fisher|gradient|type`` (``--select rank|components``,
-``--protect``, ``--rank-floor``, ``--max-deviation``): components chosen under the
+``svd-llm`` with ``--allocate fisher|gradient|type|sensitivity|sum|normalised``
+(``--select rank|components``, ``--protect``, ``--rank-floor``, ``--max-deviation``;
+``--update`` or ``--refit`` after the Fisher ranks): components chosen under the
 uniform ranks' parameter budget over all four families, maps allowed to stay
 dense.  Checked: the budget (the same parameter count as uniform SVD-LLM, within
 0.5%), break-even (no factored map stores as much as its dense form), dense
@@ -49,6 +50,9 @@ CASES: dict[str, dict[str, Any]] = {
     "type": {"allocate": "type"},
     "fisher-bounded": {"allocate": "fisher", "max_deviation": 0.2, "rank_floor": 0.1},
     "sensitivity": {"allocate": "sensitivity", "probe_windows": 1},
+    # the energy allocations of SVD-LLM's truncation select through the same path
+    "sum": {"allocate": "sum"},
+    "normalised": {"allocate": "normalised"},
 }
 
 
@@ -227,8 +231,11 @@ def test_cli_protect_keeps_first_and_last_layers_dense(
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--method", "residual", "--allocate", "fisher"], "--method svd-llm without --update"),
-        (["--method", "svd-llm", "--update", "--allocate", "fisher"], "without --update"),
+        (["--method", "residual", "--allocate", "fisher"], "use --method svd-llm"),
+        (
+            ["--method", "svd-llm", "--update", "--allocate", "fisher", "--select", "components"],
+            "--select rank",
+        ),
         (["--method", "svd-llm", "--select", "components"], "--allocate"),
         (["--method", "svd-llm", "--allocate", "sum", "--protect", "1"], "loss-aware"),
         (["--method", "svd-llm", "--allocate", "fisher", "--protect", "-1"], "--protect -1"),
@@ -288,3 +295,45 @@ def test_sensitivity_component_scores_interpolate_the_curve() -> None:
     np.testing.assert_allclose(s, [1.0, 1.0, 1.0, 1.0, 0.5, 0.5])
     tails = [s[r:].sum() for r in range(2, 7)]
     np.testing.assert_allclose(tails, [3.0, 2.0, 1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("step", [{"update": True}, {"refit": "left", "target": "local"}])
+def test_fisher_ranks_with_a_sequential_step(
+    setup: Any, runs: Any, step: dict[str, Any], tmp_path: Path
+) -> None:
+    """Fisher ranks followed by SVD-LLM's update (or the left refit): the same ranks and
+    dense maps as the Fisher selection alone, the dense maps untouched, the factored maps
+    moved off the plain truncation U U^T W by the update, the same parameter count, and a
+    checkpoint that reloads with identical logits."""
+    base_model, base = runs["fisher-rank"]
+    model = copy.deepcopy(setup["model"])
+    config = la.CompressionConfig(
+        method="svd-llm", param_ratio=RATIO, families="all", allocate="fisher", **step
+    )
+    report = la.compress_model(
+        model, config, setup["stats"], bases=setup["bases"], scores=setup["scores"]
+    )
+    moved = 0
+    for f, fr in report.families.items():
+        ref = base.families[f]
+        assert (fr.ranks or [fr.rank] * fr.layers) == (ref.ranks or [ref.rank] * ref.layers)
+        assert fr.dense == ref.dense
+        assert fr.params_kept == ref.params_kept
+        for l, (mod, plain) in enumerate(
+            zip(family_modules(model, f), family_modules(base_model, f), strict=True)
+        ):
+            if (fr.dense or [False] * fr.layers)[l]:
+                orig = family_modules(setup["model"], f)[l]
+                assert type(mod) is torch.nn.Linear
+                assert torch.equal(mod.weight, orig.weight)  # type: ignore[arg-type]
+                continue
+            assert isinstance(mod, LowRankLinear) and isinstance(plain, LowRankLinear)
+            a = (mod.left @ mod.right).detach().numpy()
+            b = (plain.left @ plain.right).detach().numpy()
+            moved += int(np.linalg.norm(a - b) > 1e-6 * np.linalg.norm(b))
+    assert moved > 0
+    la.save(model, setup["tok"], report, tmp_path / "ck")
+    back, _ = la.load(tmp_path / "ck", device="cpu", dtype="float64")
+    batch = setup["ids"][None, :64]
+    with torch.no_grad():
+        assert torch.equal(model(batch).logits, back(batch).logits)

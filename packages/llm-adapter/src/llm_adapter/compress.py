@@ -35,8 +35,9 @@ output error (:func:`grassbundle.constrained_refit`). ``allocate``
 (``svd-llm`` and ``residual``) replaces the uniform rank by per-layer ranks
 that minimise the summed activation truncation energy (``"sum"``) or the
 summed per-layer fractions (``"normalised"``) under the same parameter budget
-as the uniform ranks (:func:`grassbundle.allocate_ranks`, over every layer of
-every compressed family); with ``bundle`` at the tied activation corner
+as the uniform ranks (:func:`grassbundle.select_components`, over every layer
+of every compressed family, ``m + n`` per kept rank and ``m n`` for a map kept
+dense, which it may be); with ``bundle`` at the tied activation corner
 (``metric="activation"``, ``lam = 0``) it allocates one rank per tied group,
 minimising the corner's own objective (see :func:`layer_ranks`).
 The loss-aware allocations (``svd-llm`` without ``update``: ``"fisher"``,
@@ -82,6 +83,7 @@ from .lowrank import LowRankLinear
 from .methods import (
     DEFAULT_FAMILIES,
     DEFAULT_RANK_RATIO,
+    ENERGY_ALLOCATIONS,
     FLAGS,
     GRADIENT_ALLOCATIONS,
     LOSS_AWARE,
@@ -310,11 +312,12 @@ class FamilyReport:
         Per-layer ranks where they differ between layers (``allocate``); then
         ``rank`` is the largest.
     dense : list of bool or None
-        Layers left dense by a loss-aware allocation (their ``ranks`` entry is
-        ``min(m, n)`` and their errors are 0); None when every layer is factored.
-    refit_ridge : list of float or None
+        Layers left dense by an allocation (their ``ranks`` entry is ``min(m,
+        n)`` and their errors are 0); None when every layer is factored.
+    refit_ridge : list of (float or None) or None
         With ``refit``: per layer, the relative ridge of the refit (chosen on
-        held-out windows with ``ridge="auto"``); None without a refit.
+        held-out windows with ``ridge="auto"``; None for a layer left dense);
+        None without a refit.
     refit_kept : list of bool or None
         With ``refit``: per layer, whether the refit was kept (the gate);
         None without a refit.
@@ -341,7 +344,7 @@ class FamilyReport:
     seconds_write_back: float = 0.0
     ranks: list[int] | None = None
     dense: list[bool] | None = None
-    refit_ridge: list[float] | None = None
+    refit_ridge: list[float | None] | None = None
     refit_kept: list[bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -656,9 +659,13 @@ def layer_ranks(
 ) -> dict[str, list[int]]:
     """Per-layer ranks: uniform, or allocated under the uniform ranks' parameter budget.
 
-    The units of :func:`grassbundle.allocate_ranks` are the layers of every
-    family (cost ``m + n`` per rank, the spectrum of ``M_l = W_l C_l
-    W_l^T``), or for the bundle's tied activation corner the groups of
+    Untied, the units of :func:`grassbundle.select_components` (rank mode)
+    are the layers of every family: cost ``m + n`` per rank, the spectrum
+    of ``M_l = W_l C_l W_l^T`` as the components' energies (divided by its
+    trace for ``"normalised"``), and ``m n`` for a layer kept dense, whose
+    rank is then ``min(m, n)`` (the sequential fits leave such a layer as
+    it is).  For the bundle's tied activation corner the units of
+    :func:`grassbundle.allocate_ranks` are the groups of
     ``k`` consecutive layers (cost ``m + k n``, the spectrum of ``sum_{l in
     g} omega_l M_l`` with the bundle's ``omega_l = 1 / ||W_l||_F^2``, so
     that ``"sum"`` minimises the corner's own objective); all from
@@ -686,6 +693,8 @@ def layer_ranks(
     if config.allocate == "none":
         return {f: [ranks[f]] * shapes[f].shape[0] for f in families}
     tied = config.method == "bundle"
+    if not tied:
+        return _untied_energy_ranks(model, config, families, ranks, stats, shapes)
     spectra, costs, caps, owners = [], [], [], []
     budget = 0
     for f in families:
@@ -715,6 +724,41 @@ def layer_ranks(
     return out
 
 
+def _untied_energy_ranks(
+    model: nn.Module,
+    config: CompressionConfig,
+    families: Sequence[str],
+    ranks: dict[str, int],
+    stats: CalibrationStats,
+    shapes: dict[str, NDArray[np.float64]],
+) -> dict[str, list[int]]:
+    """Per-layer ranks by activation energy, maps allowed to stay dense (rank ``min(m, n)``)."""
+    import grassbundle as gb
+
+    scores, costs, dense, owners = [], [], [], []
+    budget = 0
+    for f in families:
+        W, C = shapes[f], stats.covariance(f)
+        L, m, n = W.shape
+        budget += L * ranks[f] * (m + n)
+        for l in range(L):
+            mu = gb.activation_spectrum(W[l], C[l])[: min(m, n)]  # descending, >= 0
+            if config.allocate == "normalised" and mu.sum() > 0:
+                mu = mu / mu.sum()
+            scores.append(mu)
+            costs.append(m + n)
+            dense.append(m * n)
+            owners.append((f, min(m, n)))
+    try:
+        sel = gb.select_components(scores, costs, budget, dense_costs=dense, mode="rank")
+    except ValueError as exc:
+        raise AdapterError(f"rank allocation failed: {exc}") from None
+    out: dict[str, list[int]] = {f: [] for f in families}
+    for (f, full), K in zip(owners, sel.kept, strict=True):
+        out[f].append(full if K is None else int(K.size))
+    return out
+
+
 def _per_layer_families(
     model: nn.Module,
     config: CompressionConfig,
@@ -726,8 +770,6 @@ def _per_layer_families(
 ) -> dict[str, FamilyReport]:
     """Factorisations with per-layer ranks: allocated (SVD-LLM's truncation per layer, or the
     bundle's tied corner per group) and/or sequential."""
-    from .sequential import compress_sequential
-
     per_layer = layer_ranks(model, config, families, ranks, stats)
     reports = {}
     if not config.sequential:  # one factorisation per family, at the allocated ranks
@@ -736,6 +778,21 @@ def _per_layer_families(
             fact = _factorise(config, f, W, C, None, ranks=per_layer[f])
             reports[f] = _report_of(f, fact, _write_back(model, f, fact))
         return reports
+    return _sequential_families(model, config, families, per_layer, windows, progress)
+
+
+def _sequential_families(
+    model: nn.Module,
+    config: CompressionConfig,
+    families: Sequence[str],
+    per_layer: dict[str, list[int]],
+    windows: torch.Tensor | None,
+    progress: bool,
+) -> dict[str, FamilyReport]:
+    """The sequential fits (residual, SVD-LLM's update, the refits) at the given per-layer
+    ranks, block by block; a layer of rank ``min(m, n)`` is left dense."""
+    from .sequential import compress_sequential
+
     assert windows is not None
     names = {f: family_module_names(model, f) for f in families}
     shapes = {}
@@ -752,12 +809,19 @@ def _per_layer_families(
     fits = compress_sequential(
         model, list(families), per_layer, windows, fit=fit, refit=refit, progress=progress,
     )  # fmt: skip
+    reports = {}
     for f in families:  # untied: every layer stores its own m x d_l and d_l x n factors
         L, m, n = shapes[f]
+        dense = [d >= min(m, n) for d in fits[f].ranks]  # left as they were
+        params = sum(m * n if k else d * (m + n) for d, k in zip(fits[f].ranks, dense, strict=True))
+        replaced = [name for name, k in zip(names[f], dense, strict=True) if not k]
         reports[f] = _family_report(
-            f, shapes[f], names[f], shared="left", groups=range(L), ranks=fits[f].ranks,
-            params_kept=sum(fits[f].ranks) * (m + n), errors=fits[f],
+            f, shapes[f], replaced, shared="left", groups=range(L), ranks=fits[f].ranks,
+            params_kept=params, errors=fits[f],
         )  # fmt: skip
+        if reports[f].ranks is None and len(set(fits[f].ranks)) == 1 and any(dense):
+            reports[f].ranks = list(fits[f].ranks)
+        reports[f].dense = dense if any(dense) else None
         reports[f].refit_ridge = fits[f].refit_ridge
         reports[f].refit_kept = fits[f].refit_kept
     return reports
@@ -786,7 +850,28 @@ def _unit_scores(
         return sensitivity_component_scores(
             sensitivity.losses[family][layer], sensitivity.ranks[family], R
         )
-    return bases.energies[family][layer]  # "type": SVD-LLM's truncation loss, within a family
+    energies = bases.energies[family][layer]
+    if config.allocate == "normalised":  # the unit's relative truncation energy
+        total = float(energies.sum())
+        return energies / total if total > 0 else energies
+    return energies  # "sum" and "type" (the latter compared within a family only)
+
+
+def selects_components(config: CompressionConfig) -> bool:
+    """Whether ``config``'s allocation runs through :func:`grassbundle.select_components`.
+
+    Every loss-aware allocation does, and the energy allocations (``"sum"``,
+    ``"normalised"``) of SVD-LLM's truncation without a sequential step: one
+    budget over every map, ``m + n`` per kept component, ``m n`` for a map
+    kept dense.
+    """
+    if config.allocate in LOSS_AWARE:
+        return True
+    return (
+        config.allocate in ENERGY_ALLOCATIONS
+        and config.method == "svd-llm"
+        and not config.sequential
+    )
 
 
 def _loss_aware_families(
@@ -811,6 +896,9 @@ def _loss_aware_families(
     family (``type``, whose energies are compared within one kind of map
     only).  Each factored
     map is written back as ``U_K (U_K^T W)``; dense maps stay ``nn.Linear``.
+    With a sequential step (``update`` or ``refit``, ``select="rank"``) the
+    selected ranks go to the sequential fits instead (SVD-LLM's truncation at
+    that rank, then the update or refit, block by block; dense maps untouched).
     """
     import grassbundle as gb
 
@@ -879,6 +967,13 @@ def _loss_aware_families(
             raise AdapterError(f"loss-aware allocation failed: {exc}") from None
         for i, K in zip(idx, sel.kept, strict=True):
             kept[plan[i]] = K
+    if config.sequential:  # rank mode: K is the prefix of SVD-LLM's components
+        per_layer = {
+            f: [min(weights[f].shape[1:]) if kept[(f, l)] is None else int(kept[(f, l)].size)  # type: ignore[union-attr]
+                for l in range(weights[f].shape[0])]
+            for f in families
+        }  # fmt: skip
+        return _sequential_families(model, config, families, per_layer, windows, progress)
     reports = {}
     for f in families:
         W = weights[f]
@@ -978,7 +1073,7 @@ def compress_model(
     reports: dict[str, FamilyReport] = {}
     t_fact = 0.0
     t_write = 0.0
-    if config.allocate in LOSS_AWARE:
+    if selects_components(config):
         assert stats is not None
         t0 = time.perf_counter()
         reports = _loss_aware_families(

@@ -29,6 +29,7 @@ __all__ = [
     "ALLOCATIONS",
     "DEFAULT_FAMILIES",
     "DEFAULT_RANK_RATIO",
+    "ENERGY_ALLOCATIONS",
     "FLAGS",
     "GATES",
     "GRADIENT_ALLOCATIONS",
@@ -61,6 +62,8 @@ ALLOCATIONS = ("none", "sum", "normalised", "fisher", "gradient", "type", "sensi
 LOSS_AWARE = ("fisher", "gradient", "type", "sensitivity")
 #: the allocations that need gradient scores (a backward pass per calibration window)
 GRADIENT_ALLOCATIONS = ("fisher", "gradient")
+#: the allocations by activation energy (summed over units, or relative per unit)
+ENERGY_ALLOCATIONS = ("sum", "normalised")
 #: how the loss-aware allocations use their scores
 SELECTIONS = ("rank", "components")
 #: the bundle's energies
@@ -293,8 +296,9 @@ PARAMS: dict[str, Param] = {
               "('off')", "refit gate", choices=GATES, optional=True),
         Param("allocate", str, "none", "svd-llm, residual, bundle (tied corner): per-layer "
               "(per-group) ranks under the same parameter budget, minimising the summed ('sum') "
-              "or per-unit relative ('normalised') activation energy ('none': one rank per "
-              "family); svd-llm only, loss-aware with maps allowed to stay dense: 'fisher' "
+              "or per-unit relative ('normalised') activation energy, maps allowed to stay "
+              "dense except in the tied corner ('none': one rank per family); svd-llm only, "
+              "loss-aware with maps allowed to stay dense: 'fisher' "
               "(per-window squared first-order loss changes), 'gradient' (absolute first-order "
               "loss changes), 'type' (activation energy compared within each family), "
               "'sensitivity' (calibration loss with each map alone truncated, ASVD-style)",
@@ -412,16 +416,17 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
             f"(got {spell.value('target', values['target'])})"
         )
     loss_aware = values["allocate"] in LOSS_AWARE
-    if loss_aware and refit:
-        raise AdapterError(
-            f"{spell.value('allocate', values['allocate'])} may keep maps dense and is not "
-            f"combined with a refit: drop {spell.name('refit')}, or use --allocate none, sum "
-            "or normalised"
-        )
-    if loss_aware and (method != "svd-llm" or values["update"]):
+    if loss_aware and method != "svd-llm":
         raise AdapterError(
             f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "
-            "truncation (maps may stay dense): use --method svd-llm without --update"
+            "truncation (maps may stay dense): use --method svd-llm"
+        )
+    if loss_aware and (refit or values["update"]) and values["select"] != "rank":
+        step = spell.name("refit") if refit else spell.name("update")
+        raise AdapterError(
+            f"{step} refits SVD-LLM's truncation at each map's rank, not a chosen set of "
+            f"components: use {spell.value('select', 'rank')} (got "
+            f"{spell.value('select', values['select'])})"
         )
     for key in ("select", "protect", "rank_floor", "max_deviation"):
         if not loss_aware and values[key] != PARAMS[key].default:

@@ -95,8 +95,9 @@ class SequentialFit:
         ``||W_l - W'_l||_F^2 / ||W_l||_F^2`` per layer.
     activation_fraction : list of float
         ``activation_error / activation_total`` per layer (0 where the total is 0).
-    refit_ridge : list of float or None
-        ``"refit"`` only: the relative ridge per layer (chosen or given).
+    refit_ridge : list of (float or None) or None
+        ``"refit"`` only: the relative ridge per layer (chosen or given; None
+        for a layer kept dense).
     refit_kept : list of bool or None
         ``"refit"`` only: whether the layer kept its refit (the gate).
 
@@ -111,7 +112,7 @@ class SequentialFit:
     output_total: list[float]
     frobenius_fraction: list[float] = field(default_factory=list)
     activation_fraction: list[float] = field(default_factory=list)
-    refit_ridge: list[float] | None = None
+    refit_ridge: list[float | None] | None = None
     refit_kept: list[bool] | None = None
 
     def add(self, rank: int, errors: ReconstructionErrors) -> None:
@@ -339,7 +340,8 @@ def compress_sequential(
     families : sequence of str
         Resolved family names (see :func:`llm_adapter.models.resolve_families`).
     ranks : dict of str to sequence of int
-        Rank of every layer of every family.
+        Rank of every layer of every family; a layer of rank ``min(m, n)`` or
+        more is left dense (its factors would cost more than the map).
     windows : torch.Tensor, shape=[N, T], int64
         Calibration token windows.
     fit : {"residual", "update", "refit"}
@@ -418,6 +420,19 @@ def compress_sequential(
                 old = per_family[g][i]
                 assert isinstance(old, nn.Linear)
                 W = old.weight.detach().to("cpu", torch.float64).numpy()
+                if int(ranks[g][i]) >= min(W.shape):  # kept dense: nothing to fit
+                    C = _gram(x, x)
+                    errors = gb.reconstruction_errors(
+                        W, W, C, C_hat=_gram(xh, xh), C_cross=_gram(x, xh)
+                    )
+                    out[g].add(int(ranks[g][i]), errors)
+                    if refit is not None:
+                        ridges, gates = out[g].refit_ridge, out[g].refit_kept
+                        assert ridges is not None and gates is not None
+                        ridges.append(None)
+                        gates.append(False)
+                    done.add(g)
+                    continue
                 if refit is None:
                     C = _gram(x, x)
                     C_hat = _gram(xh, xh)
