@@ -84,3 +84,29 @@ def test_report_headings_say_what_the_points_share(tmp_path: Path) -> None:
         for r in BUDGET
     ]  # fmt: skip
     assert "3 windows spread over the split (seed 4)" in _report(tmp_path / "c", spread)
+
+
+def test_report_pairs_against_further_references(tmp_path: Path) -> None:
+    """--against adds a table and paired_<slug>.csv per reference; the ratio is the
+    perplexity of the row over the reference's, exp of the mean NLL difference: the
+    residual row's NLLs are the update row's minus 0.1 per window (1 token each), so its
+    ratio against the update is exp(-0.1) = 0.905, and against itself there is no row."""
+    rows = [
+        _row("svd-llm", "model ratio 0.2", 0.75, 0.2),
+        _row("svd-llm", "model ratio 0.2", 0.75, 0.2, label="svd-llm +update",
+             ppl_window_nll=[2.9, 3.4, 2.4]),
+        _row("residual", "model ratio 0.2", 0.75, 0.2, ppl_window_nll=[2.8, 3.3, 2.3]),
+    ]  # fmt: skip
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = rp.write_report(tmp_path / "r.jsonl", tmp_path / "out", against=["svd-llm +update"])
+    csv = written["paired_svd_llm_update_csv"]
+    assert csv.name == "paired_svd_llm_update.csv"
+    text = csv.read_text()
+    assert "ppl / svd-llm +update" in text
+    residual = next(line for line in text.splitlines() if line.startswith("residual,"))
+    assert "0.9048" in residual  # exp(-0.1) = 0.904837
+    assert "Paired comparison with `svd-llm +update`" in written["table"].read_text()
+    # rewriting the same folder is allowed (the extra table is the report's own)
+    rp.write_report(tmp_path / "r.jsonl", tmp_path / "out", against=["svd-llm +update"])
+    with pytest.raises(Exception, match="names no method or label"):
+        rp.write_report(tmp_path / "r.jsonl", tmp_path / "out2", against=["nope"])

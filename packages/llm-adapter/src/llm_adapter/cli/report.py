@@ -25,6 +25,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--title", default=None, help="heading of results.md (default: the sweep's name)"
     )
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="also pair every row with this method or row label (e.g. 'svd-llm +update'); "
+        "repeatable; each writes paired_<label>.csv",
+    )
     p.set_defaults(func=run_cli)
     return p
 
@@ -39,7 +47,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     check_writable_dir(out, "--out")
 
-    written = write_report(args.results, args.out, title=args.title)
+    written = write_report(args.results, args.out, title=args.title, against=args.against)
     for name, path in written.items():
         print(f"{name:26s} {path}")
     return 0

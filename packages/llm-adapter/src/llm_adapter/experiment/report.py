@@ -432,8 +432,19 @@ def _allocation(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def against_slug(reference: str) -> str:
+    """The file-name part of the paired table against ``reference``: ``paired_<slug>.csv``."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", reference.lower()).strip("_") or "reference"
+
+
 def write_report(
-    results: str | Path | Sequence[str | Path], out_dir: str | Path, *, title: str | None = None
+    results: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    title: str | None = None,
+    against: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the Markdown table and the figures for one or more results files.
 
@@ -445,6 +456,11 @@ def write_report(
         Created if needed.
     title : str, optional
         Heading of ``results.md``.
+    against : sequence of str
+        Further reference methods (a method name or a row label, e.g.
+        ``"svd-llm +update"``): each gets its own paired table in
+        ``results.md`` and ``paired_<slug>.csv`` (:func:`against_slug`),
+        beside the one against SVD-LLM.
 
     Returns
     -------
@@ -466,6 +482,13 @@ def write_report(
                 )
     if not rows:
         raise AdapterError(f"no rows in {', '.join(map(str, files))}; run llm-adapter sweep first")
+    names = {str(r.get(k)) for r in rows for k in ("method", "label")}
+    for ref in against:
+        if ref not in names:
+            raise AdapterError(
+                f"reference {ref!r} names no method or label of the rows; give one of: "
+                + ", ".join(sorted(n for n in names if n != "None"))
+            )
     out = Path(out_dir)
     _check_report_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -539,6 +562,19 @@ def write_report(
             paired,
             "",
         ]
+    extra: dict[str, str] = {}
+    for ref in against:
+        table_ref = budget_markdown(rows, reference=ref)
+        if not table_ref:
+            continue
+        extra[ref] = budget_csv(rows, reference=ref)
+        lines += [
+            f"Paired comparison with `{ref}`, as above (ratios below 1: lower perplexity "
+            f"than `{ref}`):",
+            "",
+            table_ref,
+            "",
+        ]
     corr = rank_correlations(rows)
     if corr:
         lines += ["Rank correlations over the compressed points:", "", *corr, ""]
@@ -555,6 +591,10 @@ def write_report(
     if paired:
         written["paired_csv"] = out / "paired.csv"
         written["paired_csv"].write_text(budget_csv(rows))
+    for ref, text in extra.items():
+        key = f"paired_{against_slug(ref)}_csv"
+        written[key] = out / f"paired_{against_slug(ref)}.csv"
+        written[key].write_text(text)
     _record_report(out, written.values())
     return written
 
@@ -596,7 +636,8 @@ def _check_report_dir(out: Path) -> None:
             legacy = _REPORT_SENTENCE in (out / "results.md").read_text(encoding="utf-8")
         except (OSError, ValueError):
             legacy = False
-    for name in REPORT_FILES:
+    extra = sorted(p.name for p in out.glob("paired_*.csv"))
+    for name in (*REPORT_FILES, *extra):
         path = out / name
         if not path.exists() and not path.is_symlink():
             continue
