@@ -127,6 +127,24 @@ def test_flags_override_only_where_given_and_say_so() -> None:
     assert new["points"] == [{"method": "svd-llm"}, {"method": "bundle", "lam": [0.0, math.inf]}]
 
 
+def test_refit_flags_keep_their_words_and_name_the_point() -> None:
+    """--ridge takes 'auto' beside numbers; a bad value names --ridge, not another flag;
+    refit points are labelled by what differs from the defaults."""
+    config = {"model": "m", "points": [{"method": "svd"}]}
+    args = _args(methods="svd-llm", refit="left", target="local", ridge="auto,0.1")
+    new = sweep_cli.apply_overrides(config, args, io.StringIO())
+    assert new["points"] == [
+        {"method": "svd-llm", "refit": ["left"], "target": ["local"], "ridge": ["auto", 0.1]}
+    ]
+    with pytest.raises(AdapterError, match=r"^--ridge big is not a number"):
+        sweep_cli.apply_overrides(config, _args(methods="svd-llm", ridge="big"), io.StringIO())
+    labels = [sw.point_label(p) for p in sw.expand_points(new) if p.method != "dense"]
+    assert labels == [
+        "svd-llm refit=left target=local",
+        "svd-llm refit=left target=local ridge=0.1",
+    ]
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -59,6 +59,17 @@ def _convert(dest: str, conv: Any, value: Any) -> Any:
         raise AdapterError(f"{_flag(dest)} {value!r} is not valid: {exc}") from None
 
 
+def _grid_value(key: str, text: str) -> Any:
+    """One comma-separated value of a method parameter's flag: a word the parameter takes
+    (``--ridge auto``) as it is, else converted to the parameter's type."""
+    word = text.strip().lower()
+    if word in PARAMS[key].words:
+        return word
+    if PARAMS[key].kind is float:
+        return parse_float(text, key)
+    return _convert(key, _GRID_TYPES[PARAMS[key].kind], text)
+
+
 def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Copy of ``config`` with every flag that was given applied; each override is printed."""
     config = copy.deepcopy(config)
@@ -92,8 +103,7 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
             entry = METHOD_TABLE.get(method.strip())
             for k in entry.params if entry is not None else ():
                 if k in grid:
-                    conv = _GRID_TYPES[PARAMS[k].kind]
-                    table[k] = [_convert(k, conv, x) for x in str(grid[k]).split(",")]
+                    table[k] = [_grid_value(k, x) for x in str(grid[k]).split(",")]
             tables.append(table)
         if "points" in config:
             print(f"sweep: --method replaces the {len(config['points'])} point tables", file=log)

@@ -548,8 +548,12 @@ def point_label(point: SweepPoint) -> str:
             + (" +update" if p.get("update") else "")
             + (f" alloc={p['allocate']}" if p.get("allocate", "none") != "none" else "")
         )
+        if p.get("refit", "none") != "none":
+            text += f" refit={p['refit']}"
         for key, short in (("select", "select"), ("protect", "protect"),
-                           ("rank_floor", "floor"), ("max_deviation", "dev")):  # fmt: skip
+                           ("rank_floor", "floor"), ("max_deviation", "dev"),
+                           ("target", "target"), ("mix", "mix"), ("ridge", "ridge"),
+                           ("gate", "gate")):  # fmt: skip
             if key in p and p[key] != PARAMS[key].default:
                 value = p[key]
                 text += f" {short}={format_float(value) if isinstance(value, float) else value}"
