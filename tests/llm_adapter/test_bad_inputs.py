@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from llm_adapter.cli import main
-from llm_adapter.models import random_neox
+from llm_adapter.testing import random_neox
 
 
 def _tokenizer(model_dir: Path) -> None:

@@ -133,7 +133,7 @@ def test_flags_override_only_where_given_and_say_so() -> None:
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory: pytest.TempPathFactory, shared_model: Path) -> dict[str, Any]:
     """A random 3-layer GPT-NeoX with the shared tokenizer, and small text files."""
-    from llm_adapter.models import random_neox
+    from llm_adapter.testing import random_neox
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("sweep")

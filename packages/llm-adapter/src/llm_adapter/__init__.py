@@ -1,4 +1,4 @@
-"""llm-adapter: compress GPT-NeoX (Pythia) models with grassbundle.
+"""llm-adapter: compress GPT-NeoX and Llama-family causal language models with grassbundle.
 
 extract (weights, calibration statistics) -> call grassbundle -> write back
 (low-rank modules) -> save / reload -> evaluate.

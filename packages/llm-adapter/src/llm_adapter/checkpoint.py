@@ -64,10 +64,8 @@ from torch import nn
 from .errors import AdapterError
 from .files import (
     crash_point,
-    host_tag,
     leftover_kind,
     new_tag,
-    pid_alive,
     refuse,
     sha256_file,
 )
@@ -128,11 +126,6 @@ _KNOWN_FILES = frozenset(
     }
 )
 # ---------------------------------------------------------------- safe writes
-
-
-_host_tag = host_tag
-_new_tag = new_tag
-_pid_alive = pid_alive
 
 
 def clean_leftovers(out: str | os.PathLike[str]) -> list[str]:
@@ -298,7 +291,7 @@ def check_output_dir(
         raise AdapterError(
             f"{flag} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
         )
-    probe = ancestor / f".{target.name}.tmp-{_new_tag()}"
+    probe = ancestor / f".{target.name}.tmp-{new_tag()}"
     try:
         probe.mkdir()
         probe.rmdir()
@@ -333,7 +326,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def _swap_into_place(tmp: Path, out: Path, tag: str) -> None:
+def swap_into_place(tmp: Path, out: Path, tag: str) -> None:
     """Put the complete directory ``tmp`` at ``out``; a crash leaves the old or the new one."""
     if not out.exists():
         os.rename(tmp, out)
@@ -432,7 +425,7 @@ def save(
     tensors, aliases = _dedupe(model)
     check_finite(tensors, "the model to save")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = _new_tag()
+    tag = new_tag()
     tmp = out.parent / f".{out.name}.tmp-{tag}"
     tmp.mkdir()
     try:
@@ -481,8 +474,8 @@ def save(
             "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        _normal_permissions(tmp)
-        _swap_into_place(tmp, out, tag)
+        normal_permissions(tmp)
+        swap_into_place(tmp, out, tag)
         crash_point("save-done")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -490,7 +483,7 @@ def save(
     return out
 
 
-def _normal_permissions(root: Path) -> None:
+def normal_permissions(root: Path) -> None:
     """Give the files the usual umask-based modes (as a plain ``mkdir`` would)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -615,7 +608,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         a JSON object.
     """
     file = Path(path) / MANIFEST
-    _recover(Path(path))
+    recover(Path(path))
     if not Path(path).is_dir():
         raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
     if not file.is_file():
@@ -746,7 +739,7 @@ def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def _recover(root: Path) -> None:
+def recover(root: Path) -> None:
     """Put back a checkpoint that a write killed mid-replacement left aside (see
     :func:`clean_leftovers`), so that reading ``root`` finds it."""
     if not root.exists() and not root.is_symlink():
@@ -824,7 +817,7 @@ def load(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     root = Path(path).expanduser()
-    _recover(root)
+    recover(root)
     if root.is_file() or str(path).lower().endswith(".gguf"):
         return load_gguf(root, device=device, dtype=dtype, device_map=device_map)
     if not (root / MANIFEST).is_file():

@@ -163,7 +163,8 @@ def load_for_eval(name_or_path: str | Path, device: str = "auto") -> tuple[Any, 
 # --------------------------------------------------------------------------- text
 
 
-def _read_text_file(path: Path) -> str:
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file (optionally ``.bz2``/``.gz``), line ends normalised to ``\\n``."""
     opener: Any = open
     if path.suffix == ".bz2":
         opener = bz2.open
@@ -200,7 +201,7 @@ def read_wikitext(path: str | Path | None = None, *, split: str = "test") -> str
     str
     """
     if path is not None:
-        return _read_text_file(Path(path))
+        return read_text_file(Path(path))
     dataset = _load_hub_dataset(*HUB_WIKITEXT, split=split)
     return "\n\n".join(dataset["text"])
 
@@ -603,12 +604,14 @@ def hellaswag_jsonl(path: Path, text: str, limit: int | None) -> Iterator[dict[s
             return
 
 
-def _is_jsonl(path: Path) -> bool:
+def is_jsonl(path: Path) -> bool:
+    """Whether ``path`` names a JSON-lines file (``.jsonl``/``.json``, compressed or not)."""
     stem = [s for s in path.suffixes if s not in {".bz2", ".gz"}]
     return bool(stem) and stem[-1] in {".jsonl", ".json"}
 
 
-def _lines(text: str) -> list[str]:
+def split_lines(text: str) -> list[str]:
+    """The lines of ``text``, without the empty one after a final newline."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -646,8 +649,8 @@ def read_hellaswag(
                 break
         return items
     p = Path(path)
-    text = _read_text_file(p)
-    if _is_jsonl(p):
+    text = read_text_file(p)
+    if is_jsonl(p):
         items = []
         for doc in hellaswag_jsonl(p, text, limit):
             try:
@@ -657,7 +660,7 @@ def read_hellaswag(
                     f"{p}: HellaSwag record {len(items) + 1} is malformed ({exc!r})"
                 ) from None
         return items
-    lines = _lines(text)
+    lines = split_lines(text)
     if limit is not None:
         lines = lines[: 6 * limit]
     return [

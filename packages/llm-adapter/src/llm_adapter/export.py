@@ -40,14 +40,14 @@ from torch import nn
 
 from .checkpoint import (
     EXPORT_MANIFEST,
-    _normal_permissions,
-    _recover,
-    _swap_into_place,
     check_output_dir,
     clean_leftovers,
     crash_point,
     load,
+    normal_permissions,
     read_manifest,
+    recover,
+    swap_into_place,
 )
 from .errors import AdapterError
 from .files import new_tag
@@ -136,7 +136,7 @@ def export_dense(
         ``out_dir``; ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads it.
     """
     src = Path(source)
-    _recover(src)
+    recover(src)
     if not src.is_dir():
         raise AdapterError(f"checkpoint directory {str(source)!r} does not exist")
     if not (src / _COMPRESSION_MANIFEST).is_file() and not (src / "config.json").is_file():
@@ -179,8 +179,8 @@ def export_dense(
             "files": sorted([p.name for p in tmp.iterdir()] + [EXPORT_MANIFEST]),
         }
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        _normal_permissions(tmp)
-        _swap_into_place(tmp, out, tag)
+        normal_permissions(tmp)
+        swap_into_place(tmp, out, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

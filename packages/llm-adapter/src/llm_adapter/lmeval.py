@@ -45,11 +45,11 @@ from urllib.parse import urlparse
 
 from .errors import AdapterError
 from .evaluate import (
-    _is_jsonl,
-    _lines,
-    _read_text_file,
     hellaswag_jsonl,
     hellaswag_text_blocks,
+    is_jsonl,
+    read_text_file,
+    split_lines,
 )
 
 __all__ = [
@@ -160,11 +160,11 @@ def hellaswag_records(
         :func:`llm_adapter.evaluate.read_hellaswag`.
     """
     p = Path(path)
-    text = _read_text_file(p)
-    if _is_jsonl(p):
+    text = read_text_file(p)
+    if is_jsonl(p):
         return list(hellaswag_jsonl(p, text, limit))
     records: list[dict[str, Any]] = []
-    for context, label, endings in hellaswag_text_blocks(_lines(text), str(p)):
+    for context, label, endings in hellaswag_text_blocks(split_lines(text), str(p)):
         head, sep, ctx = context.partition(": ")
         if not sep:
             head, ctx = "", context
