@@ -21,7 +21,7 @@ from llm_adapter import (
     read_manifest,
     save,
 )
-from llm_adapter.checkpoint import main_file_tensor_bytes
+from llm_adapter.safetensors_file import main_file_tensor_bytes
 from llm_adapter.testing import random_neox
 
 IDS = torch.from_numpy(np.random.default_rng(7).integers(0, 128, size=(2, 24)))
@@ -173,7 +173,7 @@ def _dead_pid() -> int:
 def test_leftovers_of_a_dead_write_are_cleaned_and_others_kept(tmp_path: Path) -> None:
     import os
 
-    from llm_adapter.checkpoint import clean_leftovers
+    from llm_adapter.atomic import clean_leftovers
     from llm_adapter.files import host_tag
 
     host, dead = host_tag(), _dead_pid()
@@ -246,7 +246,7 @@ def test_plain_huggingface_dir_loads(tmp_path: Path) -> None:
     assert len(tokenizer) == 3
 
 
-def test_load_model_delegates_for_compressed_dirs(tmp_path: Path) -> None:
+def test_load_reads_compressed_dirs(tmp_path: Path) -> None:
     model, report = _compressed(method="svd")
     save(model, None, report, tmp_path / "ck")
     loaded, _ = llm_adapter.load(tmp_path / "ck", device="cpu")
@@ -479,7 +479,7 @@ def test_a_changed_weights_file_is_refused(saved: Path, tmp_path: Path) -> None:
     save_file(stored, str(root / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(AdapterError, match="does not match the sha256 its manifest records"):
         load(root, device="cpu")
-    from llm_adapter.checkpoint import verify
+    from llm_adapter.manifest import verify
 
     with pytest.raises(AdapterError, match="does not match the sha256 its manifest records"):
         verify(root)

@@ -38,20 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import (
-    EXPORT_MANIFEST,
-    check_output_dir,
-    clean_leftovers,
-    crash_point,
-    load,
-    normal_permissions,
-    read_manifest,
-    recover,
-    swap_into_place,
-)
+from .atomic import clean_leftovers, normal_permissions, recover, swap_into_place
+from .checkpoint import load
 from .errors import AdapterError
-from .files import new_tag
+from .files import crash_point, new_tag
 from .lowrank import LowRankLinear, count_unique_parameters
+from .manifest import EXPORT_MANIFEST, check_output_dir, read_manifest
 from .models import resolve_dtype, set_module
 
 __all__ = [

@@ -415,8 +415,8 @@ def load_pretrained(
 ) -> tuple[nn.Module, Any]:
     """Load a plain causal LM and its tokenizer from a local directory or a hub id.
 
-    Compressed checkpoints and GGUF files go through :func:`llm_adapter.load`
-    (also exported as :func:`llm_adapter.load_model`), the one loader.
+    Compressed checkpoints and GGUF files go through :func:`llm_adapter.load`,
+    the one loader.
 
     Parameters
     ----------

@@ -83,7 +83,7 @@ class ModelSource:
     Attributes
     ----------
     name : str
-        What :func:`llm_adapter.load_model` takes: a directory, a ``.gguf``
+        What :func:`llm_adapter.load` takes: a directory, a ``.gguf``
         file or a hub id.
     kind : str
         ``given``, ``local``, ``hub``, ``wheel`` or ``tiny``.
