@@ -51,11 +51,11 @@ FAMILY_SETS = {
 
 
 def _model(device: str) -> tuple[Any, str]:
-    from llm_adapter import load_model
-    from llm_adapter.models import random_model
+    from llm_adapter import load
+    from llm_adapter.testing import random_model
 
     if SMOLLM2.is_file():
-        model, _ = load_model(SMOLLM2, device=device, dtype="float32")
+        model, _ = load(SMOLLM2, device=device, dtype="float32")
         return model, "SmolLM2-135M-Instruct (Q4_1, dequantized), float32"
     model = random_model(
         "llama",

@@ -112,7 +112,7 @@ def worker(model_name: str, method: str, device: str, seed: int, threads: int) -
     text = WIKI_VALID.read_text(encoding="utf-8")
     t0 = time.perf_counter()
     if model_name == "neox-mini":
-        model, tokenizer = llm_adapter.load_model(NEOX_MINI, device=device)
+        model, tokenizer = llm_adapter.load(NEOX_MINI, device=device)
         load_seconds = time.perf_counter() - t0
         ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     else:

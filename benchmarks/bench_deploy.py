@@ -39,7 +39,7 @@ Models:
     its own shipped calibration windows.
 ``smollm2-135m``
     SmolLM2-135M-Instruct from ``../shared/models`` (Q4_1 GGUF, dequantized by
-    :func:`llm_adapter.load_model`), calibrated on WikiText-2 validation text;
+    :func:`llm_adapter.load`), calibrated on WikiText-2 validation text;
     without the file, ``smollm2-135m-shape``: a random Llama of the same shape
     (30 layers, hidden 576, GQA 9/3 heads, intermediate 1536, vocabulary
     49,152, tied embeddings) built from its config (timings only).
@@ -108,10 +108,10 @@ def load_dense(name: str) -> tuple[Any, Any, str, bool]:
     if name == "neox-tiny":
         from llm_adapter.assets import TINY_MODEL
 
-        model, tok = llm_adapter.load_model(TINY_MODEL, device="cpu")
+        model, tok = llm_adapter.load(TINY_MODEL, device="cpu")
         return model, tok, "neox-tiny", True
     if GGUF.is_file():
-        model, tok = llm_adapter.load_model(GGUF, device="cpu", dtype="float32")
+        model, tok = llm_adapter.load(GGUF, device="cpu", dtype="float32")
         return model, tok, "smollm2-135m", True
     from transformers import LlamaForCausalLM
 
@@ -183,7 +183,7 @@ def _sync(device: Any) -> None:
 def worker(path: str, device_name: str, args: argparse.Namespace) -> dict[str, Any]:
     import llm_adapter
     import torch
-    from llm_adapter.checkpoint import main_file_tensor_bytes
+    from llm_adapter.safetensors_file import main_file_tensor_bytes
 
     torch.manual_seed(args.seed)
     model, tok = llm_adapter.load(path, device=device_name)

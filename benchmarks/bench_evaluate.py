@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import llm_adapter
 import torch
 from llm_adapter import evaluate as ev
 
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
     windows = 64 if args.quick else 256
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    _, tokenizer = ev.load_for_eval(MODEL, device="cpu")
+    _, tokenizer = llm_adapter.load(MODEL, device="cpu")
     ids = ev.tokenize_for_eval(tokenizer, ev.read_wikitext(WIKI))
     all_items = ev.read_hellaswag(HELLASWAG)
     sample = all_items[:n_items]
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> int:
     full_rows = []
     for device in devices:
         for name, build in (
-            ("neox-mini (4.2M)", lambda: ev.load_for_eval(MODEL, device="cpu")[0]),
+            ("neox-mini (4.2M)", lambda: llm_adapter.load(MODEL, device="cpu")[0]),
             ("Pythia-70M shape, random", pythia70m_shaped),
         ):
             m = ev.prepare_for_eval(build(), device)

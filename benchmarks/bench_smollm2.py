@@ -4,7 +4,7 @@ Stages, each in a fresh subprocess so that its peak resident set
 (``ru_maxrss``) is its own:
 
 ``load (cold)``
-    :func:`llm_adapter.load_model` on the GGUF file with an empty cache
+    :func:`llm_adapter.load` on the GGUF file with an empty cache
     (``LLM_ADAPTER_CACHE`` pointed at a new temporary directory): read,
     dequantize, write the cache entry, load it.
 ``load (cached)``
@@ -64,14 +64,14 @@ def _peak_mb() -> float:
 def _child(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one stage in this process and return its figures."""
     import torch
-    from llm_adapter import CompressionConfig, compress_model, load_model
+    from llm_adapter import CompressionConfig, compress_model, load
     from llm_adapter.calibrate import calibrate
 
     if stage == "load":
         t0 = time.perf_counter()
-        load_model(GGUF, device="cpu", dtype="float32")
+        load(GGUF, device="cpu", dtype="float32")
         return {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb()}
-    model, tok = load_model(GGUF, device="cpu", dtype="float32")
+    model, tok = load(GGUF, device="cpu", dtype="float32")
     base_mb = _peak_mb()
     kw: dict[str, Any] = {
         "text_path": VALID,

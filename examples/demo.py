@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {src.note}")
     name = src.name
     tiny = Path(name) == TINY_MODEL
-    dense, tokenizer = llm_adapter.load_model(name, device=args.device)
+    dense, tokenizer = llm_adapter.load(name, device=args.device)
     family = get_arch(dense).aliases["attn.out"]
     if tiny:
         calib, held_out = shipped_windows()

@@ -37,11 +37,11 @@ shared = Path(os.environ.get("GRASSBUNDLE_SHARED", here.parent.parent / "shared"
 
 if (TINY_MODEL / "config.json").is_file():
     model_dir = TINY_MODEL
-    model, tokenizer = llm_adapter.load_model(model_dir, device="cpu")
+    model, tokenizer = llm_adapter.load(model_dir, device="cpu")
     windows = load_file(CALIBRATION_TOKENS)["input_ids"]
 else:  # the tiny model is not there (a development checkout): use the shared one
     model_dir = shared / "models" / "neox-mini"
-    model, tokenizer = llm_adapter.load_model(model_dir, device="cpu")
+    model, tokenizer = llm_adapter.load(model_dir, device="cpu")
     text = (shared / "data" / "wikitext-2" / "wiki.valid.tokens").read_text()[:200_000]
     ids = np.asarray(tokenizer(text)["input_ids"])
     starts = np.random.default_rng(0).choice(ids.size - 128, size=64, replace=False)

@@ -43,7 +43,7 @@ mini = shared / "models" / "neox-mini"
 rng = np.random.default_rng(0)
 if (mini / "config.json").is_file():
     model_dir = mini
-    model, tokenizer = llm_adapter.load_model(model_dir, device="cpu")
+    model, tokenizer = llm_adapter.load(model_dir, device="cpu")
     # 32 windows of 128 tokens from the WikiText-2 validation text
     text = (shared / "data" / "wikitext-2" / "wiki.valid.tokens").read_text()[:200_000]
     ids = np.asarray(tokenizer(text)["input_ids"])
@@ -51,7 +51,7 @@ if (mini / "config.json").is_file():
     windows = np.stack([ids[s : s + 128] for s in starts])
 else:
     model_dir = TINY_MODEL
-    model, tokenizer = llm_adapter.load_model(model_dir, device="cpu")
+    model, tokenizer = llm_adapter.load(model_dir, device="cpu")
     windows = load_file(CALIBRATION_TOKENS)["input_ids"][:32]
 print("model:", model_dir.name)
 stats = llm_adapter.calibrate(model, tokenizer, "attention.dense", token_windows=windows)

@@ -164,7 +164,7 @@ def test_clean_venv_install_imports_and_runs(
             str(py),
             "-c",
             "from llm_adapter.assets import TINY_MODEL; import llm_adapter; "
-            "m, t = llm_adapter.load_model(TINY_MODEL, device='cpu'); "
+            "m, t = llm_adapter.load(TINY_MODEL, device='cpu'); "
             "print(llm_adapter.count_unique_parameters(m), len(t))",
         ],
         cwd=root,

@@ -71,8 +71,8 @@ def accepted_targets(module: str, name: str) -> list[str]:
     """Fully qualified names under which ``module.name`` counts as documented.
 
     A re-exported function or class counts as documented under the public
-    name (``llm_adapter.load_model``) and under its defining module's name
-    (``llm_adapter.models.load_model``); a function of
+    name (``llm_adapter.load``) and under its defining module's name
+    (``llm_adapter.checkpoint.load``); a function of
     ``grassbundle.theorems`` that the package re-exports also counts under
     ``grassbundle.f``.
     """
@@ -80,7 +80,7 @@ def accepted_targets(module: str, name: str) -> list[str]:
     obj = getattr(importlib.import_module(module), name)
     home = getattr(obj, "__module__", None)
     if home and (inspect.isfunction(obj) or inspect.isclass(obj)):
-        # documented under its defining module (``llm_adapter.models.load_model``)
+        # documented under its defining module (``llm_adapter.checkpoint.load``)
         targets.append(f"{home}.{obj.__qualname__}")
     if "." in module:
         top = importlib.import_module(module.split(".")[0])

@@ -388,11 +388,3 @@ def test_phase_diagram_validates(prob):
         gb.phase_diagram(prob, [0.0], [0])
     with pytest.raises(ValueError, match="return_bases"):
         gb.phase_diagram(prob, [0.0], [1]).section(prob, 1, 0.0)
-
-
-def test_basis_sharing_core_is_a_deprecated_alias():
-    W, _ = family(3, 8, 6, np.random.default_rng(7))
-    p = BundleProblem(W, rank=2)
-    with pytest.warns(DeprecationWarning, match="use grassbundle.shared_output_basis"):
-        old = gb.basis_sharing_core(p, 2)
-    np.testing.assert_array_equal(old.bases, gb.shared_output_basis(p, 2).bases)

@@ -71,7 +71,7 @@ def test_block_coordinate_raises_on_an_increasing_step(prob, monkeypatch):
         _, V = np.linalg.eigh(F @ F.T)
         return V[:, :d]
 
-    monkeypatch.setattr(cmod, "_top_eigenspace_factor", worst)
+    monkeypatch.setattr(cmod, "top_eigenspace_factor", worst)
     with pytest.raises(RuntimeError, match="raised the energy"):
         gb.solve_coupled(prob, 0.5, 1.0)
 

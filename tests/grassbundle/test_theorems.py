@@ -409,7 +409,7 @@ def _mutate_shared_output_basis_from_N(monkeypatch) -> None:
         groups = bundle_mod._group_layers(problem.L, k)
         bases = np.stack(
             [
-                bundle_mod._top_eigenspace_factor(
+                bundle_mod.top_eigenspace_factor(
                     np.concatenate([problem.W[l] for l in g], axis=1), problem.rank
                 )
                 for g in groups

@@ -43,7 +43,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Keys: ``model`` (the checkpoint directory), ``text`` (40 lines of 30 words
     of its vocabulary) and ``root`` (their folder), one per test module.
     """
-    from llm_adapter.models import random_neox
+    from llm_adapter.testing import random_neox
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -5,6 +5,12 @@ before it.  Function-level (lazy) imports count as much as top-level ones;
 imports under ``if TYPE_CHECKING:`` do not (they never run).  The experiment
 layer uses only the library's public names; the command line is the
 outermost shell over both.
+
+In both packages (grassbundle and llm_adapter) a name with a leading
+underscore is private to its module: no module imports one from another.  A
+module whose own name has a leading underscore (``grassbundle._validate``) is
+private to its package: modules of that package import it as a module
+(``from . import _validate``), nothing outside it does.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import grassbundle
 import llm_adapter
 import pytest
 
@@ -33,11 +40,16 @@ LAYERS: list[tuple[str, ...]] = [
     ("scoring",),
     ("sequential",),
     ("compress",),
+    ("atomic",),
+    ("safetensors_file",),
+    ("manifest",),
     ("checkpoint",),
     ("export",),
     ("deploy",),
     ("evaluate",),
     ("lmeval",),
+    ("eval_tasks",),
+    ("testing",),
     ("experiment",),
     ("experiment.paired",),
     ("experiment.budgets",),
@@ -190,3 +202,118 @@ def test_the_checker_catches_what_it_must(source: str, module: str, fragment: st
 def test_type_checking_imports_are_not_counted() -> None:
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .cli import main\n"
     assert violations(source, "models") == []
+
+
+# -- no private name imported across modules (both packages) ----------------------------
+
+PACKAGES = {"grassbundle": Path(grassbundle.__file__).parent, "llm_adapter": ROOT}
+
+
+def _dotted(path: Path) -> str:
+    """``llm_adapter/cli/compress.py`` -> ``llm_adapter.cli.compress`` (a package: its name)."""
+    for top, root in PACKAGES.items():
+        if path.is_relative_to(root):
+            parts = [top, *path.relative_to(root).with_suffix("").parts]
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    raise ValueError(path)
+
+
+def _is_module(dotted: str) -> bool:
+    top, *rest = dotted.split(".")
+    if top not in PACKAGES:
+        return False
+    where = PACKAGES[top].joinpath(*rest)
+    return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
+
+
+def private_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """Every import in ``module`` (dotted, e.g. ``grassbundle.means``) of a private name.
+
+    Private: a name with a leading underscore imported from another module, or
+    a ``_``-prefixed module imported from outside its package.
+    """
+    here = module.split(".")
+    base = here if is_package else here[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[: len(base) - (node.level - 1)]
+                target = ".".join([*anchor, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            if target.split(".")[0] not in PACKAGES:
+                continue
+            for alias in node.names:
+                name = alias.name
+                if _is_module(f"{target}.{name}"):  # a submodule: the module rule below
+                    dotted = f"{target}.{name}"
+                    found += _private_module(dotted, module, node.lineno)
+                    continue
+                found += _private_module(target, module, node.lineno)
+                if name.startswith("_") and not name.startswith("__"):
+                    found.append(f"{module}:{node.lineno} imports private {name} from {target}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in PACKAGES:
+                    found += _private_module(alias.name, module, node.lineno)
+    return found
+
+
+def _private_module(target: str, module: str, line: int) -> list[str]:
+    """A ``_``-prefixed module in ``target`` that ``module`` is outside the package of."""
+    parts = target.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            package = ".".join(parts[:i])
+            if module != package and not module.startswith(f"{package}."):
+                return [f"{module}:{line} imports {target}, private to {package}"]
+    return []
+
+
+def _package_modules() -> list[Path]:
+    return sorted(
+        p
+        for root in PACKAGES.values()
+        for p in root.rglob("*.py")
+        if "assets" not in p.relative_to(root).parts[:-1]
+    )
+
+
+@pytest.mark.parametrize("path", _package_modules(), ids=lambda p: _dotted(p))
+def test_no_private_name_is_imported_across_modules(path: Path) -> None:
+    found = private_imports(path.read_text(), _dotted(path), path.name == "__init__.py")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "fragment"),
+    [
+        ("from .evaluate import _tokenize\n", "llm_adapter.lmeval", "private _tokenize"),
+        ("from .angles import _principal_frames\n", "grassbundle.means", "private"),
+        ("from ..checkpoint import load, _recover\n", "llm_adapter.cli.export", "_recover"),
+        ("from grassbundle.bundle import _check_k\n", "llm_adapter.compress", "_check_k"),
+        ("from grassbundle import _validate\n", "llm_adapter.compress", "private to grassbundle"),
+        ("import grassbundle._checks\n", "llm_adapter.compress", "private to grassbundle"),
+        ("from grassbundle._validate import finite\n", "llm_adapter.data", "private to"),
+    ],
+)
+def test_the_private_import_checker_catches_what_it_must(
+    source: str, module: str, fragment: str
+) -> None:
+    found = private_imports(source, module)
+    assert any(fragment in f for f in found), found
+
+
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from . import _validate\n", "grassbundle.bundle"),
+        ("from ._validate import finite\n", "grassbundle.bundle"),
+        ("from .bundle import check_k as _check_k\n", "grassbundle.coupling"),
+        ("from __future__ import annotations\n", "grassbundle.bundle"),
+        ("from .models import layer_list\n", "llm_adapter.calibrate"),
+    ],
+)
+def test_the_private_import_checker_allows_the_rule(source: str, module: str) -> None:
+    assert private_imports(source, module) == []

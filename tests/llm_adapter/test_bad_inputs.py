@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from llm_adapter.cli import main
-from llm_adapter.models import random_neox
+from llm_adapter.testing import random_neox
 
 
 def _tokenizer(model_dir: Path) -> None:
@@ -592,15 +592,13 @@ def test_bad_input(
     monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
     if before_load:
         import llm_adapter.checkpoint
-        import llm_adapter.evaluate
         import llm_adapter.export
 
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise _Loaded("the model was loaded")
 
-        # the one loader, and evaluate's and export's references to it
+        # the one loader, and export's reference to it
         monkeypatch.setattr(llm_adapter.checkpoint, "load", refuse)
-        monkeypatch.setattr(llm_adapter.evaluate, "load", refuse)
         monkeypatch.setattr(llm_adapter.export, "load", refuse)
     before = _tree(files["root"])
     capsys.readouterr()

@@ -10,7 +10,7 @@ import torch
 from llm_adapter import AdapterError
 from llm_adapter.calibrate import calibrate
 from llm_adapter.data import sample_windows, tokenize_text
-from llm_adapter.models import random_model, random_neox
+from llm_adapter.testing import random_model, random_neox
 
 FEW_TOKENS = "ignore:.*calibration tokens are fewer:UserWarning"
 

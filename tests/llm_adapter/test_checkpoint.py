@@ -21,8 +21,8 @@ from llm_adapter import (
     read_manifest,
     save,
 )
-from llm_adapter.checkpoint import main_file_tensor_bytes
-from llm_adapter.models import random_neox
+from llm_adapter.safetensors_file import main_file_tensor_bytes
+from llm_adapter.testing import random_neox
 
 IDS = torch.from_numpy(np.random.default_rng(7).integers(0, 128, size=(2, 24)))
 
@@ -173,9 +173,10 @@ def _dead_pid() -> int:
 def test_leftovers_of_a_dead_write_are_cleaned_and_others_kept(tmp_path: Path) -> None:
     import os
 
-    from llm_adapter.checkpoint import _host_tag, clean_leftovers
+    from llm_adapter.atomic import clean_leftovers
+    from llm_adapter.files import host_tag
 
-    host, dead = _host_tag(), _dead_pid()
+    host, dead = host_tag(), _dead_pid()
     made = {
         "dead_tmp": f".ck.tmp-{host}-{dead}-0123abcd",
         "live_tmp": f".ck.tmp-{host}-{os.getpid()}-0123abcd",  # a live writer's
@@ -245,10 +246,10 @@ def test_plain_huggingface_dir_loads(tmp_path: Path) -> None:
     assert len(tokenizer) == 3
 
 
-def test_load_model_delegates_for_compressed_dirs(tmp_path: Path) -> None:
+def test_load_reads_compressed_dirs(tmp_path: Path) -> None:
     model, report = _compressed(method="svd")
     save(model, None, report, tmp_path / "ck")
-    loaded, _ = llm_adapter.load_model(tmp_path / "ck", device="cpu")
+    loaded, _ = llm_adapter.load(tmp_path / "ck", device="cpu")
     assert torch.equal(_logits(loaded), _logits(model))
 
 
@@ -478,7 +479,7 @@ def test_a_changed_weights_file_is_refused(saved: Path, tmp_path: Path) -> None:
     save_file(stored, str(root / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(AdapterError, match="does not match the sha256 its manifest records"):
         load(root, device="cpu")
-    from llm_adapter.checkpoint import verify
+    from llm_adapter.manifest import verify
 
     with pytest.raises(AdapterError, match="does not match the sha256 its manifest records"):
         verify(root)

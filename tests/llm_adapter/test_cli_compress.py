@@ -49,7 +49,7 @@ def test_layerwise_cli_matches_in_memory(tiny: dict[str, Path], tmp_path: Path) 
     out = tmp_path / "ck"
     assert main(_args(tiny, out, "--method", "svd-llm", "--layerwise", "--json")) == 0
     manifest = json.loads((out / "compression.json").read_text())
-    model, tok = la.load_model(tiny["model"], device="cpu")
+    model, tok = la.load(tiny["model"], device="cpu")
     stats = la.calibrate(
         model, tok, "attention.dense", text_path=tiny["text"], samples=4, seq_len=64
     )
@@ -146,7 +146,7 @@ def test_logits_of_saved_model_match_in_memory(tiny: dict[str, Path], tmp_path: 
 
     out = tmp_path / "ck"
     assert main(_args(tiny, out, "--method", "basis-sharing", "--group-size", "2")) == 0
-    model, tok = la.load_model(tiny["model"], device="cpu")
+    model, tok = la.load(tiny["model"], device="cpu")
     stats = la.calibrate(
         model, tok, "attention.dense", text_path=tiny["text"], samples=4, seq_len=64
     )

@@ -20,7 +20,7 @@ from llm_adapter import (
     family_weights,
     rank_for,
 )
-from llm_adapter.models import random_neox
+from llm_adapter.testing import random_neox
 
 
 def _model(dtype: torch.dtype = torch.float64, layers: int = 4) -> torch.nn.Module:

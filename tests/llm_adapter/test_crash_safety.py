@@ -2,7 +2,7 @@
 nothing behind.
 
 The killed run is a real process that sends itself SIGKILL at a named point
-(``LLM_ADAPTER_CRASH_AT``, see :func:`llm_adapter.checkpoint.crash_point`): no
+(``LLM_ADAPTER_CRASH_AT``, see :func:`llm_adapter.files.crash_point`): no
 cleanup code of its own runs.  The rerun happens in this process.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from llm_adapter import read_manifest
-from llm_adapter.checkpoint import clean_leftovers
+from llm_adapter.atomic import clean_leftovers
 from llm_adapter.cli import main
 from llm_adapter.experiment import sweep as sw
 

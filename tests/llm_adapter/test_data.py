@@ -18,7 +18,7 @@ from llm_adapter.data import (
     resolve_detokenize,
     text_variant,
 )
-from llm_adapter.models import random_neox
+from llm_adapter.testing import random_neox
 
 
 @pytest.mark.parametrize(

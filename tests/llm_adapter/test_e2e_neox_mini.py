@@ -15,7 +15,7 @@ import llm_adapter as la
 import numpy as np
 import pytest
 import torch
-from llm_adapter.checkpoint import main_file_tensor_bytes
+from llm_adapter.safetensors_file import main_file_tensor_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
@@ -31,7 +31,7 @@ METHODS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def setup(shared_model: Path, shared_data: Path) -> dict[str, Any]:
-    model, tok = la.load_model(shared_model, device="cpu", dtype="float64")
+    model, tok = la.load(shared_model, device="cpu", dtype="float64")
     stats = la.calibrate(
         model,
         tok,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import llm_adapter
 import pytest
 import torch
 from llm_adapter import AdapterError
@@ -36,7 +37,7 @@ def tiny_random_model(seed: int = 0, vocab: int = 4096, positions: int = 256) ->
 
 @pytest.fixture(scope="module")
 def mini(shared_model: Path) -> tuple[Any, Any]:
-    model, tokenizer = ev.load_for_eval(shared_model, device="cpu")
+    model, tokenizer = llm_adapter.load(shared_model, device="cpu")
     return ev.prepare_for_eval(model, "cpu"), tokenizer
 
 

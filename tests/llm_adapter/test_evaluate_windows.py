@@ -99,10 +99,10 @@ def test_bad_window_settings_are_one_line_errors(ids: torch.Tensor) -> None:
 
 
 def test_evaluate_model_records_the_windows(ids: torch.Tensor) -> None:
-    out = ev.evaluate_model(
-        _model(), None, wikitext_ids=ids, seq_len=SEQ, max_windows=5, windows="spread",
-        window_seed=7, per_item=True, progress=False,
-    )  # fmt: skip
+    task = ev.PerplexityTask(
+        input_ids=ids, seq_len=SEQ, max_windows=5, windows="spread", window_seed=7
+    )
+    out = ev.evaluate_model(_model(), None, [task], per_item=True, progress=False)
     chosen = np.sort(np.random.default_rng(7).choice(N_ALL, size=5, replace=False))
     starts = [int(i) * SEQ for i in chosen]
     assert out["ppl_window_starts"] == starts
@@ -125,3 +125,25 @@ def test_cli_rejects_spread_with_stride_before_loading(
     assert len(err.splitlines()) == 1
     assert main([*argv[:4], "--window-seed", "-2"]) == 2
     assert "--window-seed must be >= 0" in capsys.readouterr().err
+
+
+def test_evaluation_tasks_are_one_registry(ids: torch.Tensor) -> None:
+    """Perplexity, HellaSwag and the harness are entries of one registry, run by one call."""
+    from llm_adapter.eval_tasks import EVAL_TASKS, make_task
+    from llm_adapter.lmeval import HarnessTask
+
+    assert EVAL_TASKS == {
+        "wikitext": ev.PerplexityTask,
+        "hellaswag": ev.HellaSwagTask,
+        "lm_eval": HarnessTask,
+    }
+    task = make_task("wikitext", input_ids=ids, seq_len=SEQ, max_windows=3)
+    assert isinstance(task, ev.PerplexityTask) and task.max_windows == 3
+    model = _model()
+    out = ev.evaluate_model(model, None, [task, task], progress=False)
+    direct = ev.perplexity(model, input_ids=ids, seq_len=SEQ, max_windows=3, progress=False)
+    assert out["ppl"] == direct.perplexity and out["ppl_windows"] == 3
+    assert "ppl_window_nll" not in out  # per_item off
+    assert ev.evaluate_model(model, None, [], progress=False) == {}
+    with pytest.raises(AdapterError, match="no evaluation task 'mmlu'; registered: hellaswag"):
+        make_task("mmlu")

@@ -27,7 +27,7 @@ from llm_adapter.export import (
     safetensors_parameters,
 )
 from llm_adapter.lowrank import LowRankLinear
-from llm_adapter.models import random_neox
+from llm_adapter.testing import random_neox
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -192,7 +192,7 @@ def test_cli_export_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_llama_with_tied_embeddings_exports_tied(tmp_path: Path) -> None:
     """A Llama-layout model (SmolLM2's: GQA, SwiGLU, tied head) exports to plain Llama."""
-    from llm_adapter.models import random_model
+    from llm_adapter.testing import random_model
 
     model = random_model("llama", num_hidden_layers=2, seed=3, tie_word_embeddings=True)
     report = _compress(model, rank_ratio=0.25)

@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from llm_adapter import AdapterError, dequantize_gguf, gguf_cache, load_model
+from llm_adapter import AdapterError, dequantize_gguf, gguf_cache, load
 from llm_adapter.gguf_cache import CACHE_ENV, MARKER, cache_root, is_gguf_file
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 96
@@ -174,7 +174,7 @@ def test_cache_root_follows_the_environment(
 def test_gguf_loads_with_the_exact_weights_tokenizer_and_ties(
     source: Any, gguf_file: Path, cache: Path
 ) -> None:
-    model, tokenizer = load_model(gguf_file, device="cpu")
+    model, tokenizer = load(gguf_file, device="cpu")
     assert model.config.model_type == "llama"
     assert not hasattr(model.config, "quantization_config")
     assert model.config._name_or_path == str(gguf_file)
@@ -211,7 +211,7 @@ def test_second_load_uses_the_cache(
     copy = gguf_file.with_name("renamed.gguf")
     copy.write_bytes(gguf_file.read_bytes())
     assert dequantize_gguf(copy) == first
-    model, _ = load_model(copy, device="cpu")
+    model, _ = load(copy, device="cpu")
     assert len(calls) == 1
     assert model.config._name_or_path == str(copy)
 
@@ -238,7 +238,7 @@ def test_damaged_entry_is_rebuilt(
         (entry / "tokenizer.json").unlink()
     assert dequantize_gguf(gguf_file) == entry
     assert len(calls) == 2
-    model, _ = load_model(gguf_file, device="cpu")
+    model, _ = load(gguf_file, device="cpu")
     assert len(calls) == 2  # the rebuilt entry is sound and now used
     for key, ref in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], ref), key
@@ -250,7 +250,7 @@ def test_unsupported_architecture_fails_in_one_line_before_dequantizing(
     calls = _count_builds(monkeypatch)
     bad = write_gguf(source, tmp_path / "odd.gguf", arch="notanarch")
     with pytest.raises(AdapterError, match=r"cannot read the GGUF file .*odd\.gguf") as info:
-        load_model(bad, device="cpu")
+        load(bad, device="cpu")
     assert "\n" not in str(info.value)
     assert calls == []
 
@@ -260,9 +260,9 @@ def test_not_a_gguf_file(tmp_path: Path, cache: Path) -> None:
     fake.write_bytes(b"not a gguf file at all")
     assert not is_gguf_file(fake)
     with pytest.raises(AdapterError, match="not a GGUF file"):
-        load_model(fake)
+        load(fake)
     with pytest.raises(AdapterError, match=r"model file .*missing\.gguf.* does not exist"):
-        load_model(tmp_path / "missing.gguf")
+        load(tmp_path / "missing.gguf")
     with pytest.raises(AdapterError, match="not a GGUF file"):
         dequantize_gguf(fake)
 
@@ -284,7 +284,7 @@ def test_missing_gguf_package_is_a_one_line_error(
 
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
     with pytest.raises(AdapterError, match=r"needs the gguf package.*llm-adapter\[gguf\]"):
-        load_model(gguf_file)
+        load(gguf_file)
 
 
 def test_load_and_info_accept_a_gguf_file(
@@ -321,7 +321,7 @@ def test_unreadable_tokenizer_fails_in_one_line_before_the_weights(
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     with pytest.raises(AdapterError, match=r"cannot read the tokenizer of the GGUF file") as info:
-        load_model(bad, device="cpu")
+        load(bad, device="cpu")
     assert "\n" not in str(info.value)
     assert loaded == []  # failed before any weight was dequantized
     assert not (cache / "gguf" / gguf_cache._sha256_file(bad)).exists()

@@ -29,9 +29,9 @@ from llm_adapter.models import (
     ARCHITECTURES,
     LLAMA_LAYOUT,
     NEUTRAL_FAMILIES,
-    random_model,
     resolve_families,
 )
+from llm_adapter.testing import random_model
 
 LLAMA_FAMILIES = (
     "self_attn.q_proj",

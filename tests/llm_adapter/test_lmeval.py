@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (make installs it)")
 
-from llm_adapter import AdapterError, load_model
+from llm_adapter import AdapterError, load
 from llm_adapter.assets import TINY_MODEL
 from llm_adapter.cli import main
 from llm_adapter.evaluate import (
@@ -111,7 +111,7 @@ def tiny64(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     from llm_adapter import CompressionConfig, calibrate, compress_model, load, save
     from llm_adapter.lowrank import LowRankLinear
 
-    model, tok = load_model(TINY_MODEL, device="cpu")
+    model, tok = load(TINY_MODEL, device="cpu")
     model.to(torch.float64)
     windows = torch.from_numpy(np.random.default_rng(0).integers(0, 4096, size=(16, 64)))
     families = ("attention.dense", "mlp.dense_4h_to_h")
@@ -133,7 +133,7 @@ def test_harness_hellaswag_agrees_with_project_scorer(tmp_path: Path, tiny64: An
 @pytest.mark.data
 @pytest.mark.slow
 def test_harness_agrees_on_shared_hellaswag_slice(shared_data: Path, shared_model: Path) -> None:
-    model, tok = load_model(shared_model, device="cpu")
+    model, tok = load(shared_model, device="cpu")
     data = shared_data / "hellaswag" / "hellaswag_val_full.txt.bz2"
     _agree_item_by_item(model.to(torch.float64), tok, data, 24)
 
@@ -191,7 +191,7 @@ def test_hub_task_offline_fails_in_one_line_before_loading(
     def no_load(*a: object, **k: object) -> None:
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr("llm_adapter.evaluate.load_for_eval", no_load)
+    monkeypatch.setattr("llm_adapter.checkpoint.load", no_load)
     assert main(["evaluate", str(TINY_MODEL), "--tasks", "hellaswag,piqa"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("llm-adapter: error: task 'hellaswag'") and "\n" not in err

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from llm_adapter import AdapterError, family_modules, family_weights, load_model
+from llm_adapter import AdapterError, family_modules, family_weights, load
 from llm_adapter.models import (
     ARCHITECTURES,
     check_tokenizer,
-    random_neox,
     resolve_device,
     resolve_dtype,
     resolve_families,
 )
+from llm_adapter.testing import random_neox
 
 FAMILIES = (
     "attention.query_key_value",
@@ -122,7 +122,7 @@ def test_load_local_dir(tmp_path: Path, dtype: str) -> None:
     model = random_neox(seed=4)
     model.save_pretrained(tmp_path)
     word_tokenizer(128).save_pretrained(tmp_path)
-    loaded, tok = load_model(tmp_path, device="cpu", dtype=dtype)
+    loaded, tok = load(tmp_path, device="cpu", dtype=dtype)
     assert loaded.gpt_neox.layers[0].attention.dense.weight.dtype == resolve_dtype(dtype)
     assert not loaded.training
     ref = model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.to(resolve_dtype(dtype))
@@ -134,7 +134,7 @@ def test_load_local_dir(tmp_path: Path, dtype: str) -> None:
 
 def test_missing_local_dir() -> None:
     with pytest.raises(AdapterError, match=r"model directory './nowhere/model' does not exist"):
-        load_model("./nowhere/model")
+        load("./nowhere/model")
 
 
 def test_empty_tokenizer_fails_loudly() -> None:
@@ -157,7 +157,7 @@ def test_unreachable_hub_id_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(AdapterError) as info:
-        load_model("no-such-org-xyz/no-such-model", device="cpu")
+        load("no-such-org-xyz/no-such-model", device="cpu")
     msg = str(info.value)
     assert "\n" not in msg
     assert "'no-such-org-xyz/no-such-model'" in msg and "hub" in msg

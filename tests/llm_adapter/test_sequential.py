@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from llm_adapter.lowrank import LowRankLinear
-from llm_adapter.models import family_module_names, family_modules, random_model
+from llm_adapter.models import family_module_names, family_modules
 from llm_adapter.sequential import compress_sequential
+from llm_adapter.testing import random_model
 
 O = "self_attn.o_proj"
 

@@ -24,13 +24,12 @@ from llm_adapter import (
     compress_model,
     count_unique_parameters,
     load,
-    load_model,
     save,
 )
 from llm_adapter.calibrate import calibrate
-from llm_adapter.checkpoint import main_file_tensor_bytes
 from llm_adapter.evaluate import evaluate_hellaswag, perplexity, read_hellaswag, read_wikitext
 from llm_adapter.models import family_modules, family_weights
+from llm_adapter.safetensors_file import main_file_tensor_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("GRASSBUNDLE_SHARED", REPO.parent / "shared"))
@@ -59,7 +58,7 @@ METHODS = [
 
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Any, Any]:
-    return load_model(GGUF, device="cpu", dtype="float32")
+    return load(GGUF, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,7 @@ def test_hub_id_loads_from_a_populated_cache_offline(tmp_path: Path) -> None:
         "import llm_adapter\n"
         "from llm_adapter.hub import check_hub_model\n"
         "check_hub_model('EleutherAI/pythia-70m')\n"
-        "m, t = llm_adapter.load_model('EleutherAI/pythia-70m', device='cpu')\n"
+        "m, t = llm_adapter.load('EleutherAI/pythia-70m', device='cpu')\n"
         "print(m.config.model_type, m.config.num_hidden_layers, t('Hello').input_ids[:1])\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}

@@ -151,7 +151,7 @@ def test_refit_flags_keep_their_words_and_name_the_point() -> None:
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory: pytest.TempPathFactory, shared_model: Path) -> dict[str, Any]:
     """A random 3-layer GPT-NeoX with the shared tokenizer, and small text files."""
-    from llm_adapter.models import random_neox
+    from llm_adapter.testing import random_neox
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("sweep")

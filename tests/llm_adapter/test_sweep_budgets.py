@@ -57,7 +57,7 @@ def test_bad_budgets_are_named(config: dict[str, Any], message: str) -> None:
 @pytest.fixture(scope="module")
 def budget_setup(tmp_path_factory: pytest.TempPathFactory, shared_model: Path) -> dict[str, Any]:
     """A random 3-layer GPT-NeoX (hidden 48) with the shared tokenizer, and a text file."""
-    from llm_adapter.models import random_neox
+    from llm_adapter.testing import random_neox
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("budgets")

@@ -22,7 +22,6 @@ from .bundle import (
     shared_output_basis,
     solve,
 )
-from .bundle import basis_sharing_core as basis_sharing_core  # deprecated alias
 from .coupling import CoupledSection, solve_coupled, solve_trust_regions
 from .distances import (
     binet_cauchy_dist,

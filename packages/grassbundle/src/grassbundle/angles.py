@@ -111,10 +111,10 @@ def principal_angles(
     0.3...
     """
     U64, V64 = check_point_pair(U, V, same_p=False)
-    return _principal_angles(U64, V64, vectors=vectors)
+    return principal_angles_unchecked(U64, V64, vectors=vectors)
 
 
-def _principal_angles(
+def principal_angles_unchecked(
     U64: NDArray[np.float64], V64: NDArray[np.float64], *, vectors: bool = False
 ) -> NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """:func:`principal_angles` on validated float64 bases (no checks)."""
@@ -122,7 +122,7 @@ def _principal_angles(
     if swapped:  # make U the larger basis, so that (I - U U^T) V has min(p, q) columns
         U64, V64 = V64, U64
     if vectors:
-        theta, Ycoef, Zcoef, _ = _principal_frames(U64, V64)
+        theta, Ycoef, Zcoef, _ = principal_frames(U64, V64)
         Yvec = U64 @ Ycoef
         Zvec = V64 @ Zcoef
         if swapped:
@@ -167,7 +167,7 @@ def _sine_branch(theta: NDArray[np.float64]) -> NDArray[np.bool_]:
     return np.arange(q) < k[..., None]
 
 
-def _principal_frames(
+def principal_frames(
     U64: NDArray[np.float64], V64: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Angles and principal frames of bases with ``p >= q`` (no checks).

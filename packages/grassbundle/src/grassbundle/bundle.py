@@ -1,7 +1,7 @@
 """The Grassmann bundle of a layer family: energies, the section objective and
 its closed-form minimiser over the (lambda, k) design space.
 
-Notation (``FORMULATION.md``; PyTorch orientation ``y = W x``):
+Notation (docs/theory/formulation.rst; PyTorch orientation ``y = W x``):
 
 * a *family* of ``L`` weights ``W_l`` of shape ``(m, n)``, optional calibration
   covariances ``C_l`` of shape ``(n, n)``, layer weights ``omega_l`` (default
@@ -34,7 +34,6 @@ of ``sum_{l in g} A_l A_l^T`` (the group's L2 core).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -85,11 +84,12 @@ def group_index(L: int, k: int) -> NDArray[np.intp]:
         ``groups[l] = l // k``; there are ``ceil(L / k)`` groups, the last one
         shorter when ``k`` does not divide ``L``.
     """
-    _check_k(k, L)
+    check_k(k, L)
     return np.arange(L, dtype=np.intp) // k
 
 
-def _check_k(k: Any, L: int) -> int:
+def check_k(k: Any, L: int) -> int:
+    """The tying degree ``k`` as an int, or ValueError unless it is an integer in ``[1, L]``."""
     if not _validate.is_integer(k):
         raise ValueError(f"tying degree k must be an integer in [1, L = {L}]; got k = {k!r}")
     if not 1 <= int(k) <= L:
@@ -97,7 +97,8 @@ def _check_k(k: Any, L: int) -> int:
     return int(k)
 
 
-def _check_lam(lam: Any) -> float:
+def check_lam(lam: Any) -> float:
+    """The anchor strength ``lam`` as a float, or ValueError unless it is ``>= 0`` (inf allowed)."""
     return _validate.nonnegative(
         lam,
         "lam",
@@ -126,7 +127,7 @@ def _top_eigenvectors(K: F64, d: int) -> F64:
     return np.ascontiguousarray(V[:, ::-1])
 
 
-def _top_eigenspace_factor(F: F64, d: int) -> F64:
+def top_eigenspace_factor(F: F64, d: int) -> F64:
     """Top-``d`` eigenspace of ``F F^T`` for ``F`` of shape ``(m, w)``.
 
     When ``w < m`` the eigenvectors come from the ``w x w`` Gram ``F^T F``
@@ -290,7 +291,7 @@ class BundleProblem:
         """
         if self._anchors is None:
             src = self._Y if self._Y is not None else list(self.W)
-            self._anchors = np.stack([_top_eigenspace_factor(Y, self.rank) for Y in src])
+            self._anchors = np.stack([top_eigenspace_factor(Y, self.rank) for Y in src])
         return self._anchors
 
     # -- per-layer energies ----------------------------------------------
@@ -486,7 +487,7 @@ def evaluate_section(
     Section
         With ``k = None`` (the grouping is arbitrary).
     """
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     B = np.asarray(bases, dtype=np.float64)
     if B.ndim == 2:
         B = B[None]
@@ -525,13 +526,13 @@ def _group_frame(problem: BundleProblem, layers: range, lam: float) -> F64:
         if len(layers) == 1:
             return A[layers[0]].copy()
         F = np.concatenate([A[l] for l in layers], axis=1)
-        return _top_eigenspace_factor(F, d)
+        return top_eigenspace_factor(F, d)
     parts = [math.sqrt(problem.omega[l]) * problem.energy_factor(l) for l in layers]
     if lam > 0:
         parts += [math.sqrt(lam / d) * A[l] for l in layers]
     width = sum(p.shape[1] for p in parts)
     if width < m:
-        return _top_eigenspace_factor(np.concatenate(parts, axis=1), d)
+        return top_eigenspace_factor(np.concatenate(parts, axis=1), d)
     K = np.zeros((m, m))
     for p in parts:
         K += p @ p.T
@@ -561,8 +562,8 @@ def solve(problem: BundleProblem, lam: float, k: int) -> Section:
     -------
     Section
     """
-    lam = _check_lam(lam)
-    k = _check_k(k, problem.L)
+    lam = check_lam(lam)
+    k = check_k(k, problem.L)
     bases = np.stack([_group_frame(problem, g, lam) for g in _group_layers(problem.L, k)])
     return _make_section(problem, bases, group_index(problem.L, k), lam, k)
 
@@ -615,27 +616,15 @@ def shared_output_basis(problem: BundleProblem, k: int) -> Section:
     -------
     Section
     """
-    k = _check_k(k, problem.L)
+    k = check_k(k, problem.L)
     src = problem._Y if problem._Y is not None else list(problem.W)
     bases = np.stack(
         [
-            _top_eigenspace_factor(np.concatenate([src[l] for l in g], axis=1), problem.rank)
+            top_eigenspace_factor(np.concatenate([src[l] for l in g], axis=1), problem.rank)
             for g in _group_layers(problem.L, k)
         ]
     )
     return _make_section(problem, bases, group_index(problem.L, k), 0.0, k)
-
-
-def basis_sharing_core(problem: BundleProblem, k: int) -> Section:
-    """Deprecated: ``shared_output_basis(problem, k)`` (an output-side basis, not Basis Sharing)."""
-    warnings.warn(
-        "grassbundle.basis_sharing_core is deprecated: use grassbundle.shared_output_basis "
-        "(a shared output-side basis); Basis Sharing as its authors build it is "
-        "grassbundle.basis_sharing_input",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return shared_output_basis(problem, k)
 
 
 def l2_core(problem: BundleProblem, k: int) -> Section:
@@ -781,9 +770,9 @@ def phase_diagram(
     -------
     PhaseDiagram
     """
-    lam_arr = np.array([_check_lam(x) for x in np.atleast_1d(np.asarray(lams, dtype=object))])
+    lam_arr = np.array([check_lam(x) for x in np.atleast_1d(np.asarray(lams, dtype=object))])
     k_list = [
-        _check_k(int(x) if not isinstance(x, bool) else x, problem.L) for x in np.atleast_1d(ks)
+        check_k(int(x) if not isinstance(x, bool) else x, problem.L) for x in np.atleast_1d(ks)
     ]
     P, Q, L = len(lam_arr), len(k_list), problem.L
     d, m = problem.rank, problem.m

@@ -1,6 +1,6 @@
 """Soft coupling of adjacent layers, and trust regions on ``Gr(d, m)^G``.
 
-The coupled energy of per-layer bases ``U_1..U_L`` (``FORMULATION.md``,
+The coupled energy of per-layer bases ``U_1..U_L`` (docs/theory/formulation.rst,
 "Beyond the paper"), exactly as :func:`coupled_energy` computes it::
 
     J_{lam,mu}(U) = sum_l omega_l E_l(U_l)
@@ -36,11 +36,11 @@ from numpy.typing import ArrayLike, NDArray
 from . import _validate
 from .bundle import (
     BundleProblem,
-    _check_k,
-    _check_lam,
-    _top_eigenspace_factor,
+    check_k,
+    check_lam,
     group_index,
     solve,
+    top_eigenspace_factor,
 )
 
 __all__ = ["CoupledSection", "coupled_energy", "solve_coupled", "solve_trust_regions"]
@@ -143,7 +143,7 @@ def coupled_energy(
     -------
     energy, weight_term, anchor_term, coupling_term : float
     """
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     if math.isinf(lam):
         raise ValueError("lam must be finite for the coupled energy; got lam = inf")
     mu = _check_mu(mu)
@@ -215,7 +215,7 @@ def solve_coupled(
     -------
     CoupledSection
     """
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     if math.isinf(lam):
         raise ValueError("lam must be finite for soft coupling; got lam = inf")
     mu = _check_mu(mu)
@@ -241,7 +241,7 @@ def solve_coupled(
                 parts.append(math.sqrt(lam / d) * problem.anchors[l])
             if mu > 0:
                 parts += [math.sqrt(mu / d) * V for V in nbrs]
-            new = _top_eigenspace_factor(np.concatenate(parts, axis=1), d)
+            new = top_eigenspace_factor(np.concatenate(parts, axis=1), d)
             after = _local_energy(problem, new, l, nbrs, lam, mu)
             rise = after - before
             max_rise = max(max_rise, rise)
@@ -325,11 +325,11 @@ def solve_trust_regions(
         raise ImportError(
             "solve_trust_regions needs pymanopt: pip install 'grassbundle[peers]'"
         ) from exc
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     if math.isinf(lam):
         raise ValueError("lam must be finite for trust regions; got lam = inf")
     mu = _check_mu(mu)
-    k = _check_k(k, problem.L)
+    k = check_k(k, problem.L)
     L, m, d = problem.L, problem.m, problem.rank
     gmap = group_index(L, k)
     G = int(gmap[-1]) + 1

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._checks import check_point_pair
-from .angles import _principal_angles
+from .angles import principal_angles_unchecked
 
 __all__ = [
     "binet_cauchy_dist",
@@ -62,7 +62,7 @@ F64 = NDArray[np.float64]
 
 def _angles(U: ArrayLike, V: ArrayLike) -> F64:
     U64, V64 = check_point_pair(U, V)
-    theta = _principal_angles(U64, V64)
+    theta = principal_angles_unchecked(U64, V64)
     assert isinstance(theta, np.ndarray)
     return theta
 

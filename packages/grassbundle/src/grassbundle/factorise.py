@@ -58,7 +58,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _validate
 from .baselines import basis_sharing_input
-from .bundle import BundleProblem, _check_lam, anchor_section, evaluate_section, solve
+from .bundle import BundleProblem, anchor_section, check_lam, evaluate_section, solve
 from .coupling import solve_coupled
 from .refit import svd_llm_update
 
@@ -446,7 +446,7 @@ def factorise(
         group_size=group_size,
         ranks=ranks,
     )
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     want = "a finite number >= 0"
     mu = _validate.nonnegative(coupling, "coupling", allow_inf=False, want=want, bad=want)
     if metric not in ("weight", "activation"):

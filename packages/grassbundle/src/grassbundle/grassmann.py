@@ -42,7 +42,7 @@ from ._checks import (
     check_tangent,
     check_tangent_shape,
 )
-from .angles import _principal_frames
+from .angles import principal_frames
 
 __all__ = [
     "as_point",
@@ -279,10 +279,11 @@ def exp(U: ArrayLike, X: ArrayLike) -> F64:
     0.3...
     """
     U64, X64 = check_tangent(U, X, "X")
-    return _exp(U64, _project_tangent(U64, X64))
+    return exp_unchecked(U64, _project_tangent(U64, X64))
 
 
-def _exp(U: F64, X: F64) -> F64:
+def exp_unchecked(U: F64, X: F64) -> F64:
+    """:func:`exp` on validated float64 arrays (no checks, no projection)."""
     W, s, Vt = np.linalg.svd(X, full_matrices=False)
     return (U @ (_T(Vt) * np.cos(s)[..., None, :]) + W * np.sin(s)[..., None, :]) @ Vt
 
@@ -325,11 +326,12 @@ def log(U: ArrayLike, V: ArrayLike) -> F64:
         ``exp(U, X)`` still spans ``V``.
     """
     U64, V64 = check_point_pair(U, V)
-    return _log(U64, V64)
+    return log_unchecked(U64, V64)
 
 
-def _log(U: F64, V: F64) -> F64:
-    theta, Ycoef, _, Q = _principal_frames(U, V)
+def log_unchecked(U: F64, V: F64) -> F64:
+    """:func:`log` on validated float64 bases (no checks)."""
+    theta, Ycoef, _, Q = principal_frames(U, V)
     return (Q * theta[..., None, :]) @ _T(Ycoef)
 
 
@@ -357,14 +359,14 @@ def geodesic(U: ArrayLike, V: ArrayLike, t: ArrayLike) -> F64:
     """
     U64, V64 = check_point_pair(U, V)
     t64 = as_float64(t, "t", min_ndim=0)
-    X = _log(U64, V64)
+    X = log_unchecked(U64, V64)
     try:
         tX = t64[..., None, None] * X
     except ValueError:
         raise ValueError(
             f"t (shape {t64.shape}) does not broadcast against the batch shape {X.shape[:-2]}"
         ) from None
-    return _exp(np.broadcast_to(U64, tX.shape), tX)
+    return exp_unchecked(np.broadcast_to(U64, tX.shape), tX)
 
 
 def parallel_transport(U: ArrayLike, V: ArrayLike, X: ArrayLike) -> F64:
@@ -406,7 +408,7 @@ def parallel_transport(U: ArrayLike, V: ArrayLike, X: ArrayLike) -> F64:
     broadcast_batch(U64, V64, X64, names=("U", "V", "X"))
     X64 = _project_tangent(U64, X64)
     # log_U(V) = W diag(s) Z^T in SVD form straight from the principal frames
-    s, Z, _, W = _principal_frames(U64, V64)
+    s, Z, _, W = principal_frames(U64, V64)
     Zt = _T(Z)
     sin = np.sin(s)[..., None, :]
     cos = np.cos(s)[..., None, :]

@@ -30,8 +30,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._checks import as_float64, check_point, check_same_point_shape
-from .angles import _principal_angles
-from .grassmann import _exp, _log
+from .angles import principal_angles_unchecked
+from .grassmann import exp_unchecked, log_unchecked
 
 __all__ = ["KarcherMeanResult", "chordal_mean", "karcher_mean"]
 
@@ -178,13 +178,13 @@ class KarcherMeanResult:
 
 
 def _karcher_cost(U: F64, P: F64, w: F64) -> F64:
-    theta = _principal_angles(U[..., None, :, :], P)
+    theta = principal_angles_unchecked(U[..., None, :, :], P)
     assert isinstance(theta, np.ndarray)
     return 0.5 * np.sum(w * np.sum(theta * theta, axis=-1), axis=-1)
 
 
 def _karcher_grad(U: F64, P: F64, w: F64) -> F64:
-    L = _log(U[..., None, :, :], P)  # (..., k, n, p)
+    L = log_unchecked(U[..., None, :, :], P)  # (..., k, n, p)
     return -np.sum(w[..., None, None] * L, axis=-3)
 
 
@@ -261,7 +261,7 @@ def karcher_mean(
             break
         alpha = np.ones(batch)
         for _halving in range(40):
-            trial = _exp(U, -alpha[..., None, None] * G)
+            trial = exp_unchecked(U, -alpha[..., None, None] * G)
             trial_cost = _karcher_cost(trial, P, w)
             ok = trial_cost <= cost - 1e-4 * alpha * gnorm**2 + 1e-13 * (1.0 + cost)
             if np.all(ok | ~active):

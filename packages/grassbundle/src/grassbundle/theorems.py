@@ -1,6 +1,6 @@
 """The corner theorems of the bundle as executable checks.
 
-One function per statement of ``FORMULATION.md``; each returns a
+One function per statement of docs/theory/theorems.rst; each returns a
 :class:`TheoremReport` (``holds``, the measured figures, the tolerances used
 and why) instead of only asserting.  Every check takes the solver under test
 as an argument (default :func:`grassbundle.solve`) and compares what it
@@ -194,7 +194,7 @@ def _top_dense(K: F64, d: int) -> tuple[F64, F64]:
     return V[:, ::-1][:, :d], mu[::-1]
 
 
-def _gram(problem: BundleProblem, l: int, which: str) -> F64:
+def gram(problem: BundleProblem, l: int, which: str) -> F64:
     """``N_l = W_l W_l^T`` or ``M_l = W_l C_l W_l^T`` (symmetrised), from the definitions."""
     W = problem.W[l]
     if which == "N":
@@ -228,7 +228,7 @@ class _Reference:
 _REFERENCES: weakref.WeakKeyDictionary[BundleProblem, _Reference] = weakref.WeakKeyDictionary()
 
 
-def _reference(problem: BundleProblem) -> _Reference:
+def reference(problem: BundleProblem) -> _Reference:
     """The independent references of ``problem`` (computed once per problem object)."""
     ref = _REFERENCES.get(problem)
     if ref is not None:
@@ -241,7 +241,7 @@ def _reference(problem: BundleProblem) -> _Reference:
     top = np.empty(L)
     gap = np.empty(L)
     for l in range(L):
-        V, mu = _top_dense(_gram(problem, l, _anchor_kind(problem)), d)
+        V, mu = _top_dense(gram(problem, l, _anchor_kind(problem)), d)
         anchors[l] = V
         top[l] = mu[0]
         gap[l] = mu[d - 1] - mu[d]
@@ -259,7 +259,7 @@ def _group_energy(problem: BundleProblem, ref: _Reference, layers: Sequence[int]
     """``E_g = sum_{l in g} omega_l E_l`` (dense, from the definitions)."""
     K = np.zeros((problem.m, problem.m))
     for l in layers:
-        K += ref.omega[l] * _gram(problem, l, _energy_kind(problem))
+        K += ref.omega[l] * gram(problem, l, _energy_kind(problem))
     return K
 
 
@@ -269,7 +269,7 @@ def _anchor_sum(ref: _Reference, layers: Sequence[int]) -> F64:
     return A @ A.T
 
 
-def _layer_energy(problem: BundleProblem, l: int, U: F64, kind: str | None = None) -> float:
+def layer_energy(problem: BundleProblem, l: int, U: F64, kind: str | None = None) -> float:
     """``||(W - P_U W)||_F^2`` (``N``) or ``tr((W - P_U W) C (W - P_U W)^T)`` (``M``)."""
     W = problem.W[l]
     R = W - U @ (U.T @ W)
@@ -331,7 +331,7 @@ def _tied_corner(
 ) -> tuple[_Reference, Section, float]:
     """The references, the solver's ``lam = 0`` section at tying ``k``, and its tying defect."""
     sec = solver(problem, 0.0, k)
-    return _reference(problem), sec, _tying_defect(sec, problem.L, k)
+    return reference(problem), sec, _tying_defect(sec, problem.L, k)
 
 
 def _omega_deviation(problem: BundleProblem, ref: _Reference) -> float:
@@ -343,7 +343,7 @@ def _objective(
     problem: BundleProblem, ref: _Reference, sec: Section, lam: float
 ) -> tuple[float, float, float]:
     """``(J, weight term, sum of anchor distances)`` of a section, from the definitions."""
-    w = sum(ref.omega[l] * _layer_energy(problem, l, sec.basis(l)) for l in range(problem.L))
+    w = sum(ref.omega[l] * layer_energy(problem, l, sec.basis(l)) for l in range(problem.L))
     a = sum(_anchor_distance(sec.basis(l), ref.anchors[l]) for l in range(problem.L))
     return w + lam * a, w, a
 
@@ -354,7 +354,8 @@ def _nanmax(xs: Sequence[float]) -> float:
     return float(np.nanmax(arr)) if np.any(~np.isnan(arr)) else math.nan
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
+    """``x`` to three significant digits, ``n/a`` for NaN."""
     return "n/a" if math.isnan(x) else f"{x:.3g}"
 
 
@@ -495,7 +496,7 @@ def theorem_a(
     TheoremReport
     """
     d, L = problem.rank, problem.L
-    ref = _reference(problem)
+    ref = reference(problem)
     groups = _groups(L, k)
     cores, cs, deltas, norms, norms_svd = [], [], [], [], []
     for g in groups:
@@ -636,10 +637,10 @@ def theorem_a(
             "number by two routes; max_looseness: see THEOREM_A_MAX_LOOSENESS"
         ),
         summary=(
-            f"max sin/bound {_fmt(tightness)}; "
+            f"max sin/bound {fmt(tightness)}; "
             + ("slope: exact (distance at roundoff)" if exact else f"slope {slope:.3f}")
             + "; "
-            f"c_g max {_fmt(cmax)}; k=1 vs anchor {_fmt(k1)}"
+            f"c_g max {fmt(cmax)}; k=1 vs anchor {fmt(k1)}"
         ),
         failures=failures,
     )
@@ -678,7 +679,7 @@ def _shared_output_reference(
     d = problem.rank
     K = np.zeros((problem.m, problem.m))
     for l in layers:
-        K += _gram(problem, l, _anchor_kind(problem))
+        K += gram(problem, l, _anchor_kind(problem))
     B, mu = _top_dense(K, d)
     return B, float(mu[0]), float(mu[d - 1] - mu[d])
 
@@ -824,8 +825,8 @@ def theorem_b(
     if k == 1 and problem.metric == "weight":
         margin = []
         for l in range(L):
-            own = _layer_energy(problem, l, sec.basis(l), "N")
-            anc = _layer_energy(problem, l, ref.anchors[l], "N")
+            own = layer_energy(problem, l, sec.basis(l), "N")
+            anc = layer_energy(problem, l, ref.anchors[l], "N")
             margin.append((anc - own) / float(np.sum(problem.W[l] ** 2)))
         figures["frobenius_margin_vs_svd_llm"] = margin
         if min(margin) < -OPT_RTOL:
@@ -849,8 +850,8 @@ def theorem_b(
             "~eps*mu_1/gap"
         ),
         summary=(
-            f"gap to Ky Fan min {_fmt(max(opt_gap))}; B_g gap {_fmt(min(bs_gap))} "
-            f">= bound {_fmt(min(bs_lower))}; random margin {_fmt(min(rand_margin))}"
+            f"gap to Ky Fan min {fmt(max(opt_gap))}; B_g gap {fmt(min(bs_gap))} "
+            f">= bound {fmt(min(bs_lower))}; random margin {fmt(min(rand_margin))}"
         ),
         failures=failures,
     )
@@ -968,8 +969,8 @@ def principal_angle_expansion(
             "plus 1e-11 relative for eigenvector error in U*"
         ),
         summary=(
-            f"max rel err {_fmt(_nanmax(rel_errs))}; B_g gap rel err {_fmt(_nanmax(bs_rel))}; "
-            f"bound margins >= {_fmt(min(lo_margin))}, {_fmt(min(hi_margin))}"
+            f"max rel err {fmt(_nanmax(rel_errs))}; B_g gap rel err {fmt(_nanmax(bs_rel))}; "
+            f"bound margins >= {fmt(min(lo_margin))}, {fmt(min(hi_margin))}"
         ),
         failures=failures,
     )
@@ -1079,11 +1080,11 @@ def svd_llm_equivalence(
         ps = BundleProblem(W[:1], Cs[None], rank=d, metric="activation")
         U = solver(ps, 0.0, 1).basis(0)
         # from the definitions: M = W C W^T, A(U) = tr((W - P_U W) C (W - P_U W)^T)
-        M = _gram(ps, 0, "M")
+        M = gram(ps, 0, "M")
         trM = float(np.trace(M))
         mu_s = np.linalg.eigvalsh(M)[::-1]
         opt = trM - float(np.sum(mu_s[:d]))
-        got = _layer_energy(ps, 0, U, "M")
+        got = layer_energy(ps, 0, U, "M")
         Rj = W[0] - Wj
         jit_err = float(np.sum((Rj @ Cs) * Rj))
         sing.update(
@@ -1121,9 +1122,9 @@ def svd_llm_equivalence(
             "~eps*mu_1/gap; 1e-10 plus 100 times that"
         ),
         summary=(
-            f"max rel diff {_fmt(max(rel_act + rel_inf, default=math.nan))}; singular C: "
+            f"max rel diff {fmt(max(rel_act + rel_inf, default=math.nan))}; singular C: "
             f"jitter needed {sing.get('cholesky_fails_without_jitter')}, projection gap "
-            f"{_fmt(sing.get('projection_gap_to_optimum_relative', math.nan))}"
+            f"{fmt(sing.get('projection_gap_to_optimum_relative', math.nan))}"
         ),
         failures=failures,
     )
@@ -1170,7 +1171,7 @@ def path_monotonicity(
     if any(b <= a for a, b in itertools.pairwise(ladder)):
         raise ValueError(f"lams must be strictly increasing; got {ladder}")
     L, d = problem.L, problem.rank
-    ref = _reference(problem)
+    ref = reference(problem)
     groups = _groups(L, k)
     Eg = [_group_energy(problem, ref, g) for g in groups]
     Gg = [_anchor_sum(ref, g) for g in groups]
@@ -1234,8 +1235,8 @@ def path_monotonicity(
             "~m*eps of that scale, eigenvector errors enter quadratically; 1e-9 of the scale"
         ),
         summary=(
-            f"min dF {_fmt(float(dF.min()))}; max dD {_fmt(float(dD.max()))}; "
-            f"gap to optimum {_fmt(max(opt_gaps))}"
+            f"min dF {fmt(float(dF.min()))}; max dD {fmt(float(dD.max()))}; "
+            f"gap to optimum {fmt(max(opt_gaps))}"
         ),
         failures=failures,
     )

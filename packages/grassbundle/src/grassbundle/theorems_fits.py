@@ -64,7 +64,7 @@ from .coupling import solve_coupled
 from .factorise import Factorisation, factorise, reconstruction_errors
 from .means import chordal_mean, karcher_mean
 from .refit import constrained_refit, residual_fit, svd_llm_update
-from .theorems import OPT_RTOL, TheoremReport, _fmt, _gram, _layer_energy, _reference
+from .theorems import OPT_RTOL, TheoremReport, fmt, gram, layer_energy, reference
 
 __all__ = [
     "ALLOC_RTOL",
@@ -497,7 +497,7 @@ def allocation_greedy_equal_costs(problem: BundleProblem, *, seed: int = 0) -> T
         {"instances": len(insts), "max_relative_gap_to_brute_force": worst},
         {"alloc_rtol": ALLOC_RTOL},
         "energies are sums of <= 100 terms in different orders: ~100 eps of the total",
-        f"{len(insts)} instances; max gap to brute force {_fmt(worst)}",
+        f"{len(insts)} instances; max gap to brute force {fmt(worst)}",
     )
 
 
@@ -574,7 +574,7 @@ def allocation_relaxation(problem: BundleProblem, *, seed: int = 0) -> TheoremRe
         {"instances": len(insts), "max_lower_bound_vs_linprog": lp_dev, "example": list(example)},
         {"alloc_rtol": ALLOC_RTOL, "lp_rtol": LP_RTOL},
         "linprog (HiGHS) is feasible to 1e-7; allocation energies to ~100 eps of the total",
-        f"{len(insts)} instances; bound vs linprog {_fmt(lp_dev)}; example {example[:2]}",
+        f"{len(insts)} instances; bound vs linprog {fmt(lp_dev)}; example {example[:2]}",
     )
 
 
@@ -622,7 +622,7 @@ def allocation_dynamic_programme(problem: BundleProblem, *, seed: int = 0) -> Th
         {"instances": len(insts), "max_relative_gap_to_brute_force": worst},
         {"alloc_rtol": ALLOC_RTOL},
         "energies are sums of <= 100 terms in different orders: ~100 eps of the total",
-        f"{len(insts)} instances; max gap to brute force {_fmt(worst)}",
+        f"{len(insts)} instances; max gap to brute force {fmt(worst)}",
     )
 
 
@@ -764,7 +764,7 @@ def allocation_costs_and_spectra(problem: BundleProblem, *, seed: int = 0) -> Th
             "spectra: squared singular values against eigvalsh, both within ~m eps mu_1; "
             "energies: differences of O(tr K) traces, ~m eps tr K"
         ),
-        f"spectra vs eigvalsh {_fmt(spec_dev)}; corner energy vs tail {_fmt(corner_dev)}",
+        f"spectra vs eigvalsh {fmt(spec_dev)}; corner energy vs tail {fmt(corner_dev)}",
     )
 
 
@@ -872,7 +872,7 @@ def svd_llm_update_statement(problem: BundleProblem, *, seed: int = 0) -> Theore
         {"max_relative_gap_to_lstsq": worst},
         {"fit_rtol": FIT_RTOL, "subspace_atol": 1e-7},
         "errors are differences of O(E||W x||^2) traces with conditioning <= 1e4: 1e-9",
-        f"max gap to lstsq {_fmt(worst)}",
+        f"max gap to lstsq {fmt(worst)}",
     )
 
 
@@ -959,7 +959,7 @@ def residual_fit_theorem_4(problem: BundleProblem, *, seed: int = 0) -> TheoremR
         {"max_relative_gap_to_rrr": worst},
         {"fit_rtol": FIT_RTOL},
         "errors are differences of O(E||W x||^2) traces with conditioning <= 1e4: 1e-9",
-        f"max gap to reduced-rank regression {_fmt(worst)}",
+        f"max gap to reduced-rank regression {fmt(worst)}",
     )
 
 
@@ -1055,7 +1055,7 @@ def residual_fit_theorem_5(problem: BundleProblem, *, seed: int = 0) -> TheoremR
         {"k": k, "max_relative_gap_to_value": worst},
         {"fit_rtol": FIT_RTOL},
         "errors are differences of O(E||W x||^2) traces with conditioning <= 1e4: 1e-9",
-        f"k={k}; max gap to sum omega c + tail {_fmt(worst)}",
+        f"k={k}; max gap to sum omega c + tail {fmt(worst)}",
     )
 
 
@@ -1104,7 +1104,7 @@ def ridge_limits(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
         {"max_change_over_bound": max(spans)},
         {"fit_rtol": FIT_RTOL},
         "each fit is optimal for its own objective; errors good to ~1e-9 of E||W x||^2",
-        f"largest change / bound {_fmt(max(spans))}",
+        f"largest change / bound {fmt(max(spans))}",
     )
 
 
@@ -1295,7 +1295,7 @@ def refit_variants_statement(problem: BundleProblem, *, seed: int = 0) -> Theore
         {"max_relative_gap_to_lstsq": worst},
         {"fit_rtol": FIT_RTOL, "ridge_inf_rtol": 1e-4, "subspace_atol": 1e-7},
         "objectives are differences of O(E||W x||^2) traces with conditioning <= 1e4: 1e-9",
-        f"max gap to lstsq {_fmt(worst)}",
+        f"max gap to lstsq {fmt(worst)}",
     )
 
 
@@ -1549,7 +1549,7 @@ def factorise_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
         {"factorisations": ran, "max_relative_gap_to_optimum": worst},
         {"energy_rtol": OPT_RTOL, "structure_atol": 1e-10},
         "energies are differences of O(tr K) traces: roundoff ~m eps tr K; 1e-9 tr K",
-        f"{ran} factorisations; max gap to optimum {_fmt(worst)}",
+        f"{ran} factorisations; max gap to optimum {fmt(worst)}",
     )
 
 
@@ -1666,7 +1666,7 @@ def distances_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
         {"max_relative_error": worst},
         {"dist_rtol": DIST_RTOL},
         "closed forms of exact angles and the package's, both a few eps relative: 1e-10",
-        f"max relative error {_fmt(worst)}",
+        f"max relative error {fmt(worst)}",
     )
 
 
@@ -1776,7 +1776,7 @@ def means_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremReport:
             "the chordal mean is one eigenspace by two routes (eps/gap); karcher_mean stops at "
             "a gradient of 1e-10, and the logarithm here is accurate to ~1e-12"
         ),
-        f"{len(clusters)} clusters; max Karcher gradient {_fmt(worst_grad)}",
+        f"{len(clusters)} clusters; max Karcher gradient {fmt(worst_grad)}",
     )
 
 
@@ -1815,16 +1815,16 @@ def coupling_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepor
     TheoremReport
     """
     del seed
-    ref = _reference(problem)
+    ref = reference(problem)
     L, d, m = problem.L, problem.rank, problem.m
     kind = "N" if problem.metric == "weight" else "M"
-    grams = [_gram(problem, l, kind) for l in range(L)]
+    grams = [gram(problem, l, kind) for l in range(L)]
     failures: list[str] = []
     worst_block = 0.0
     worst_rise = 0.0
 
     def energy(U: F64, lam: float, mu: float) -> float:
-        w = sum(ref.omega[l] * _layer_energy(problem, l, U[l]) for l in range(L))
+        w = sum(ref.omega[l] * layer_energy(problem, l, U[l]) for l in range(L))
         a = sum(1.0 - float(np.sum((U[l].T @ ref.anchors[l]) ** 2)) / d for l in range(L))
         c = sum(1.0 - float(np.sum((U[l].T @ U[l + 1]) ** 2)) / d for l in range(L - 1))
         return w + lam * a + mu * c
@@ -1881,7 +1881,7 @@ def coupling_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepor
             "energies are differences of O(scale) traces (~m eps scale); the block gap "
             "after convergence at 1e-12 per sweep stays far below 1e-8"
         ),
-        f"max block gap {_fmt(worst_block)}; max sweep rise {_fmt(worst_rise)}",
+        f"max block gap {fmt(worst_block)}; max sweep rise {fmt(worst_rise)}",
     )
 
 

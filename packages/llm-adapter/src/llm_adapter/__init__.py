@@ -1,4 +1,4 @@
-"""llm-adapter: compress GPT-NeoX (Pythia) models with grassbundle.
+"""llm-adapter: compress GPT-NeoX and Llama-family causal language models with grassbundle.
 
 extract (weights, calibration statistics) -> call grassbundle -> write back
 (low-rank modules) -> save / reload -> evaluate.
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .calibrate import CalibrationStats, calibrate
-    from .checkpoint import load, load_model, read_manifest, save
+    from .checkpoint import load, save
     from .compress import (
         CompressionConfig,
         CompressionReport,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .errors import AdapterError
     from .gguf_cache import dequantize_gguf
     from .lowrank import LowRankLinear, count_unique_parameters
+    from .manifest import read_manifest
     from .methods import METHODS
     from .models import ARCHITECTURES, family_modules, family_weights
 
@@ -49,9 +50,8 @@ _HOMES: dict[str, str] = {
     "family_modules": "models",
     "family_weights": "models",
     "load": "checkpoint",
-    "load_model": "checkpoint",
     "rank_for": "compress",
-    "read_manifest": "checkpoint",
+    "read_manifest": "manifest",
     "save": "checkpoint",
 }
 
@@ -72,7 +72,6 @@ __all__ = [
     "family_modules",
     "family_weights",
     "load",
-    "load_model",
     "rank_for",
     "read_manifest",
     "save",

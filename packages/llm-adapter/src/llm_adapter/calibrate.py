@@ -194,7 +194,7 @@ def _accumulate(
     progress: bool,
 ) -> tuple[dict[str, list[torch.Tensor]], int]:
     """Grams of every targeted map, and the number of maps whose Gram was shared."""
-    from .models import _layers
+    from .models import layer_list
 
     shared = _SharedInputs()
     handles = []
@@ -214,7 +214,7 @@ def _accumulate(
     def stop(module: nn.Module, args: Any, output: Any) -> None:
         raise _StopForward
 
-    handles.append(_layers(model)[-1].register_forward_hook(stop))
+    handles.append(layer_list(model)[-1].register_forward_hook(stop))
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -270,9 +270,9 @@ def _accumulate_layerwise(
     block's inputs.  Only one block's weights and Grams are on ``device`` at
     a time.
     """
-    from .models import _layers
+    from .models import layer_list
 
-    layers = _layers(model)
+    layers = layer_list(model)
     spec_paths = {f: family_modules(model, f) for f in families}
     captured: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]] = []
     first = layers[0]

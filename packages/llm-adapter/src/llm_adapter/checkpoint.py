@@ -1,10 +1,7 @@
-"""Save and reload compressed (and plain) models; the ``info`` subcommand.
+"""Save and load models: compressed checkpoints, plain ones, GGUF files, hub ids.
 
 A saved directory holds ``model.safetensors``, ``config.json``, the tokenizer
-files and ``compression.json`` (the :class:`~llm_adapter.CompressionReport`
-plus a ``checkpoint`` section: format version, the low-rank modules, the
-*aliases* -- state-dict keys that name the same tensor as another key -- and
-the names of the files written).
+files and ``compression.json`` (:mod:`llm_adapter.manifest`).
 
 A tensor shared by several modules (the basis of a tied group, or tied word
 embeddings) is stored once, under its first key; safetensors cannot store
@@ -17,62 +14,39 @@ file's header (names, shapes and byte ranges, checked against the file size),
 the low-rank shapes against the model's config, and every alias (only between
 equal-shape tensors that the format shares: the factors on a low-rank module's
 shared side, or tied word embeddings) are checked before any tensor is read,
-and every tensor read is checked for NaN and inf.  The manifest records the
-sha256 of the weights file (``weights_sha256``), and loading compares it
-before reading a tensor, so a weights file changed after it was written (even
-one bit, every shape intact) is an error; checkpoints written before the hash
-existed load unchecked.
+and every tensor read is checked for NaN and inf; the weights file's sha256
+is compared with the manifest's before a tensor is read.
 
-Writes never lose data:
-
-* everything is written to ``.NAME.tmp-<host>-<pid>-<random>`` beside the
-  target ``NAME`` and renamed into place only when complete;
-* ``overwrite`` replaces only a directory that llm-adapter wrote (its
-  manifest says so and it holds no other file), never the model being saved
-  nor a directory containing it;
-* the replacement is one atomic exchange of the two directories
-  (``renameat2(RENAME_EXCHANGE)`` on Linux); where the system lacks it, the
-  old directory is first renamed to ``.NAME.old-<host>-<pid>-<random>``, and
-  the next write to ``NAME`` puts it back if the process died before the new
-  one was in place;
-* the next write to ``NAME`` removes the leftovers of a dead earlier write
-  (the host and process id in their names identify them; a live writer's
-  are left alone), and reading ``NAME`` when it is missing puts back an
-  ``.old-`` directory first.
-
-The rule and its one message live in :mod:`llm_adapter.files`.
+Saving writes a temporary directory and swaps it into place
+(:mod:`llm_adapter.atomic`); ``overwrite`` replaces only a directory that
+llm-adapter wrote (:func:`llm_adapter.manifest.check_output_dir`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import math
 import os
-import re
 import shutil
-import struct
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .atomic import clean_leftovers, normal_permissions, recover, swap_into_place
 from .errors import AdapterError
-from .files import (
-    crash_point,
-    host_tag,
-    leftover_kind,
-    new_tag,
-    pid_alive,
-    refuse,
-    sha256_file,
-)
+from .files import crash_point, new_tag, sha256_file
 from .gguf_cache import load_gguf
 from .lowrank import LowRankLinear, count_unique_parameters
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    WEIGHTS,
+    check_output_dir,
+    check_schema,
+    check_weights_hash,
+    read_manifest,
+)
 from .models import (
     check_finite,
     dtype_kwargs,
@@ -83,271 +57,9 @@ from .models import (
     resolve_dtype,
     set_module,
 )
+from .safetensors_file import check_weight_files, read_safetensors_header
 
-__all__ = [
-    "EXPORT_MANIFEST",
-    "FORMAT_VERSION",
-    "check_output_dir",
-    "check_weight_files",
-    "check_weights_hash",
-    "clean_leftovers",
-    "load",
-    "main_file_tensor_bytes",
-    "model_context",
-    "read_manifest",
-    "read_safetensors_header",
-    "save",
-    "verify",
-]
-
-FORMAT_VERSION = 1
-MANIFEST = "compression.json"
-WEIGHTS = "model.safetensors"
-#: the manifest of a dense export (:func:`llm_adapter.export.export_dense`)
-EXPORT_MANIFEST = "llm_adapter_export.json"
-#: the shards and index of a dense export, for export manifests without a ``files`` list
-_EXPORT_SHARD = re.compile(
-    r"model-[0-9]{5}-of-[0-9]{5}\.safetensors|model\.safetensors\.index\.json"
-)
-#: files a save may write, for manifests older than the ``files`` list
-_KNOWN_FILES = frozenset(
-    {
-        MANIFEST,
-        WEIGHTS,
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer.model",
-        "chat_template.jinja",
-        "chat_template.json",
-    }
-)
-# ---------------------------------------------------------------- safe writes
-
-
-_host_tag = host_tag
-_new_tag = new_tag
-_pid_alive = pid_alive
-
-
-def clean_leftovers(out: str | os.PathLike[str]) -> list[str]:
-    """Remove what a dead earlier write to ``out`` left beside it; restore its old directory.
-
-    A write leaves ``.NAME.tmp-<host>-<pid>-<random>`` (a partial or a
-    replaced checkpoint) or ``.NAME.old-...`` (the previous checkpoint, set
-    aside during a replacement without an atomic exchange) only when its
-    process dies.  Those of this host whose process is gone are removed, except
-    that an ``.old-`` directory is renamed back to ``NAME`` when ``NAME`` is
-    missing (the process died between the two renames).  Anything else is left
-    alone.
-
-    Parameters
-    ----------
-    out : str or path
-        The target directory (it need not exist).
-
-    Returns
-    -------
-    list of str
-        One line per action taken.
-    """
-    target = Path(out)
-    parent = target.parent
-    if not parent.is_dir():
-        return []
-    prefix = f".{target.name}."
-    found: list[tuple[str, Path]] = []
-    for entry in parent.iterdir():
-        if not entry.name.startswith(prefix) or not entry.is_dir() or entry.is_symlink():
-            continue
-        kind = leftover_kind(entry.name[len(prefix) :])
-        if kind is not None:
-            found.append((kind, entry))
-    done: list[str] = []
-    for kind, entry in sorted(found, key=lambda e: e[0] != "old"):  # restore before removing
-        if kind == "old" and not target.exists() and not target.is_symlink():
-            try:
-                os.rename(entry, target)
-            except OSError:  # not ours to move after all (permissions): leave it
-                continue
-            done.append(f"restored {target} from {entry.name} (an earlier write died mid-swap)")
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-            done.append(f"removed {entry} (left by an earlier write that died)")
-    return done
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.relative_to(parent)
-    except ValueError:
-        return False
-    return True
-
-
-def _written_by_us(out: Path) -> None:
-    """Raise unless ``out`` is empty or a directory llm-adapter wrote that holds nothing else.
-
-    A checkpoint (``compression.json``) or a dense export (``llm_adapter_export.json``)
-    whose manifest lists its files (older manifests: the files a save writes).
-    """
-    fix = "choose another output directory, or remove it yourself"
-    if not any(out.iterdir()):
-        return
-    name = MANIFEST if (out / MANIFEST).is_file() else EXPORT_MANIFEST
-    file = out / name
-    if not file.is_file():
-        raise refuse(out, f"has no {MANIFEST}: it was not written by llm-adapter", fix)
-    listed: Any = None
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-        if name == MANIFEST:
-            ck = manifest["checkpoint"]
-            listed = ck.get("files")
-            ok = ck.get("format_version") == FORMAT_VERSION
-        else:
-            listed = manifest.get("files")
-            ok = manifest.get("format") == "dense"
-    except (ValueError, KeyError, TypeError, AttributeError):
-        ok, listed = False, None
-    if not ok:
-        raise refuse(
-            file,
-            f"is not a manifest of llm-adapter checkpoint format {FORMAT_VERSION} (nor of a "
-            "dense export)",
-            fix,
-        )
-    if isinstance(listed, list):
-        allowed = {str(n) for n in listed} | {name}
-    else:  # written before manifests listed their files
-        allowed = set(_KNOWN_FILES) | {name}
-    foreign = sorted(
-        p.name
-        for p in out.iterdir()
-        if not p.is_file()
-        or (p.name not in allowed and not (listed is None and _EXPORT_SHARD.fullmatch(p.name)))
-    )
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise refuse(out, f"holds files llm-adapter did not write ({shown})", fix)
-
-
-def check_output_dir(
-    out: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    sources: Iterable[str | os.PathLike[str]] = (),
-    flag: str = "--out",
-) -> None:
-    """Check, before any work, that a checkpoint can be written to ``out``.
-
-    Parameters
-    ----------
-    out : str or path
-        The target directory.
-    overwrite : bool
-        Whether an existing ``out`` may be replaced: only an empty directory,
-        or one written by llm-adapter (its manifest says so) that holds no
-        other file.
-    sources : iterable of str or path
-        Inputs (the model directory) that ``out`` must neither be nor contain.
-    flag : str
-        How the messages name ``out``.
-
-    Raises
-    ------
-    AdapterError
-        When ``out`` is an input or contains one, exists without
-        ``overwrite``, may not be replaced, is not a directory, or cannot be
-        created (a parent is a file, or is not writable).
-    """
-    target = Path(out)
-    resolved = target.resolve()
-    for src in sources:
-        src_path = Path(src)
-        if str(src) and src_path.exists() and _is_within(src_path.resolve(), resolved):
-            what = "is" if src_path.resolve() == resolved else "contains"
-            raise AdapterError(
-                f"{flag} {str(out)!r} {what} the input model {str(src)!r}; writing there "
-                f"would replace it: choose another {flag}"
-            )
-    if target.is_symlink():
-        raise AdapterError(f"{flag} {str(out)!r} is a symbolic link; give a real directory")
-    if target.exists():
-        if not target.is_dir():
-            raise AdapterError(
-                f"{flag} {str(out)!r} exists and is not a directory; choose another {flag}"
-            )
-        if not overwrite:
-            raise AdapterError(
-                f"output directory {str(out)!r} exists; pass --overwrite "
-                "(overwrite=True) to replace it"
-            )
-        _written_by_us(target)
-    ancestor = target.parent
-    while not ancestor.exists():
-        if ancestor.is_symlink():  # a dangling link
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise AdapterError(
-            f"{flag} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
-        )
-    probe = ancestor / f".{target.name}.tmp-{_new_tag()}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as exc:
-        raise AdapterError(
-            f"{flag} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
-            f"choose a writable {flag}"
-        ) from None
-
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
-    if not sys.platform.startswith("linux") or os.environ.get("LLM_ADAPTER_NO_EXCHANGE"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(a), None, str(b))
-
-
-def _swap_into_place(tmp: Path, out: Path, tag: str) -> None:
-    """Put the complete directory ``tmp`` at ``out``; a crash leaves the old or the new one."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    if _exchange(tmp, out):  # out: new; tmp: the old checkpoint
-        crash_point("save-swap")
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = out.parent / f".{out.name}.old-{tag}"
-    os.rename(out, old)
-    crash_point("save-swap")
-    os.rename(tmp, out)
-    os.rename(old, tmp)  # from here on a leftover to remove, never to restore
-    shutil.rmtree(tmp, ignore_errors=True)
+__all__ = ["load", "model_context", "save"]
 
 
 def _to_file_key(key: str, renames: dict[str, str]) -> str:
@@ -432,7 +144,7 @@ def save(
     tensors, aliases = _dedupe(model)
     check_finite(tensors, "the model to save")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = _new_tag()
+    tag = new_tag()
     tmp = out.parent / f".{out.name}.tmp-{tag}"
     tmp.mkdir()
     try:
@@ -481,276 +193,13 @@ def save(
             "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        _normal_permissions(tmp)
-        _swap_into_place(tmp, out, tag)
+        normal_permissions(tmp)
+        swap_into_place(tmp, out, tag)
         crash_point("save-done")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _normal_permissions(root: Path) -> None:
-    """Give the files the usual umask-based modes (as a plain ``mkdir`` would)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for file in root.rglob("*"):
-        os.chmod(file, (0o777 if file.is_dir() else 0o666) & ~umask)
-
-
-def main_file_tensor_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of tensor data in a safetensors file (its size less the 8-byte length and header)."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-    return os.path.getsize(path) - 8 - int(header_len)
-
-
-_ITEMSIZE = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
-
-
-def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """The tensor table of a safetensors file, checked against the file's size.
-
-    Parameters
-    ----------
-    path : str or path
-
-    Returns
-    -------
-    dict
-        Tensor name -> ``{"dtype", "shape", "data_offsets"}`` (the
-        ``__metadata__`` entry left out).
-
-    Raises
-    ------
-    AdapterError
-        For a missing, truncated or malformed file: a header that is not a
-        JSON object, a tensor whose byte range does not match its shape and
-        dtype or lies outside the file, or data of another length than the
-        tensors need.
-    """
-    p = Path(path)
-    fix = "the file is truncated or not a safetensors file; re-create or re-download it"
-    if not p.is_file():
-        raise AdapterError(f"weights file {str(p)!r} does not exist")
-    size = p.stat().st_size
-    try:
-        with open(p, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise AdapterError(f"{str(p)!r} has {size} bytes, no safetensors header: {fix}")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100_000_000):
-                raise AdapterError(
-                    f"{str(p)!r} announces a {n}-byte header in a {size}-byte file: {fix}"
-                )
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{str(p)!r} has an unreadable header ({exc}): {fix}") from None
-    if not isinstance(header, dict):
-        raise AdapterError(f"{str(p)!r}: the header is not a JSON object: {fix}")
-    header.pop("__metadata__", None)
-    data = size - 8 - n
-    end = 0
-    for name, info in header.items():
-        try:
-            dtype, shape, (lo, hi) = info["dtype"], info["shape"], info["data_offsets"]
-            numel = math.prod(int(s) for s in shape)
-            ok = (
-                dtype in _ITEMSIZE
-                and all(isinstance(s, int) and s >= 0 for s in shape)
-                and isinstance(lo, int)
-                and isinstance(hi, int)
-                and 0 <= lo <= hi
-                and hi - lo == numel * _ITEMSIZE[dtype]
-            )
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise AdapterError(f"{str(p)!r}: tensor {name} has a malformed entry {info!r}: {fix}")
-        end = max(end, hi)
-    if end != data:
-        raise AdapterError(
-            f"{str(p)!r} holds {data} bytes of tensor data, its header describes {end}: {fix}"
-        )
-    return header
-
-
-def check_weight_files(path: str | os.PathLike[str]) -> None:
-    """Check every ``*.safetensors`` file of a local model directory (see
-    :func:`read_safetensors_header`); a hub id or a missing path is left to the loader.
-
-    Parameters
-    ----------
-    path : str or path
-    """
-    root = Path(path)
-    if root.is_dir():
-        for file in sorted(root.glob("*.safetensors")):
-            read_safetensors_header(file)
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``compression.json`` manifest of a saved directory.
-
-    Parameters
-    ----------
-    path : str or path
-        A directory written by :func:`llm_adapter.save`.
-
-    Returns
-    -------
-    dict
-        The parsed manifest (method and parameters, ranks, per-layer errors,
-        calibration protocol, package versions, timings).
-
-    Raises
-    ------
-    AdapterError
-        When the directory or its manifest is missing, or the manifest is not
-        a JSON object.
-    """
-    file = Path(path) / MANIFEST
-    _recover(Path(path))
-    if not Path(path).is_dir():
-        raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
-    if not file.is_file():
-        raise AdapterError(
-            f"{str(path)!r} has no {MANIFEST}; not a checkpoint written by llm-adapter"
-        )
-    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{str(file)!r} is not valid JSON ({exc}); {fix}") from None
-    if not isinstance(data, dict):
-        raise AdapterError(f"{str(file)!r} holds a {type(data).__name__}, not an object; {fix}")
-    return data
-
-
-def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's ``checkpoint`` section, its schema checked; the weights file inside."""
-    where = f"{str(root / MANIFEST)!r}"
-    fix = "the checkpoint is damaged: write it again with llm-adapter compress"
-    ck = manifest.get("checkpoint")
-    if not isinstance(ck, dict):
-        raise AdapterError(f"{where} has no 'checkpoint' object; {fix}")
-    if ck.get("format_version") != FORMAT_VERSION:
-        raise AdapterError(
-            f"{str(root)!r} has checkpoint format {ck.get('format_version')!r}; "
-            f"this llm-adapter reads {FORMAT_VERSION}"
-        )
-    weights = ck.get("weights", WEIGHTS)
-    if (
-        not isinstance(weights, str)
-        or weights in ("", ".", "..")
-        or Path(weights).name != weights
-        or "\\" in weights
-    ):
-        raise AdapterError(
-            f"{where}: weights = {weights!r} is not a file name inside the checkpoint "
-            f"directory; {fix}"
-        )
-    file = root / weights
-    if file.is_symlink() or not _is_within(file.resolve(), root.resolve()):
-        raise AdapterError(f"{where}: weights file {weights!r} leads out of the directory; {fix}")
-    digest = ck.get("weights_sha256")
-    if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
-        raise AdapterError(f"{where}: weights_sha256 = {digest!r} is not a sha256 digest; {fix}")
-    lowrank = ck.get("lowrank_modules", {})
-    aliases = ck.get("aliases", {})
-    if not isinstance(lowrank, dict) or not isinstance(aliases, dict):
-        raise AdapterError(f"{where}: lowrank_modules and aliases must be objects; {fix}")
-    for name, info in lowrank.items():
-        ints = ("out_features", "in_features", "rank")
-        ok = (
-            isinstance(info, dict)
-            and all(type(info.get(k)) is int and info[k] >= 1 for k in ints)
-            and type(info.get("bias")) is bool
-            and info.get("shared") in ("left", "right")
-        )
-        if not ok:
-            raise AdapterError(f"{where}: low-rank module {name} has a malformed entry; {fix}")
-        if info["rank"] > min(info["out_features"], info["in_features"]):
-            raise AdapterError(
-                f"{where}: low-rank module {name} has rank {info['rank']} above "
-                f"min({info['out_features']}, {info['in_features']}); {fix}"
-            )
-    for a, c in aliases.items():
-        if not isinstance(c, str):
-            raise AdapterError(f"{where}: alias {a} -> {c!r} is not a tensor name; {fix}")
-    return ck
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def check_weights_hash(root: Path, ck: dict[str, Any]) -> None:
-    """Check the weights file against the sha256 its manifest records (none: not checked).
-
-    Checkpoints written before the manifest recorded a hash load unchecked.
-
-    Parameters
-    ----------
-    root : Path
-        The checkpoint directory.
-    ck : dict
-        The manifest's ``checkpoint`` section (:func:`check_schema`).
-
-    Raises
-    ------
-    AdapterError
-        When the file's bytes are not the ones written.
-    """
-    digest = ck.get("weights_sha256")
-    if digest is None:
-        return
-    weights = root / ck.get("weights", WEIGHTS)
-    if not weights.is_file():
-        raise AdapterError(f"weights file {str(weights)!r} does not exist")
-    if sha256_file(weights) != digest:
-        raise AdapterError(
-            f"{str(weights)!r} does not match the sha256 its manifest records: the file was "
-            "changed or damaged after llm-adapter wrote it; write the checkpoint again with "
-            "llm-adapter compress"
-        )
-
-
-def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a checkpoint without loading a model: manifest, weights header and content hash.
-
-    Parameters
-    ----------
-    path : str or path
-        A directory written by :func:`save`.
-
-    Returns
-    -------
-    dict
-        The manifest.
-
-    Raises
-    ------
-    AdapterError
-        Naming what is wrong.
-    """
-    root = Path(path)
-    manifest = read_manifest(root)
-    ck = check_schema(root, manifest)
-    read_safetensors_header(root / ck.get("weights", WEIGHTS))
-    check_weights_hash(root, ck)
-    return manifest
-
-
-def _recover(root: Path) -> None:
-    """Put back a checkpoint that a write killed mid-replacement left aside (see
-    :func:`clean_leftovers`), so that reading ``root`` finds it."""
-    if not root.exists() and not root.is_symlink():
-        clean_leftovers(root)
 
 
 _TORCH_DTYPES = {
@@ -791,7 +240,7 @@ def load(
 ) -> tuple[nn.Module, Any]:
     """Load any model: a checkpoint written by :func:`save`, a plain one, a GGUF file, a hub id.
 
-    This is the one loader (``llm_adapter.load_model`` is this function).
+    This is the one loader; the package exports it as ``llm_adapter.load``.
 
     Everything in the directory is checked before any tensor is read (see the
     module notes): a damaged or hand-edited checkpoint is an
@@ -824,7 +273,7 @@ def load(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     root = Path(path).expanduser()
-    _recover(root)
+    recover(root)
     if root.is_file() or str(path).lower().endswith(".gguf"):
         return load_gguf(root, device=device, dtype=dtype, device_map=device_map)
     if not (root / MANIFEST).is_file():
@@ -1018,7 +467,3 @@ def model_context(name_or_path: str | os.PathLike[str], config: Any = None) -> i
         except (ValueError, UnicodeDecodeError, AttributeError):
             value = None
     return value if type(value) is int and value >= 2 else None
-
-
-#: the one loader under the name the package exports (``llm_adapter.load_model``)
-load_model = load

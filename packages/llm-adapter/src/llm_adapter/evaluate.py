@@ -1,7 +1,10 @@
-"""Evaluation: WikiText-2 perplexity and HellaSwag accuracy.
+"""Evaluation: WikiText-2 perplexity and HellaSwag accuracy, as evaluation tasks.
 
 Two measurements turn a (compressed) model into the numbers the paper argues
-about.
+about.  Each is an evaluation task (:class:`PerplexityTask`,
+:class:`HellaSwagTask`); :func:`evaluate_model` runs a list of tasks, these
+and the harness's (:class:`llm_adapter.lmeval.HarnessTask`), the registry
+of which is :data:`llm_adapter.eval_tasks.EVAL_TASKS`.
 
 **Perplexity** follows SVD-LLM's protocol [SVDLLM]_: the whole test text is
 tokenised once, cut into non-overlapping windows of ``seq_len`` tokens (the
@@ -65,24 +68,25 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load
 from .data import tokenize_text
 from .errors import AdapterError
 from .models import model_device, resolve_device, resolve_dtype
 
 __all__ = [
+    "EvalTask",
     "HellaSwagItem",
     "HellaSwagResult",
+    "HellaSwagTask",
     "PerplexityResult",
+    "PerplexityTask",
     "evaluate_hellaswag",
     "evaluate_model",
-    "load_for_eval",
     "perplexity",
     "prepare_for_eval",
     "preprocess",
@@ -143,27 +147,11 @@ def prepare_for_eval(
     return model
 
 
-def load_for_eval(name_or_path: str | Path, device: str = "auto") -> tuple[Any, Any]:
-    """Load a model and tokenizer: an llm-adapter checkpoint, a local folder or a hub name.
-
-    Parameters
-    ----------
-    name_or_path : str or Path
-        A folder written by ``llm_adapter.save``, a transformers folder or a hub name.
-    device : str
-        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
-
-    Returns
-    -------
-    (model, tokenizer)
-    """
-    return load(name_or_path, device=device)
-
-
 # --------------------------------------------------------------------------- text
 
 
-def _read_text_file(path: Path) -> str:
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file (optionally ``.bz2``/``.gz``), line ends normalised to ``\\n``."""
     opener: Any = open
     if path.suffix == ".bz2":
         opener = bz2.open
@@ -200,7 +188,7 @@ def read_wikitext(path: str | Path | None = None, *, split: str = "test") -> str
     str
     """
     if path is not None:
-        return _read_text_file(Path(path))
+        return read_text_file(Path(path))
     dataset = _load_hub_dataset(*HUB_WIKITEXT, split=split)
     return "\n\n".join(dataset["text"])
 
@@ -603,12 +591,14 @@ def hellaswag_jsonl(path: Path, text: str, limit: int | None) -> Iterator[dict[s
             return
 
 
-def _is_jsonl(path: Path) -> bool:
+def is_jsonl(path: Path) -> bool:
+    """Whether ``path`` names a JSON-lines file (``.jsonl``/``.json``, compressed or not)."""
     stem = [s for s in path.suffixes if s not in {".bz2", ".gz"}]
     return bool(stem) and stem[-1] in {".jsonl", ".json"}
 
 
-def _lines(text: str) -> list[str]:
+def split_lines(text: str) -> list[str]:
+    """The lines of ``text``, without the empty one after a final newline."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -646,8 +636,8 @@ def read_hellaswag(
                 break
         return items
     p = Path(path)
-    text = _read_text_file(p)
-    if _is_jsonl(p):
+    text = read_text_file(p)
+    if is_jsonl(p):
         items = []
         for doc in hellaswag_jsonl(p, text, limit):
             try:
@@ -657,7 +647,7 @@ def read_hellaswag(
                     f"{p}: HellaSwag record {len(items) + 1} is malformed ({exc!r})"
                 ) from None
         return items
-    lines = _lines(text)
+    lines = split_lines(text)
     if limit is not None:
         lines = lines[: 6 * limit]
     return [
@@ -850,91 +840,77 @@ def evaluate_hellaswag(
 # --------------------------------------------------------------------------- one call
 
 
-def evaluate_model(
-    model: Any,
-    tokenizer: Any,
-    *,
-    wikitext: str | Path | None = None,
-    hellaswag: str | Path | None = None,
-    use_hub_wikitext: bool = False,
-    use_hub_hellaswag: bool = False,
-    seq_len: int = 2048,
-    stride: int | None = None,
-    limit: int | None = None,
-    max_windows: int | None = None,
-    batch_size: int = 8,
-    hellaswag_items: Sequence[HellaSwagItem] | None = None,
-    wikitext_ids: torch.Tensor | None = None,
-    progress: bool = True,
-    per_item: bool = False,
-    windows: str = "first",
-    window_seed: int = 0,
-) -> dict[str, Any]:
-    """Perplexity and/or HellaSwag of a prepared model, as a flat JSON-ready dict.
+class EvalTask(Protocol):
+    """One evaluation task: a name, and a run that returns flat JSON-ready figures.
 
-    Parameters
+    The task's own settings (its data, window length, item limit) are its
+    fields; :func:`evaluate_model` passes the settings every task shares.
+    """
+
+    name: ClassVar[str]
+
+    def run(
+        self, model: Any, tokenizer: Any, *, batch_size: int, progress: bool, per_item: bool
+    ) -> dict[str, Any]:
+        """The task's figures, keys prefixed by the task (``ppl_*``, ``hellaswag_*``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PerplexityTask:
+    """WikiText-2 perplexity (see :func:`perplexity`) as an evaluation task.
+
+    Attributes
     ----------
-    model, tokenizer
-        A prepared causal LM (see :func:`prepare_for_eval`) and its tokenizer.
-    wikitext, hellaswag : str or Path, optional
-        Local files (see :func:`read_wikitext`, :func:`read_hellaswag`).
-    use_hub_wikitext, use_hub_hellaswag : bool
-        Read the hub dataset when no file is given.
+    path : str or Path, optional
+        A local text file (see :func:`read_wikitext`); None with no
+        ``input_ids``: the hub's test split.
+    input_ids : torch.Tensor, shape=[N], optional
+        Pre-tokenised text (sweeps tokenise once); overrides ``path``.
     seq_len, stride, max_windows, windows, window_seed
         See :func:`perplexity`.
-    limit : int, optional
-        HellaSwag items to score (the first ``limit``).
-    batch_size : int
-        Windows per pass for perplexity; four times as many sequences for HellaSwag.
-    hellaswag_items : sequence of HellaSwagItem, optional
-        Pre-read items (sweeps read the file once); overrides ``hellaswag``.
-    wikitext_ids : torch.Tensor, shape=[N], optional
-        Pre-tokenised text (sweeps tokenise once); overrides ``wikitext``.
-    progress : bool
-    per_item : bool
-        Also return the per-window NLL sums, token counts and start offsets
-        (``ppl_window_nll``, ``ppl_window_tokens``, ``ppl_window_starts``) and the
-        per-item HellaSwag hits (``hellaswag_correct``, ``hellaswag_correct_norm``),
-        for paired comparisons between models.
-
-    Returns
-    -------
-    dict
-        Keys ``ppl``, ``ppl_nll``, ``ppl_tokens``, ``ppl_seconds``,
-        ``ppl_tokens_per_second``, ``ppl_window_rule``, ``ppl_window_seed``,
-        ``ppl_window_starts_sha256`` (of the start offsets as int64 bytes),
-        ``hellaswag_acc``, ``hellaswag_acc_norm``, ``hellaswag_items``, ...
-        (only those measured).
     """
-    out: dict[str, Any] = {}
-    if wikitext_ids is not None or wikitext is not None or use_hub_wikitext:
-        if wikitext_ids is not None:
+
+    name: ClassVar[str] = "wikitext"
+    path: str | Path | None = None
+    input_ids: torch.Tensor | None = None
+    seq_len: int = 2048
+    stride: int | None = None
+    max_windows: int | None = None
+    windows: str = "first"
+    window_seed: int = 0
+
+    def run(
+        self, model: Any, tokenizer: Any, *, batch_size: int, progress: bool, per_item: bool
+    ) -> dict[str, Any]:
+        """Keys ``ppl``, ``ppl_nll``, ``ppl_tokens``, ... (per window with ``per_item``)."""
+        if self.input_ids is not None:
             res = perplexity(
                 model,
-                input_ids=wikitext_ids,
-                seq_len=seq_len,
-                stride=stride,
+                input_ids=self.input_ids,
+                seq_len=self.seq_len,
+                stride=self.stride,
                 batch_size=batch_size,
-                max_windows=max_windows,
+                max_windows=self.max_windows,
                 progress=progress,
-                windows=windows,
-                window_seed=window_seed,
+                windows=self.windows,
+                window_seed=self.window_seed,
             )
         else:
             res = perplexity(
                 model,
                 tokenizer,
-                text=read_wikitext(wikitext),
-                seq_len=seq_len,
-                stride=stride,
+                text=read_wikitext(self.path),
+                seq_len=self.seq_len,
+                stride=self.stride,
                 batch_size=batch_size,
-                max_windows=max_windows,
+                max_windows=self.max_windows,
                 progress=progress,
-                windows=windows,
-                window_seed=window_seed,
+                windows=self.windows,
+                window_seed=self.window_seed,
             )
         starts = np.asarray(res.window_starts, dtype=np.int64)
-        out.update(
+        out: dict[str, Any] = dict(
             ppl=res.perplexity,
             ppl_nll=res.nll,
             ppl_tokens=res.scored_tokens,
@@ -953,18 +929,47 @@ def evaluate_model(
                 ppl_window_tokens=list(res.window_tokens),
                 ppl_window_starts=list(res.window_starts),
             )
-    if hellaswag_items is not None or hellaswag is not None or use_hub_hellaswag:
+        return out
+
+
+@dataclass(frozen=True)
+class HellaSwagTask:
+    """HellaSwag accuracy (see :func:`evaluate_hellaswag`) as an evaluation task.
+
+    Attributes
+    ----------
+    path : str or Path, optional
+        A local file (see :func:`read_hellaswag`); None with no ``items``:
+        the hub's validation split.
+    items : sequence of HellaSwagItem, optional
+        Pre-read items (sweeps read the file once); overrides ``path``.
+    limit : int, optional
+        Items to score (the first ``limit``).
+    """
+
+    name: ClassVar[str] = "hellaswag"
+    path: str | Path | None = None
+    items: Sequence[HellaSwagItem] | None = None
+    limit: int | None = None
+
+    def run(
+        self, model: Any, tokenizer: Any, *, batch_size: int, progress: bool, per_item: bool
+    ) -> dict[str, Any]:
+        """Keys ``hellaswag_acc``, ``hellaswag_acc_norm``, ... (per item with ``per_item``).
+
+        Scores four times ``batch_size`` sequences per pass.
+        """
         items = (
-            list(hellaswag_items)[:limit]
-            if limit is not None and hellaswag_items is not None
-            else hellaswag_items
+            list(self.items)[: self.limit]
+            if self.limit is not None and self.items is not None
+            else self.items
         )
         if items is None:
-            items = read_hellaswag(hellaswag, limit=limit)
+            items = read_hellaswag(self.path, limit=self.limit)
         hs = evaluate_hellaswag(
             model, tokenizer, items, batch_size=4 * batch_size, progress=progress
         )
-        out.update(
+        out: dict[str, Any] = dict(
             hellaswag_acc=hs.acc,
             hellaswag_acc_norm=hs.acc_norm,
             hellaswag_items=hs.items,
@@ -977,4 +982,50 @@ def evaluate_model(
             out.update(
                 hellaswag_correct=list(hs.correct), hellaswag_correct_norm=list(hs.correct_norm)
             )
+        return out
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[EvalTask],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    per_item: bool = False,
+) -> dict[str, Any]:
+    """Run evaluation tasks on a prepared model; their figures as one flat JSON-ready dict.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A prepared causal LM (see :func:`prepare_for_eval`) and its tokenizer.
+    tasks : sequence of EvalTask
+        Run in order: :class:`PerplexityTask`, :class:`HellaSwagTask`,
+        :class:`llm_adapter.lmeval.HarnessTask`, or any entry of
+        :data:`llm_adapter.eval_tasks.EVAL_TASKS`.
+    batch_size : int
+        Windows per pass for perplexity; four times as many sequences for
+        HellaSwag; the harness's batch size.
+    progress : bool
+    per_item : bool
+        Also return the per-window NLL sums, token counts and start offsets
+        (``ppl_window_nll``, ``ppl_window_tokens``, ``ppl_window_starts``) and the
+        per-item HellaSwag hits (``hellaswag_correct``, ``hellaswag_correct_norm``),
+        for paired comparisons between models.
+
+    Returns
+    -------
+    dict
+        Each task's figures in the order of ``tasks``: ``ppl``, ``ppl_nll``,
+        ``ppl_tokens``, ``ppl_seconds``, ``ppl_tokens_per_second``,
+        ``ppl_window_rule``, ``ppl_window_seed``, ``ppl_window_starts_sha256``
+        (of the start offsets as int64 bytes), ``hellaswag_acc``,
+        ``hellaswag_acc_norm``, ``hellaswag_items``, ..., ``lm_eval``.
+    """
+    out: dict[str, Any] = {}
+    for task in tasks:
+        out.update(
+            task.run(model, tokenizer, batch_size=batch_size, progress=progress, per_item=per_item)
+        )
     return out

@@ -38,20 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import (
-    EXPORT_MANIFEST,
-    _normal_permissions,
-    _recover,
-    _swap_into_place,
-    check_output_dir,
-    clean_leftovers,
-    crash_point,
-    load,
-    read_manifest,
-)
+from .atomic import clean_leftovers, normal_permissions, recover, swap_into_place
+from .checkpoint import load
 from .errors import AdapterError
-from .files import new_tag
+from .files import crash_point, new_tag
 from .lowrank import LowRankLinear, count_unique_parameters
+from .manifest import EXPORT_MANIFEST, check_output_dir, read_manifest
 from .models import resolve_dtype, set_module
 
 __all__ = [
@@ -136,7 +128,7 @@ def export_dense(
         ``out_dir``; ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads it.
     """
     src = Path(source)
-    _recover(src)
+    recover(src)
     if not src.is_dir():
         raise AdapterError(f"checkpoint directory {str(source)!r} does not exist")
     if not (src / _COMPRESSION_MANIFEST).is_file() and not (src / "config.json").is_file():
@@ -179,8 +171,8 @@ def export_dense(
             "files": sorted([p.name for p in tmp.iterdir()] + [EXPORT_MANIFEST]),
         }
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        _normal_permissions(tmp)
-        _swap_into_place(tmp, out, tag)
+        normal_permissions(tmp)
+        swap_into_place(tmp, out, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

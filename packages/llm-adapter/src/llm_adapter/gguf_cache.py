@@ -255,7 +255,7 @@ def dequantize_gguf(
     Returns
     -------
     Path
-        The entry directory; ``llm_adapter.load_model`` reads it like any
+        The entry directory; ``llm_adapter.load`` reads it like any
         local checkpoint (float32 weights, the GGUF's own tokenizer).
 
     Raises

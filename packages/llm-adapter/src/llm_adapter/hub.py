@@ -44,14 +44,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return _reachable[endpoint]
 
 
-def _hub_cache() -> Path:
+def hub_cache() -> Path:
+    """The hub's cache folder (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
     return Path(home) / "hub"
 
 
-def _why_offline() -> str | None:
+def why_offline() -> str | None:
+    """Why the hub cannot be used (an offline variable, no route), or None when it can."""
     var = _offline_env()
     if var is not None:
         return f"{var} is set"
@@ -77,13 +79,13 @@ def check_hub_model(name: str, flag: str = "--model") -> None:
     """
     if _is_local(name):
         return
-    if (_hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
+    if (hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
         return  # in the local cache: transformers reads it from there
-    why = _why_offline()
+    why = why_offline()
     if why is not None:
         raise AdapterError(
             f"model {name!r} is a hub id, but {why} and it is not in the local cache "
-            f"({_hub_cache()}); pass a local model directory with {flag} PATH"
+            f"({hub_cache()}); pass a local model directory with {flag} PATH"
         )
 
 
@@ -97,12 +99,12 @@ def check_hub_dataset(name: str, local_flag: str) -> None:
     local_flag : str
         The option that reads a local file instead (``--calib-text PATH``).
     """
-    why = _why_offline()
+    why = why_offline()
     if why is None:
         return
     tail = name.split("/")[-1]
     home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
-    roots = [_hub_cache(), Path(os.environ.get("HF_DATASETS_CACHE", Path(home) / "datasets"))]
+    roots = [hub_cache(), Path(os.environ.get("HF_DATASETS_CACHE", Path(home) / "datasets"))]
     for root in roots:
         if root.is_dir() and any(tail.lower() in p.name.lower() for p in root.iterdir()):
             return  # something of that name is cached: let `datasets` read it

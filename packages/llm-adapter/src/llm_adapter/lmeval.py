@@ -1,9 +1,11 @@
 """lm-evaluation-harness tasks on a loaded (compressed or plain) model.
 
-:func:`run_tasks` hands the model that :func:`llm_adapter.load` returned,
-low-rank modules and all, to the harness's Python API
-(``lm_eval.models.huggingface.HFLM(pretrained=model, tokenizer=...)`` and
-``lm_eval.simple_evaluate``): no export, no second copy of the weights.  The
+:class:`HarnessTask` is the harness as one evaluation task
+(:func:`llm_adapter.evaluate.evaluate_model`); :func:`run_tasks` hands the
+model that :func:`llm_adapter.load` returned, low-rank modules and all, to
+the harness's Python API (``lm_eval.models.huggingface.HFLM(pretrained=model,
+tokenizer=...)`` and ``lm_eval.simple_evaluate``): no export, no second copy
+of the weights.  The
 figures are the harness's own (its metrics and its stderr), returned as one
 JSON-ready dict.  The harness is the optional extra ``llm-adapter[eval]``
 (``lm-eval``); ``make`` installs it.
@@ -39,21 +41,23 @@ import os
 import socket
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from .errors import AdapterError
 from .evaluate import (
-    _is_jsonl,
-    _lines,
-    _read_text_file,
     hellaswag_jsonl,
     hellaswag_text_blocks,
+    is_jsonl,
+    read_text_file,
+    split_lines,
 )
 
 __all__ = [
     "HARNESS_EXTRA",
+    "HarnessTask",
     "check_tasks",
     "harness_version",
     "hellaswag_records",
@@ -160,11 +164,11 @@ def hellaswag_records(
         :func:`llm_adapter.evaluate.read_hellaswag`.
     """
     p = Path(path)
-    text = _read_text_file(p)
-    if _is_jsonl(p):
+    text = read_text_file(p)
+    if is_jsonl(p):
         return list(hellaswag_jsonl(p, text, limit))
     records: list[dict[str, Any]] = []
-    for context, label, endings in hellaswag_text_blocks(_lines(text), str(p)):
+    for context, label, endings in hellaswag_text_blocks(split_lines(text), str(p)):
         head, sep, ctx = context.partition(": ")
         if not sep:
             head, ctx = "", context
@@ -441,3 +445,48 @@ def run_tasks(
     if samples:
         out["samples"] = res.get("samples", {})
     return out
+
+
+@dataclass(frozen=True)
+class HarnessTask:
+    """lm-evaluation-harness tasks (see :func:`run_tasks`) as one evaluation task.
+
+    Its figures go under one key, ``lm_eval``.
+
+    Attributes
+    ----------
+    tasks : str or sequence of str
+        Harness task names (``"hellaswag,arc_easy"``).
+    task_data : mapping of str to path
+        Task -> local file replacing its hub dataset.
+    limit : int, optional
+        The first ``limit`` documents of each task.
+    num_fewshot : int, optional
+        Default: each task's own.
+    task_manager : lm_eval.tasks.TaskManager, optional
+        What :func:`check_tasks` returned for the same tasks.
+    """
+
+    name: ClassVar[str] = "lm_eval"
+    tasks: str | Sequence[str] = ()
+    task_data: Mapping[str, str | os.PathLike[str]] = field(default_factory=dict)
+    limit: int | None = None
+    num_fewshot: int | None = None
+    task_manager: Any = None
+
+    def run(
+        self, model: Any, tokenizer: Any, *, batch_size: int, progress: bool, per_item: bool
+    ) -> dict[str, Any]:
+        """``{"lm_eval": run_tasks(...)}`` (``progress`` and ``per_item`` are not used)."""
+        return {
+            "lm_eval": run_tasks(
+                model,
+                tokenizer,
+                self.tasks,
+                task_data=self.task_data,
+                limit=self.limit,
+                num_fewshot=self.num_fewshot,
+                batch_size=batch_size,
+                task_manager=self.task_manager,
+            )
+        }

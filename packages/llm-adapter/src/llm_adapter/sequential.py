@@ -368,14 +368,14 @@ def compress_sequential(
     import grassbundle as gb
     from grassbundle.refit import RIDGE
 
-    from .models import _layers
+    from .models import layer_list
 
     if fit not in FITS:
         raise AdapterError(f"unknown sequential fit {fit!r}; valid: {', '.join(FITS)}")
     if (fit == "refit") != (refit is not None):
         raise AdapterError("compress_sequential: give refit= options exactly when fit='refit'")
     r = RIDGE if ridge is None else float(ridge)
-    layers = _layers(model)
+    layers = layer_list(model)
     per_family = {f: family_modules(model, f) for f in families}
     names = {f: family_module_names(model, f) for f in families}
     for f in families:

@@ -33,7 +33,7 @@ from pathlib import Path
 from .assets import TINY_MODEL
 from .errors import AdapterError
 from .gguf_cache import cache_root
-from .hub import _hub_cache, _why_offline
+from .hub import hub_cache, why_offline
 
 __all__ = [
     "SMOLLM2",
@@ -83,7 +83,7 @@ class ModelSource:
     Attributes
     ----------
     name : str
-        What :func:`llm_adapter.load_model` takes: a directory, a ``.gguf``
+        What :func:`llm_adapter.load` takes: a directory, a ``.gguf``
         file or a hub id.
     kind : str
         ``given``, ``local``, ``hub``, ``wheel`` or ``tiny``.
@@ -231,9 +231,9 @@ def resolve_model(
         if found is not None:
             return ModelSource(str(found), "local", f"local copy {found}")
         reasons.append(f"no local copy in {local}")
-    if (_hub_cache() / f"models--{wanted.hub_id.replace('/', '--')}").is_dir():
+    if (hub_cache() / f"models--{wanted.hub_id.replace('/', '--')}").is_dir():
         return ModelSource(wanted.hub_id, "hub", f"hub id {wanted.hub_id} (local hub cache)")
-    why = _why_offline()
+    why = why_offline()
     if why is None:
         return ModelSource(wanted.hub_id, "hub", f"hub id {wanted.hub_id}")
     reasons.append(f"hub: {why}")

@@ -97,7 +97,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="llm-adapter",
-        description="Compress GPT-NeoX (Pythia) models with grassbundle, save, reload, evaluate.",
+        description=(
+            "Compress GPT-NeoX and Llama-family models with grassbundle, save, reload, evaluate."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"llm-adapter {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -34,7 +34,7 @@ def _info_plain(root: Path) -> int:
         raise AdapterError(f"{str(root / 'config.json')!r} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise AdapterError(f"{str(root / 'config.json')!r} is not a JSON object")
-    from ..checkpoint import check_weight_files
+    from ..safetensors_file import check_weight_files
 
     check_weight_files(root)
     files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
@@ -54,8 +54,8 @@ def _info_plain(root: Path) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """The ``info`` subcommand."""
-    from ..checkpoint import MANIFEST, WEIGHTS, check_schema, read_manifest
     from ..compress import CompressionReport
+    from ..manifest import MANIFEST, WEIGHTS, check_schema, read_manifest
 
     path = model_argument(getattr(args, "model_pos", None), args.model)
     root = Path(path)

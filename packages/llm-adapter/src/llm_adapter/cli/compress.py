@@ -135,18 +135,14 @@ def register(subparsers: Any) -> None:
 
 def run_compress(args: argparse.Namespace) -> int:
     """The ``compress`` subcommand: every argument is checked before the model is loaded."""
+    from ..atomic import clean_leftovers
     from ..calibrate import calibrate
-    from ..checkpoint import (
-        check_output_dir,
-        check_weight_files,
-        clean_leftovers,
-        load,
-        model_context,
-        save,
-    )
+    from ..checkpoint import load, model_context, save
     from ..compress import CompressionConfig, check_config, compress_model
     from ..files import check_text_file, check_writable_dir
+    from ..manifest import check_output_dir
     from ..models import check_finite, resolve_device, resolve_dtype, resolve_families
+    from ..safetensors_file import check_weight_files
 
     for key in method_params(args):  # given explicitly, even at its default value
         takers = [m.name for m in METHOD_TABLE.values() if key in m.params]

@@ -86,17 +86,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``llm-adapter evaluate`` from parsed arguments; returns the exit status."""
-    from ..checkpoint import check_weight_files, model_context
+    from ..checkpoint import load, model_context
+    from ..eval_tasks import make_task
     from ..evaluate import (
         HUB_HELLASWAG,
         HUB_WIKITEXT,
         evaluate_model,
-        load_for_eval,
         prepare_for_eval,
         read_hellaswag,
         read_wikitext,
     )
     from ..models import check_finite, model_device, resolve_device, resolve_dtype
+    from ..safetensors_file import check_weight_files
 
     tasks = getattr(args, "tasks", None)
     neither = args.wikitext is None and args.hellaswag is None and tasks is None
@@ -143,41 +144,40 @@ def run_cli(args: argparse.Namespace) -> int:
     if hub_h:
         check_hub_dataset(HUB_HELLASWAG, "--hellaswag PATH")
     check_weight_files(args.model)
-    model, tokenizer = load_for_eval(args.model, device=args.device)
+    model, tokenizer = load(args.model, device=args.device)
     check_finite(model.state_dict(), f"the model {str(args.model)!r}")
     model = prepare_for_eval(model, args.device, args.dtype)
     seq_len = args.seq_len or model_context(args.model, getattr(model, "config", None)) or 2048
+    to_run = []
+    if wikitext is not None or hub_w:
+        to_run.append(
+            make_task(
+                "wikitext",
+                path=wikitext,
+                seq_len=seq_len,
+                stride=args.stride,
+                max_windows=args.max_windows,
+                windows=args.windows,
+                window_seed=args.window_seed,
+            )
+        )
+    if hellaswag is not None or hub_h:
+        to_run.append(make_task("hellaswag", path=hellaswag, items=items, limit=args.limit))
+    if tasks is not None:
+        to_run.append(
+            make_task(
+                "lm_eval",
+                tasks=tasks,
+                task_data=task_data,
+                limit=args.limit,
+                num_fewshot=args.num_fewshot,
+                task_manager=manager,
+            )
+        )
     out = evaluate_model(
-        model,
-        tokenizer,
-        wikitext=wikitext,
-        hellaswag=None if items is not None else hellaswag,
-        hellaswag_items=items,
-        use_hub_wikitext=hub_w,
-        use_hub_hellaswag=hub_h,
-        seq_len=seq_len,
-        stride=args.stride,
-        limit=args.limit,
-        max_windows=args.max_windows,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        windows=args.windows,
-        window_seed=args.window_seed,
+        model, tokenizer, to_run, batch_size=args.batch_size, progress=not args.no_progress
     )
     out = {"model": str(args.model), "device": str(model_device(model)), **out}
-    if tasks is not None:
-        from ..lmeval import run_tasks
-
-        out["lm_eval"] = run_tasks(
-            model,
-            tokenizer,
-            tasks,
-            task_data=task_data,
-            limit=args.limit,
-            num_fewshot=args.num_fewshot,
-            batch_size=args.batch_size,
-            task_manager=manager,
-        )
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -112,7 +112,7 @@ def run_export(args: argparse.Namespace) -> int:
     source = args.model  # given once, positionally or as --model (checked by main)
     if args.format == "onnx":
         return _run_onnx(args)
-    from ..checkpoint import clean_leftovers
+    from ..atomic import clean_leftovers
     from ..export import checkpoint_summary, export_dense, format_summary
 
     for line in clean_leftovers(args.out):

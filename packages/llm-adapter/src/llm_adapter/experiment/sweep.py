@@ -798,7 +798,7 @@ def check_results_file(path: str | Path) -> None:
 def _check_checkpoints(config: dict[str, Any], todo: list[tuple[SweepPoint, str]]) -> None:
     """Every saved point checkpoint the run would reuse or replace, checked before it starts:
     a directory that is not llm-adapter's, or a checkpoint whose content changed, is an error."""
-    from ..checkpoint import check_output_dir, verify
+    from ..manifest import check_output_dir, verify
 
     if not config.get("checkpoints"):
         return
@@ -854,11 +854,12 @@ def _shared(
 ) -> _Shared:
     """Load the model, calibrate, read the evaluation data: once for every point to run."""
     from ..calibrate import calibrate
-    from ..checkpoint import check_weight_files, load, model_context
+    from ..checkpoint import load, model_context
     from ..evaluate import read_hellaswag, read_wikitext, tokenize_for_eval
     from ..hub import check_hub_dataset, check_hub_model
     from ..lowrank import count_unique_parameters
     from ..models import family_weights, resolve_families
+    from ..safetensors_file import check_weight_files
 
     calib = dict(config.get("calibration") or {})
     held = dict(config.get("heldout") or {})
@@ -929,9 +930,10 @@ def _shared(
 
 def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
     """Compress (or reload) and evaluate one point; its results row."""
-    from ..checkpoint import load, read_manifest, save
-    from ..evaluate import evaluate_model, prepare_for_eval
+    from ..checkpoint import load, save
+    from ..evaluate import HellaSwagTask, PerplexityTask, evaluate_model, prepare_for_eval
     from ..lowrank import count_unique_parameters
+    from ..manifest import read_manifest
 
     config, device, evaluation = s.config, s.config.get("device", "auto"), s.evaluation
     base, tokenizer, stats, context = s.base, s.tokenizer, s.stats, s.context
@@ -958,13 +960,19 @@ def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         if ck is not None:
             save(model, tokenizer, report, ck, overwrite=True)
     model = prepare_for_eval(model, device, config.get("dtype", "auto"))
+    tasks: list[Any] = []
+    if wiki_ids is not None:
+        tasks.append(PerplexityTask(
+            input_ids=wiki_ids, seq_len=int(evaluation.get("seq_len") or context),
+            stride=evaluation.get("stride"), max_windows=evaluation.get("max_windows"),
+            windows=protocol["evaluation"].get("windows", "first"),
+            window_seed=int(protocol["evaluation"].get("window_seed", 0)),
+        ))  # fmt: skip
+    if hs_items is not None:
+        tasks.append(HellaSwagTask(items=hs_items, limit=evaluation.get("limit")))
     metrics = evaluate_model(
-        model, tokenizer, wikitext_ids=wiki_ids, hellaswag_items=hs_items,
-        seq_len=int(evaluation.get("seq_len") or context), stride=evaluation.get("stride"),
-        max_windows=evaluation.get("max_windows"), limit=evaluation.get("limit"),
-        batch_size=int(evaluation.get("batch_size", 8)), progress=progress, per_item=True,
-        windows=protocol["evaluation"].get("windows", "first"),
-        window_seed=int(protocol["evaluation"].get("window_seed", 0)),
+        model, tokenizer, tasks, batch_size=int(evaluation.get("batch_size", 8)),
+        progress=progress, per_item=True,
     )  # fmt: skip
     per_layer: dict[str, dict[str, Any]] = {}
     frob: list[float] = []
@@ -1042,7 +1050,7 @@ def _run_sweep(
     locks: list[tuple[int, Path | None]],
 ) -> list[dict[str, Any]]:
     """The body of :func:`run_sweep`; the results file's lock descriptor goes to ``locks``."""
-    from ..checkpoint import crash_point
+    from ..files import crash_point
 
     log = log or sys.stderr
     check_config(config)
