@@ -290,3 +290,45 @@ def test_layerwise_shares_inputs_and_matches_full_forward_on_llama() -> None:
     for f in LLAMA_ALL:
         # the same float64 arithmetic on the same batches, block by block: roundoff only
         np.testing.assert_allclose(lw.covariance(f), full.covariance(f), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("n", [5, 1100, 1536])  # one, two and three column blocks
+def test_block_triangular_gram_updates_equal_the_full_product(n: int) -> None:
+    from llm_adapter.calibrate import _add_gram, _block_edges, _mirror
+
+    assert len(_block_edges(n)) - 1 == max(1, n // 512)
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(3, 40, n, dtype=torch.float64, generator=gen)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    for part in x:  # three updates, as three batches
+        _add_gram(g, part, "float64")
+    _mirror(g)
+    x2 = x.reshape(-1, n)
+    ref = x2.T @ x2
+    # the same float64 dot products, in the same order within a block: roundoff only
+    torch.testing.assert_close(g, ref, rtol=1e-13, atol=1e-12)
+    # mixed: float32 products of float32 inputs (exact in float32), summed in float64;
+    # each inner sum has 40 terms, so the error is a few float32 ulps of sum |x_i x_j|
+    x32 = x.float()
+    gm = torch.zeros(n, n, dtype=torch.float64)
+    for part in x32:
+        _add_gram(gm, part, "mixed")
+    _mirror(gm)
+    ref32 = x32.double().reshape(-1, n).T @ x32.double().reshape(-1, n)
+    bound = 40 * 6e-8 * (x32.double().abs().reshape(-1, n).T @ x32.double().abs().reshape(-1, n))
+    assert bool(((gm - ref32).abs() <= bound).all())
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_mixed_accumulation_agrees_with_float64() -> None:
+    model = random_model("llama", num_hidden_layers=2)
+    windows = _windows(4, 64)
+    exact = calibrate(model, None, "all", token_windows=windows, batch_size=2)
+    mixed = calibrate(model, None, "all", token_windows=windows, batch_size=2, accumulate="mixed")
+    for f, C in exact.covariances.items():
+        Cm = mixed.covariance(f)
+        np.testing.assert_array_equal(Cm, np.swapaxes(Cm, -1, -2))
+        err = np.linalg.norm(Cm - C, axis=(1, 2)) / np.linalg.norm(C, axis=(1, 2))
+        assert err.max() < 1e-6, (f, err)
+    with pytest.raises(AdapterError, match="accumulate must be one of float64, mixed"):
+        calibrate(model, None, "all", token_windows=windows, accumulate="float32")

@@ -108,12 +108,6 @@ def check_lam(lam: Any) -> float:
     )
 
 
-def _top_eigenspace_dense(K: F64, d: int) -> tuple[F64, F64]:
-    """Top-``d`` eigenvectors (descending) and all eigenvalues (descending) of symmetric ``K``."""
-    mu, V = np.linalg.eigh(K)
-    return np.ascontiguousarray(V[:, ::-1][:, :d]), mu[::-1].copy()
-
-
 def _top_eigenvectors(K: F64, d: int) -> F64:
     """Top-``d`` eigenvectors (descending) of symmetric ``K``, without the rest.
 
@@ -132,21 +126,21 @@ def top_eigenspace_factor(F: F64, d: int) -> F64:
 
     When ``w < m`` the eigenvectors come from the ``w x w`` Gram ``F^T F``
     (``U = F v / sqrt(mu)``, then a QR that fixes roundoff without changing
-    the span); otherwise from the ``m x m`` ``F F^T``.  The Gram route is
+    the span); otherwise from the ``m x m`` ``F F^T``.  Either way only the
+    top ``d`` eigenpairs are computed (``_top_eigenvectors``' driver).  The Gram route is
     used only when ``mu_d > 1e-8 mu_1``: the map ``v -> F v / sqrt(mu)``
     amplifies the eigenvector error by at most ``sqrt(mu_1 / mu_d) <= 1e4``,
     keeping the span accurate to about 1e-12.
     """
     m, w = F.shape
     if w < m and w >= d:
-        mu, V = np.linalg.eigh(F.T @ F)
-        mu = mu[::-1][:d]
+        mu, V = scipy.linalg.eigh(F.T @ F, subset_by_index=[w - d, w - 1], driver="evr")
+        mu, V = mu[::-1], V[:, ::-1]
         if mu[-1] > 1e-8 * max(mu[0], np.finfo(np.float64).tiny):
-            U = F @ (V[:, ::-1][:, :d] / np.sqrt(mu))
+            U = F @ (V / np.sqrt(mu))
             Q, R = np.linalg.qr(U)
             return Q * np.sign(np.diagonal(R))
-    U, _ = _top_eigenspace_dense(F @ F.T, d)
-    return U
+    return _top_eigenvectors(F @ F.T, d)
 
 
 class BundleProblem:
@@ -536,8 +530,7 @@ def _group_frame(problem: BundleProblem, layers: range, lam: float) -> F64:
     K = np.zeros((m, m))
     for p in parts:
         K += p @ p.T
-    U, _ = _top_eigenspace_dense(K, d)
-    return U
+    return _top_eigenvectors(K, d)
 
 
 def solve(problem: BundleProblem, lam: float, k: int) -> Section:

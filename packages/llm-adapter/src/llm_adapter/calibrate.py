@@ -17,6 +17,7 @@ variant, so sweeps do not recompute them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -127,7 +128,8 @@ class _SharedInputs:
     reads the attention's input.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, accumulate: str = "float64") -> None:
+        self.accumulate = accumulate
         self.recent: list[tuple[torch.Tensor, int]] = []
         self.alias: dict[int, int | None] = {}  # map -> the map whose Gram it shares, or None
         self.grams: list[torch.Tensor] = []
@@ -147,9 +149,7 @@ class _SharedInputs:
                 )
             if owner is not None:
                 return
-            gram = self.grams[index]
-            x2 = x.detach().reshape(-1, x.shape[-1]).to(device=gram.device, dtype=torch.float64)
-            gram.addmm_(x2.T, x2)
+            _add_gram(self.grams[index], x.detach(), self.accumulate)
             self.recent = [(x, index), *self.recent[:1]]
 
         return pre_hook
@@ -157,10 +157,67 @@ class _SharedInputs:
     def new_batch(self) -> None:
         self.recent = []
 
+    def finish(self) -> None:
+        """Fill every Gram's lower block triangle (the updates write the upper one)."""
+        for gram in self.grams:
+            _mirror(gram)
+
     def resolved(self, index: int) -> torch.Tensor:
         """The Gram of map ``index``, following its alias."""
         owner = self.alias.get(index)
         return self.grams[index if owner is None else owner]
+
+
+#: Rows (tokens) of one single-precision block of a Gram update in the
+#: ``"mixed"`` accumulation: each block's ``X^T X`` is a float32 product (its
+#: inner sums run over at most this many tokens), and the blocks are summed
+#: into the float64 Gram.
+BLOCK_TOKENS = 4096
+
+#: Width of the column blocks of a Gram update: ``G`` is updated block row by
+#: block row, ``G[a:b, a:] += X[:, a:b]^T X[:, a:]``, its upper block triangle
+#: only (``(p + 1) / 2p`` of the full product's multiply-adds with ``p =
+#: n // GRAM_BLOCK`` blocks: 2/3 for SmolLM2's 1,536-wide MLP input), and the
+#: lower blocks are copied from the upper ones once at the end.
+GRAM_BLOCK = 512
+
+ACCUMULATIONS = ("float64", "mixed")
+
+
+def _block_edges(n: int) -> list[int]:
+    p = max(1, n // GRAM_BLOCK)
+    return [round(i * n / p) for i in range(p + 1)]
+
+
+def _add_gram(gram: torch.Tensor, x: torch.Tensor, accumulate: str) -> None:
+    """``gram += X^T X`` on its upper block triangle, for the rows ``X`` of ``x`` (``(..., n)``).
+
+    ``gram`` is float64.  ``"float64"``: float64 products.  ``"mixed"``:
+    float32 products over blocks of at most :data:`BLOCK_TOKENS` rows, each
+    added to the float64 Gram (float64 inputs keep float64 products); float32
+    inputs are exact in float32, so the only single-precision rounding is in
+    each block's inner sums; the sum over blocks and the finishing ``(G +
+    G^T) / 2 / N`` stay float64.  :func:`_mirror` fills the lower blocks.
+    """
+    x2 = x.reshape(-1, x.shape[-1]).to(gram.device)
+    edges = _block_edges(x2.shape[1])
+    if accumulate == "float64" or x2.dtype == torch.float64:
+        x64 = x2.to(torch.float64)
+        for a, b in itertools.pairwise(edges):
+            gram[a:b, a:].addmm_(x64[:, a:b].T, x64[:, a:])
+        return
+    x32 = x2.to(torch.float32)
+    for s in range(0, x32.shape[0], BLOCK_TOKENS):
+        rows = x32[s : s + BLOCK_TOKENS]
+        for a, b in itertools.pairwise(edges):
+            gram[a:b, a:].add_(torch.mm(rows[:, a:b].T, rows[:, a:]))
+
+
+def _mirror(gram: torch.Tensor) -> None:
+    """Copy the upper off-diagonal blocks written by :func:`_add_gram` into the lower ones."""
+    edges = _block_edges(gram.shape[0])
+    for a, b in itertools.pairwise(edges[1:]):
+        gram[a:b, :a] = gram[:a, a:b].T
 
 
 class _StopForward(Exception):
@@ -192,11 +249,12 @@ def _accumulate(
     windows: torch.Tensor,
     batch_size: int,
     progress: bool,
+    accumulate: str = "float64",
 ) -> tuple[dict[str, list[torch.Tensor]], int]:
     """Grams of every targeted map, and the number of maps whose Gram was shared."""
     from .models import layer_list
 
-    shared = _SharedInputs()
+    shared = _SharedInputs(accumulate)
     handles = []
     index: dict[str, list[int]] = {}
     for family in families:
@@ -233,6 +291,7 @@ def _accumulate(
             handle.remove()
         model.train(was_training)
         shared.new_batch()
+    shared.finish()
     grams = {f: [shared.resolved(i) for i in idx] for f, idx in index.items()}
     n_shared = sum(1 for owner in shared.alias.values() if owner is not None)
     return grams, n_shared
@@ -261,6 +320,7 @@ def _accumulate_layerwise(
     batch_size: int,
     progress: bool,
     device: torch.device,
+    accumulate: str = "float64",
 ) -> dict[str, list[torch.Tensor]]:
     """SVD-LLM's low-resource mode: one block at a time on ``device``.
 
@@ -305,7 +365,7 @@ def _accumulate_layerwise(
         layer = layers[i]
         layer.to(device)
         handles = []
-        shared = _SharedInputs()
+        shared = _SharedInputs(accumulate)
         for f in families:
             module = spec_paths[f][i]
             n = int(module.in_features)
@@ -323,6 +383,7 @@ def _accumulate_layerwise(
                 h.remove()
             shared.new_batch()
             layer.to(home[i])
+        shared.finish()
         for k, f in enumerate(families):
             grams[f].append(shared.resolved(k).cpu())
     return grams
@@ -345,6 +406,7 @@ def calibrate(
     layerwise: bool = False,
     device: str | torch.device | None = None,
     detokenize: bool | str = False,
+    accumulate: str = "float64",
 ) -> CalibrationStats:
     """Input covariances of the targeted maps on calibration text.
 
@@ -381,6 +443,18 @@ def calibrate(
         ``"auto"`` when the text is WikiText's tokenized variant
         (:func:`llm_adapter.data.is_tokenized_wikitext`).  Recorded in the
         protocol as ``text_variant``.
+    accumulate : {"float64", "mixed"}, default "float64"
+        How the Grams ``sum_t x_t x_t^T`` are accumulated.  ``"float64"``:
+        float64 products (PSD to float64 roundoff, which the solvers'
+        1e-8 PSD tolerance assumes).  ``"mixed"``: a float32 product per
+        block of at most :data:`BLOCK_TOKENS` tokens, the blocks summed in
+        float64.  Faster on the CPU (half the bytes, twice the SIMD width);
+        the covariances differ from float64 ones by about 4e-7 of ``||C||``
+        on SmolLM2 (``benchmarks/bench_calibration.py`` measures the time,
+        this error and its effect on SVD-LLM's factors), so a singular
+        covariance (fewer tokens than inputs) can get eigenvalues below
+        ``-1e-8`` of the largest, which the solvers reject.  Not the
+        default for that reason.  The cache does not tell the two apart.
 
     Returns
     -------
@@ -429,6 +503,10 @@ def calibrate(
         )
     if batch_size < 1:
         raise AdapterError(f"batch size must be >= 1; got {batch_size}")
+    if accumulate not in ACCUMULATIONS:
+        raise AdapterError(
+            f"accumulate must be one of {', '.join(ACCUMULATIONS)}; got {accumulate!r}"
+        )
     tokens = int(windows.numel())
     protocol = {
         **source,
@@ -468,9 +546,11 @@ def calibrate(
             run_on = resolve_device(device) if device is not None else model_device(model)
             if getattr(model, "hf_device_map", None):
                 raise AdapterError("layer-wise calibration does not combine with --device-map")
-            grams = _accumulate_layerwise(model, missing, windows, batch_size, progress, run_on)
+            grams = _accumulate_layerwise(
+                model, missing, windows, batch_size, progress, run_on, accumulate
+            )
         else:
-            grams, _ = _accumulate(model, missing, windows, batch_size, progress)
+            grams, _ = _accumulate(model, missing, windows, batch_size, progress, accumulate)
         # C = (G + G^T) / 2 / tokens, once per distinct Gram (maps that share an input
         # share it), in place in torch: the same float64 operations as the numpy
         # expression, without its temporaries over every family's stack
