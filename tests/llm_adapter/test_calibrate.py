@@ -332,3 +332,17 @@ def test_mixed_accumulation_agrees_with_float64() -> None:
         assert err.max() < 1e-6, (f, err)
     with pytest.raises(AdapterError, match="accumulate must be one of float64, mixed"):
         calibrate(model, None, "all", token_windows=windows, accumulate="float32")
+
+
+@pytest.mark.filterwarnings(FEW_TOKENS)
+def test_cache_keeps_mixed_and_float64_apart(tmp_path: Path) -> None:
+    """A mixed-precision cache entry is never read back for a float64 request."""
+    model = random_model("llama", num_hidden_layers=2)
+    windows = _windows(4, 64)
+    kw = {"token_windows": windows, "batch_size": 2, "cache_dir": tmp_path}
+    mixed = calibrate(model, None, "all", accumulate="mixed", **kw)
+    exact = calibrate(model, None, "all", **kw)
+    plain = calibrate(model, None, "all", token_windows=windows, batch_size=2)
+    for f, C in plain.covariances.items():
+        np.testing.assert_array_equal(exact.covariance(f), C)
+        assert not np.array_equal(mixed.covariance(f), C)

@@ -102,12 +102,18 @@ class CalibrationStats:
 
 
 def _windows_key(
-    model: nn.Module, windows: torch.Tensor, family: str, variant: str | None = None
+    model: nn.Module,
+    windows: torch.Tensor,
+    family: str,
+    variant: str | None = None,
+    accumulate: str = "float64",
 ) -> str:
     h = hashlib.sha256()
     head: dict[str, Any] = {"v": CACHE_VERSION, "family": family}
     if variant == "detokenized":  # only then: keys of text used as it is stay as before
         head["text_variant"] = variant
+    if accumulate != "float64":  # likewise: float64 keys stay as before
+        head["accumulate"] = accumulate
     h.update(json.dumps(head).encode())
     h.update(json.dumps(model_identity(model), sort_keys=True).encode())
     h.update(np.ascontiguousarray(windows.cpu().numpy().astype(np.int64)).tobytes())
@@ -454,7 +460,7 @@ def calibrate(
         this error and its effect on SVD-LLM's factors), so a singular
         covariance (fewer tokens than inputs) can get eigenvalues below
         ``-1e-8`` of the largest, which the solvers reject.  Not the
-        default for that reason.  The cache does not tell the two apart.
+        default for that reason.  The cache keeps the two apart.
 
     Returns
     -------
@@ -520,7 +526,7 @@ def calibrate(
     }
 
     covariances: dict[str, NDArray[np.float64]] = {}
-    keys = {f: _windows_key(model, windows, f, variant) for f in fams}
+    keys = {f: _windows_key(model, windows, f, variant, accumulate) for f in fams}
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         for f in fams:
