@@ -89,8 +89,10 @@ from .methods import (
     METHODS,
     METRICS,
     PARAMS,
+    Method,
     Spelling,
     check_params,
+    flag,
     split_families,
 )
 from .models import (
@@ -239,14 +241,24 @@ class CompressionConfig:
             )
 
     @property
+    def entry(self) -> Method:
+        """The method's entry of :data:`llm_adapter.methods.METHOD_TABLE`."""
+        return METHOD_TABLE[self.method]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every method parameter's value (the keys of :data:`llm_adapter.methods.PARAMS`)."""
+        return {key: getattr(self, key) for key in PARAMS}
+
+    @property
     def needs_calibration(self) -> bool:
         """Whether the method needs the covariances ``C_l`` (``svd`` does not)."""
-        return METHOD_TABLE[self.method].calibration(asdict(self))
+        return self.entry.needs_calibration(self.params)
 
     @property
     def sequential(self) -> bool:
         """Whether the method fits block by block on calibration windows."""
-        return self.method == "residual" or self.update or self.refit != "none"
+        return self.entry.sequential(self.params)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -441,12 +453,10 @@ class CompressionReport:
 
 
 def _short_config(config: dict[str, Any]) -> dict[str, Any]:
-    method = config.get("method")
+    entry = METHOD_TABLE.get(str(config.get("method")))
     keep = ["rank_ratio"] if config.get("param_ratio") is None else ["param_ratio"]
-    if method == "bundle":
-        keep += ["lam", "tying", "metric", "coupling"]
-    if method == "basis-sharing":
-        keep += ["group_size"]
+    if entry is not None:
+        keep += list(entry.options)
     return {k: config[k] for k in keep if k in config}
 
 
@@ -488,16 +498,8 @@ def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
         d = math.floor(config.rank_ratio * D + 0.5)
         what = f"--rank-ratio {config.rank_ratio}"
     else:
-        p = config.param_ratio
-        if config.method == "basis-sharing":
-            # one n x d basis for the group and a k m x d coefficient block: the stacked
-            # group (k m x n) has rank up to min(n, k m), which may exceed m
-            k = min(config.group_size, layers)
-            d = math.floor(p * k * m * n / (n + k * m))
-            D = min(n, k * m) + 1  # so that d <= min(n, k m) passes the check below
-        else:
-            k = min(config.tying, layers) if config.method == "bundle" else 1
-            d = math.floor(p * k * m * n / (m + k * n))
+        # the shared factor of a group counted once (Method.rank_for_params)
+        d, D = config.entry.rank_for_params(config.param_ratio, m, n, layers, config.params)
         what = f"--param-ratio {config.param_ratio}"
     if d <= 0 or d >= D:
         raise AdapterError(
@@ -521,18 +523,13 @@ def _factorise(
     """
     import grassbundle as gb
 
-    options: dict[str, Any] = {} if ranks is None else {"ranks": ranks}
-    if config.method == "bundle":
-        options.update(
-            lam=float(config.lam),
-            tying=int(config.tying),
-            metric=config.metric,
-            coupling=float(config.coupling),
-        )
-    elif config.method == "basis-sharing":
-        options["group_size"] = int(config.group_size)
+    entry = config.entry
+    assert entry.factoriser is not None, f"{entry.name} has no factoriser"
+    options = entry.factorise_options(config.params)
+    if ranks is not None:
+        options["ranks"] = ranks
     try:
-        return gb.factorise(W, C, config.method, d, **options)
+        return gb.factorise(W, C, entry.factoriser, d, **options)
     except ValueError as exc:
         raise AdapterError(f"grassbundle rejected the factorisation of {family}: {exc}") from None
 
@@ -627,15 +624,11 @@ def check_config(
                 "compressed?); load the uncompressed model"
             )
         m, n = first.out_features, first.in_features
-        if config.method == "bundle" and config.tying > L:
+        group = config.entry.group
+        if group is not None and getattr(config, group) > L:
             raise AdapterError(
-                f"tying degree {config.tying} exceeds the number of layers L = {L}; "
-                f"use --tying <= {L}"
-            )
-        if config.method == "basis-sharing" and config.group_size > L:
-            raise AdapterError(
-                f"group size {config.group_size} exceeds the number of layers L = {L}; "
-                f"use --group-size <= {L}"
+                f"{PARAMS[group].what} {getattr(config, group)} exceeds the number of layers "
+                f"L = {L}; use {flag(group)} <= {L}"
             )
         d = rank_for(config, m, n, L)
         if d > n:  # W_l has rank <= n: a larger d has no unique best subspace
@@ -685,14 +678,14 @@ def layer_ranks(
     shapes = {f: family_weights(model, f) for f in families}
     if config.allocate == "none":
         return {f: [ranks[f]] * shapes[f].shape[0] for f in families}
-    tied = config.method == "bundle"
+    tied = config.entry.allocates_groups
     spectra, costs, caps, owners = [], [], [], []
     budget = 0
     for f in families:
         W = shapes[f]
         C = stats.covariance(f)
         L, m, n = W.shape
-        k = int(config.tying) if tied else 1
+        k = config.entry.group_layers(config.params, L) if tied else 1
         for s in range(0, L, k):
             g = slice(s, min(s + k, L))
             kg = g.stop - s
@@ -743,10 +736,10 @@ def _per_layer_families(
         first = family_modules(model, f)[0]
         assert isinstance(first, nn.Linear)
         shapes[f] = (len(names[f]), first.out_features, first.in_features)
-    fit = "residual" if config.method == "residual" else "update"
+    fit = config.entry.fit(config.params)
+    assert fit is not None
     refit = None
-    if config.refit != "none":
-        fit = "refit"
+    if fit == "refit":
         refit = {k: getattr(config, k) for k in ("target", "mix", "ridge", "gate")}
         refit["factor"] = config.refit
     fits = compress_sequential(
