@@ -235,3 +235,24 @@ def test_every_architecture(model_type: str, tmp_path: Path) -> None:
     before, after = model.state_dict(), loaded.state_dict()
     for key, tensor in before.items():
         assert torch.equal(tensor, after[key]), key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key", "value"),
+    [
+        ({"method": "bundle", "tying": 0}, "tying", 0),
+        ({"method": "bundle", "lam": "x"}, "lam", "x"),
+        ({"method": "svd", "group_size": 3}, "group_size", 3),
+        ({"method": "nope"}, "method", "nope"),
+        ({"method": "svd", "rank_ratio": 0.0}, "rank_ratio", 0.0),
+        ({"method": "svd", "families": ("nope",)}, "families", "nope"),
+    ],
+)
+def test_configuration_errors_carry_key_and_value(
+    kwargs: dict[str, Any], key: str, value: Any
+) -> None:
+    with pytest.raises(la.ConfigurationError) as info:
+        la.CompressionConfig(**kwargs)
+    assert (info.value.key, info.value.value) == (key, value)
+    assert info.value.reason
+    assert isinstance(info.value, AdapterError)

@@ -384,6 +384,16 @@ FACTORISERS: dict[str, Factoriser] = {}
 def register_factoriser(factoriser: Factoriser) -> Factoriser:
     """Add a method to :func:`factorise` (and to :data:`METHODS`); returns it.
 
+    Parameters
+    ----------
+    factoriser : Factoriser
+        Its :attr:`Factoriser.name` becomes a ``method`` of :func:`factorise`.
+
+    Returns
+    -------
+    Factoriser
+        ``factoriser``.
+
     Raises
     ------
     ValueError
@@ -461,17 +471,20 @@ def factorise(
         per layer, equal within each group of ``tying`` consecutive layers
         (the group's basis), below ``m``; each group is then the corner of its
         own layers at its own rank.
-    lam : float, default 0.0
-        ``"bundle"``: anchor strength, ``>= 0`` or ``inf``.
-    tying : int, default 1
-        ``"bundle"``: tying degree ``k``, ``1 <= k <= L``.
-    metric : {"weight", "activation"}, default "weight"
-        ``"bundle"``: the energy of the objective.
-    coupling : float, default 0.0
-        ``"bundle"``: soft coupling ``mu >= 0`` of adjacent layers (finite;
-        needs ``tying = 1`` and a finite ``lam``).
-    group_size : int, default 2
-        ``"basis-sharing"``: layers per group, ``1 <= group_size <= L``.
+    **options
+        The method's own options (its :attr:`Factoriser.options`):
+
+        * ``lam`` (float, default 0.0): ``"bundle"``'s anchor strength,
+          ``>= 0`` or ``inf``;
+        * ``tying`` (int, default 1): ``"bundle"``'s tying degree ``k``,
+          ``1 <= k <= L``;
+        * ``metric`` ({"weight", "activation"}, default "weight"):
+          ``"bundle"``'s energy;
+        * ``coupling`` (float, default 0.0): ``"bundle"``'s soft coupling
+          ``mu >= 0`` of adjacent layers (finite; needs ``tying = 1`` and a
+          finite ``lam``);
+        * ``group_size`` (int, default 2): ``"basis-sharing"``'s layers per
+          group, ``1 <= group_size <= L``.
 
     Returns
     -------

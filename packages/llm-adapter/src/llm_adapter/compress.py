@@ -77,7 +77,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibrate import CalibrationStats
-from .errors import AdapterError
+from .errors import AdapterError, ConfigurationError
 from .lowrank import LowRankLinear
 from .methods import (
     DEFAULT_FAMILIES,
@@ -222,22 +222,34 @@ class CompressionConfig:
             object.__setattr__(self, key, value)
         if self.param_ratio is None:
             if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
-                raise AdapterError(
-                    f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}"
+                raise ConfigurationError(
+                    f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}",
+                    key="rank_ratio",
+                    value=self.rank_ratio,
+                    reason="must be in (0, 1)",
                 )
         elif not (isinstance(self.param_ratio, int | float) and 0 < self.param_ratio < 1):
-            raise AdapterError(
-                f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}"
+            raise ConfigurationError(
+                f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}",
+                key="param_ratio",
+                value=self.param_ratio,
+                reason="must be in (0, 1)",
             )
         object.__setattr__(self, "families", split_families(self.families))
         for f in self.families:
             if f != "all" and f not in ALL_FAMILIES:
-                raise AdapterError(
-                    f"unknown family {f!r}; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
+                raise ConfigurationError(
+                    f"unknown family {f!r}; valid families: {', '.join(ALL_FAMILIES)} (or 'all')",
+                    key="families",
+                    value=f,
+                    reason="not a family of any known architecture",
                 )
         if not len(self.families):
-            raise AdapterError(
-                f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
+            raise ConfigurationError(
+                f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')",
+                key="families",
+                value=self.families,
+                reason="names no family",
             )
 
     @property

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AdapterError
+from .errors import ConfigurationError
 
 __all__ = [
     "ALLOCATIONS",
@@ -129,12 +129,20 @@ def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "+inf"):
         return math.inf
     if isinstance(value, bool):
-        raise AdapterError(f"{spell.value(key, value)} is not a number (use a float or 'inf')")
+        raise ConfigurationError(
+            f"{spell.value(key, value)} is not a number (use a float or 'inf')",
+            key=key,
+            value=value,
+            reason="not a number",
+        )
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise AdapterError(
-            f"{spell.value(key, value)} is not a number (use a float or 'inf')"
+        raise ConfigurationError(
+            f"{spell.value(key, value)} is not a number (use a float or 'inf')",
+            key=key,
+            value=value,
+            reason="not a number",
         ) from None
 
 
@@ -193,15 +201,29 @@ class Param:
     words: tuple[str, ...] = ()
 
     def check(self, value: Any, spell: Spelling = FLAGS) -> Any:
-        """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``."""
+        """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``.
+
+        Raises
+        ------
+        ConfigurationError
+            With :attr:`name` as its ``key``, ``value`` and the message as its ``reason``.
+        """
+        try:
+            return self._check(value, spell)
+        except ConfigurationError as exc:
+            if exc.key is None:
+                exc.key, exc.value, exc.reason = self.name, value, str(exc)
+            raise
+
+    def _check(self, value: Any, spell: Spelling) -> Any:
         key = self.name
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise AdapterError(f"{spell.value(key, value)}: give true or false")
+                raise ConfigurationError(f"{spell.value(key, value)}: give true or false")
             return value
         if self.kind is str:
             if value not in self.choices:
-                raise AdapterError(
+                raise ConfigurationError(
                     f"unknown {self.what} {value!r}; valid: {', '.join(self.choices)} "
                     f"(got {spell.value(key, value)})"
                 )
@@ -210,29 +232,29 @@ class Param:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise AdapterError(
+                raise ConfigurationError(
                     f"{spell.value(key, value)} is not an integer; give whole numbers"
                 )
             if self.low is not None and value < self.low:
-                raise AdapterError(
+                raise ConfigurationError(
                     f"{self.what} must be an integer >= {self.low:g}; got {spell.value(key, value)}"
                 )
             return value
         if self.words and isinstance(value, str) and not _is_number(value):
             if value.strip().lower() in self.words:
                 return value.strip().lower()
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{spell.value(key, value)} is not a number or {' or '.join(self.words)} "
                 f"(use a float >= {self.low:g} or {' or '.join(self.words)})"
             )
         number = parse_float(value, key, spell)
         if math.isnan(number) or (math.isinf(number) and not self.allow_inf):
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{self.what} must be finite and >= 0; got {spell.value(key, value)}"
             )
         if self.low is not None and number < self.low:
             inf = " (inf allowed)" if self.allow_inf else ""
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{self.what} must be >= {self.low:g}{inf}; got {spell.value(key, value)}"
             )
         return number
@@ -454,7 +476,12 @@ def get_method(name: str) -> Method:
     """The registered method ``name``; :class:`~llm_adapter.AdapterError` for another name."""
     entry = METHOD_TABLE.get(name)
     if entry is None:
-        raise AdapterError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+        raise ConfigurationError(
+            f"unknown method {name!r}; valid methods: {', '.join(METHODS)}",
+            key="method",
+            value=name,
+            reason="not a registered method",
+        )
     return entry
 
 
@@ -463,8 +490,8 @@ def reference_method() -> str:
     return next(m.name for m in METHOD_TABLE.values() if m.reference)
 
 
-def _loss_aware_needs_svd_llm(values: Mapping[str, Any], spell: Spelling) -> AdapterError:
-    return AdapterError(
+def _loss_aware_needs_svd_llm(values: Mapping[str, Any], spell: Spelling) -> ConfigurationError:
+    return ConfigurationError(
         f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "
         "truncation (maps may stay dense): use --method svd-llm without --update"
     )
@@ -493,28 +520,28 @@ def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
     refit = values["refit"] != "none"
     for key in ("target", "mix", "ridge", "gate"):
         if not refit and values[key] != PARAMS[key].default:
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{spell.name(key)} shapes a refit: add --refit "
                 f"{' or '.join(REFITS[1:])} (got {spell.value('refit', values['refit'])})"
             )
     if refit and values["update"]:
-        raise AdapterError(
+        raise ConfigurationError(
             "--update is SVD-LLM's own refit (the left factor for the target W x_hat): drop "
             f"--update, or use --refit left --target local instead of --update with "
             f"{spell.value('refit', values['refit'])}"
         )
     if values["mix"] > 1:
-        raise AdapterError(
+        raise ConfigurationError(
             f"joint mixing weight must be in [0, 1]; got {spell.value('mix', values['mix'])}"
         )
     if values["mix"] != PARAMS["mix"].default and values["target"] != "joint":
-        raise AdapterError(
+        raise ConfigurationError(
             f"{spell.name('mix')} weighs the joint target: add --target joint "
             f"(got {spell.value('target', values['target'])})"
         )
     loss_aware = values["allocate"] in LOSS_AWARE
     if loss_aware and refit:
-        raise AdapterError(
+        raise ConfigurationError(
             f"{spell.value('allocate', values['allocate'])} may keep maps dense and is not "
             f"combined with a refit: drop {spell.name('refit')}, or use --allocate none, sum "
             "or normalised"
@@ -523,19 +550,19 @@ def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
         raise _loss_aware_needs_svd_llm(values, spell)
     for key in ("select", "protect", "rank_floor", "max_deviation"):
         if not loss_aware and values[key] != PARAMS[key].default:
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
                 f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
             )
     if values["probe_windows"] != PARAMS["probe_windows"].default and (
         values["allocate"] != "sensitivity"
     ):
-        raise AdapterError(
+        raise ConfigurationError(
             f"{spell.name('probe_windows')} sizes the sensitivity probe: add --allocate "
             f"sensitivity (got {spell.value('allocate', values['allocate'])})"
         )
     if values["allocate"] == "sensitivity" and values["select"] != "rank":
-        raise AdapterError(
+        raise ConfigurationError(
             "--allocate sensitivity measures whole truncations, not single components: "
             f"use --select rank (got {spell.value('select', values['select'])})"
         )
@@ -598,18 +625,18 @@ def _check_bundle(values: dict[str, Any], spell: Spelling) -> None:
     if values["allocate"] != "none":
         corner = values["lam"] == 0 and values["coupling"] == 0
         if not corner or values["metric"] != "activation":
-            raise AdapterError(
+            raise ConfigurationError(
                 "--allocate with --method bundle allocates ranks over the tied groups of the "
                 "activation corner: use --metric activation, --lam 0 and no --coupling; got "
                 f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
             )
     if values["coupling"] > 0:
         if math.isinf(values["lam"]):
-            raise AdapterError(
+            raise ConfigurationError(
                 "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
             )
         if values["tying"] != 1:
-            raise AdapterError(
+            raise ConfigurationError(
                 "soft coupling couples untied sections: use --tying 1 with --coupling; "
                 f"got {spell.value('tying', values['tying'])}"
             )
@@ -678,8 +705,11 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
     entry = get_method(method)
     unknown = sorted(set(given) - set(PARAMS))
     if unknown:
-        raise AdapterError(
-            f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(PARAMS)}"
+        raise ConfigurationError(
+            f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(PARAMS)}",
+            key=unknown[0],
+            value=given[unknown[0]],
+            reason="unknown parameter",
         )
     values = {key: p.default for key, p in PARAMS.items()}
     for key, value in given.items():
@@ -687,10 +717,13 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
         if key not in entry.params and value != param.default:
             takers = [m.name for m in METHOD_TABLE.values() if key in m.params]
             name = spell.name(key)
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{name} applies to --method {' or '.join(takers)}"
                 f"{' only' if len(takers) == 1 else ''}; got --method {method} "
-                f"(drop {name}, or choose a method that takes it)"
+                f"(drop {name}, or choose a method that takes it)",
+                key=key,
+                value=value,
+                reason=f"applies to method {' or '.join(takers)}, not {method}",
             )
         values[key] = param.check(value, spell)
     if entry.check is not None:
