@@ -317,3 +317,40 @@ def test_the_private_import_checker_catches_what_it_must(
 )
 def test_the_private_import_checker_allows_the_rule(source: str, module: str) -> None:
     assert private_imports(source, module) == []
+
+
+#: the shipped methods' names (the registry is the one place that spells them)
+METHOD_NAMES = frozenset(("svd", "svd-llm", "basis-sharing", "bundle", "residual"))
+
+
+def method_comparisons(source: str) -> list[int]:
+    """Lines that compare something with a method's name (``== "bundle"``, ``in ("svd",)``)."""
+
+    def names(node: ast.expr) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in METHOD_NAMES
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return any(names(e) for e in node.elts)
+        return False
+
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Compare) and any(names(e) for e in (node.left, *node.comparators))
+    ]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_methods_are_asked_not_named(path: Path) -> None:
+    """Outside the method registry nothing dispatches on a method's name: it asks the
+    :class:`llm_adapter.methods.Method` (its rank rule, calibration need, fit, label)."""
+    if module_name(path) == "methods":
+        return
+    found = method_comparisons(path.read_text())
+    assert not found, f"{path.name} compares method names (lines {found}); ask METHOD_TABLE"
+
+
+def test_the_method_name_checker_catches_what_it_must() -> None:
+    assert method_comparisons('if method == "bundle":\n    pass\n') == [1]
+    assert method_comparisons('x = m in ("svd-llm", "residual")\n') == [1]
+    assert method_comparisons('default = "svd-llm"\n') == []

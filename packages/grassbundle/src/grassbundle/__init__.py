@@ -32,10 +32,13 @@ from .distances import (
     projection_dist,
 )
 from .factorise import (
+    FACTORISERS,
     Factorisation,
+    Factoriser,
     ReconstructionErrors,
     factorise,
     reconstruction_errors,
+    register_factoriser,
 )
 from .grassmann import (
     as_point,
@@ -62,10 +65,12 @@ from .selection import Selection, activation_basis, removal_gradients, select_co
 __version__ = "0.1.0"
 
 __all__ = [
+    "FACTORISERS",
     "Allocation",
     "BundleProblem",
     "CoupledSection",
     "Factorisation",
+    "Factoriser",
     "InputSharing",
     "KarcherMeanResult",
     "LowRankFit",
@@ -106,6 +111,7 @@ __all__ = [
     "random_point",
     "reconstruction_errors",
     "refit_left",
+    "register_factoriser",
     "removal_gradients",
     "residual_fit",
     "retraction",

@@ -49,7 +49,7 @@ are given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,18 +63,21 @@ from .coupling import solve_coupled
 from .refit import svd_llm_update
 
 __all__ = [
+    "FACTORISERS",
     "METHODS",
     "Factorisation",
+    "Factoriser",
     "ReconstructionErrors",
     "factorise",
     "reconstruction_errors",
+    "register_factoriser",
 ]
 
 F64 = NDArray[np.float64]
 Side = Literal["left", "right"]
 
-#: the methods :func:`factorise` knows
-METHODS = ("svd", "svd-llm", "bundle", "basis-sharing")
+#: the methods :func:`factorise` knows: the keys of :data:`FACTORISERS`
+METHODS: tuple[str, ...] = ()
 
 
 def _fraction(error: F64, total: F64) -> F64:
@@ -331,39 +334,98 @@ def _layer_ranks(ranks: Any, L: int, m: int, n: int) -> NDArray[np.intp]:
     return arr.astype(np.intp)
 
 
-def _needs_covariance(method: str, metric: str, lam: float) -> bool:
-    if method in ("svd-llm", "basis-sharing"):
-        return True
-    return method == "bundle" and (metric == "activation" or lam > 0)
+@dataclass(frozen=True)
+class Factoriser:
+    """One method of :func:`factorise`: its options, its covariance need, its solver.
+
+    :func:`factorise` checks what every method shares (the options' owners,
+    the family's shapes, the rank, ``C``) and hands the rest to the method's
+    entry of :data:`FACTORISERS`; :func:`register_factoriser` adds one.
+
+    Attributes
+    ----------
+    name : str
+        The ``method`` argument of :func:`factorise`.
+    options : mapping of str to Any
+        The keyword options the method takes, with their defaults; any other
+        method given one of them away from its default is refused.
+    needs_covariance : callable
+        ``needs_covariance(options)``: whether ``C`` is required, given every
+        option's value (defaults filled in, after :attr:`check`).
+    run : callable
+        ``run(W, C, rank, ranks, options)`` -> :class:`Factorisation`, with
+        ``W`` validated (``L x m x n`` float64), ``C`` validated or None,
+        exactly one of ``rank`` (an int) and ``ranks`` (``L`` ints in ``[1,
+        min(m, n)]``) given.
+    ranks : bool
+        Whether the method takes per-layer ``ranks``.
+    check : callable, optional
+        ``check(options)`` -> the options checked and converted (raises
+        ``ValueError`` naming the value); called before ``W`` is read.
+    describe : callable, optional
+        ``describe(options)``: words that qualify the method in the message
+        about a missing ``C`` (``" with metric='activation' and lam = 1"``).
+    """
+
+    name: str
+    options: Mapping[str, Any]
+    needs_covariance: Callable[[Mapping[str, Any]], bool]
+    run: Callable[[F64, F64 | None, int | None, NDArray[np.intp] | None, Mapping[str, Any]],
+                  Factorisation]  # fmt: skip
+    ranks: bool = False
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    describe: Callable[[Mapping[str, Any]], str] | None = None
 
 
-def _check_options(
-    method: str,
-    *,
-    lam: Any,
-    tying: Any,
-    metric: Any,
-    coupling: Any,
-    group_size: Any,
-    ranks: Any,
-) -> None:
+#: every method of :func:`factorise`, by name (see :func:`register_factoriser`)
+FACTORISERS: dict[str, Factoriser] = {}
+
+
+def register_factoriser(factoriser: Factoriser) -> Factoriser:
+    """Add a method to :func:`factorise` (and to :data:`METHODS`); returns it.
+
+    Parameters
+    ----------
+    factoriser : Factoriser
+        Its :attr:`Factoriser.name` becomes a ``method`` of :func:`factorise`.
+
+    Returns
+    -------
+    Factoriser
+        ``factoriser``.
+
+    Raises
+    ------
+    ValueError
+        For a name already registered.
+    """
+    global METHODS
+    if factoriser.name in FACTORISERS:
+        raise ValueError(f"method {factoriser.name!r} is already registered")
+    FACTORISERS[factoriser.name] = factoriser
+    METHODS = tuple(FACTORISERS)
+    return factoriser
+
+
+def _check_options(method: str, options: Mapping[str, Any], ranks: Any) -> None:
     """Raise for an option given a value that its method does not take."""
-    if ranks is not None and method not in ("svd-llm", "bundle"):
+    if ranks is not None and not FACTORISERS[method].ranks:
+        takers = " and ".join(repr(f.name) for f in FACTORISERS.values() if f.ranks)
         raise ValueError(
-            f"ranks applies to methods 'svd-llm' and 'bundle' only; got ranks with method "
-            f"{method!r}"
+            f"ranks applies to methods {takers} only; got ranks with method {method!r}"
         )
-    given = {
-        "lam": (lam, lam != 0, "bundle"),
-        "tying": (tying, tying != 1, "bundle"),
-        "metric": (metric, metric != "weight", "bundle"),
-        "coupling": (coupling, coupling != 0, "bundle"),
-        "group_size": (group_size, group_size != 2, "basis-sharing"),
-    }
-    for name, (value, changed, owner) in given.items():
-        if changed and method != owner:
+    own = FACTORISERS[method].options
+    for name, value in options.items():
+        if name in own:
+            continue
+        owners = [f.name for f in FACTORISERS.values() if name in f.options]
+        if not owners:
+            raise TypeError(f"factorise() got an unexpected keyword argument {name!r}")
+        default = FACTORISERS[owners[0]].options[name]
+        if value != default:
+            owner = " or ".join(repr(o) for o in owners)
             raise ValueError(
-                f"{name} applies to method {owner!r} only; got {name} = {value!r} "
+                f"{name} applies to method {owner} only; got {name} = {value!r} "
                 f"with method {method!r}"
             )
 
@@ -374,12 +436,8 @@ def factorise(
     method: str,
     rank: int | None,
     *,
-    lam: float = 0.0,
-    tying: int = 1,
-    metric: str = "weight",
-    coupling: float = 0.0,
-    group_size: int = 2,
     ranks: Sequence[int] | ArrayLike | None = None,
+    **options: Any,
 ) -> Factorisation:
     """Compress a layer family with one method; the factors, what they share, the errors.
 
@@ -388,7 +446,9 @@ def factorise(
     for the output-side sections :meth:`grassbundle.BundleProblem.layer_energies`
     (and the section's fractions), for Basis Sharing
     :func:`grassbundle.basis_sharing_input`'s, and for per-layer ``ranks``
-    :func:`reconstruction_errors`.
+    :func:`reconstruction_errors`.  The method is looked up in
+    :data:`FACTORISERS`; the options are the methods' own (each refused
+    away from its default by a method that does not take it).
 
     Parameters
     ----------
@@ -400,27 +460,31 @@ def factorise(
         (``"svd"``, and ``"bundle"`` with ``metric="weight"`` and ``lam =
         0``); given there, it only adds the activation errors.
     method : {"svd", "svd-llm", "bundle", "basis-sharing"}
+        Or any name added by :func:`register_factoriser`.
     rank : int or None
         The rank ``d`` of every layer: ``1 <= d < m`` and ``d <= n`` for the
         output-side methods, ``1 <= d <= n`` for ``"basis-sharing"``.  None
         exactly when ``ranks`` is given.
-    lam : float, default 0.0
-        ``"bundle"``: anchor strength, ``>= 0`` or ``inf``.
-    tying : int, default 1
-        ``"bundle"``: tying degree ``k``, ``1 <= k <= L``.
-    metric : {"weight", "activation"}, default "weight"
-        ``"bundle"``: the energy of the objective.
-    coupling : float, default 0.0
-        ``"bundle"``: soft coupling ``mu >= 0`` of adjacent layers (finite;
-        needs ``tying = 1`` and a finite ``lam``).
-    group_size : int, default 2
-        ``"basis-sharing"``: layers per group, ``1 <= group_size <= L``.
     ranks : sequence of int, shape=[L], optional
         ``"svd-llm"``: one rank per layer, ``1 <= d_l <= min(m, n)``.
         ``"bundle"`` at the tied corner (``lam = 0``, no coupling): one rank
         per layer, equal within each group of ``tying`` consecutive layers
         (the group's basis), below ``m``; each group is then the corner of its
         own layers at its own rank.
+    **options
+        The method's own options (its :attr:`Factoriser.options`):
+
+        * ``lam`` (float, default 0.0): ``"bundle"``'s anchor strength,
+          ``>= 0`` or ``inf``;
+        * ``tying`` (int, default 1): ``"bundle"``'s tying degree ``k``,
+          ``1 <= k <= L``;
+        * ``metric`` ({"weight", "activation"}, default "weight"):
+          ``"bundle"``'s energy;
+        * ``coupling`` (float, default 0.0): ``"bundle"``'s soft coupling
+          ``mu >= 0`` of adjacent layers (finite; needs ``tying = 1`` and a
+          finite ``lam``);
+        * ``group_size`` (int, default 2): ``"basis-sharing"``'s layers per
+          group, ``1 <= group_size <= L``.
 
     Returns
     -------
@@ -435,22 +499,13 @@ def factorise(
         activation energy ``tr(W_l C_l W_l^T)`` is zero (its activation
         errors, and SVD-LLM's subspace, are undefined there).
     """
-    if method not in METHODS:
+    entry = FACTORISERS.get(method)
+    if entry is None:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    _check_options(
-        method,
-        lam=lam,
-        tying=tying,
-        metric=metric,
-        coupling=coupling,
-        group_size=group_size,
-        ranks=ranks,
-    )
-    lam = check_lam(lam)
-    want = "a finite number >= 0"
-    mu = _validate.nonnegative(coupling, "coupling", allow_inf=False, want=want, bad=want)
-    if metric not in ("weight", "activation"):
-        raise ValueError(f"metric must be 'weight' or 'activation'; got metric = {metric!r}")
+    _check_options(method, options, ranks)
+    values = {**entry.options, **{k: v for k, v in options.items() if k in entry.options}}
+    if entry.check is not None:
+        values = entry.check(values)
     W64 = _validate.family(W)
     L, m, n = W64.shape
     if ranks is not None and rank is not None:
@@ -461,16 +516,17 @@ def factorise(
     if ranks is None and rank is None:
         raise ValueError("need a rank (or per-layer ranks for method 'svd-llm'); got rank = None")
     C64: F64 | None = None
+    needs = entry.needs_covariance(values)
     if C is None:
-        if _needs_covariance(method, metric, lam):
-            what = f" with metric={metric!r} and lam = {lam:g}" if method == "bundle" else ""
+        if needs:
+            what = entry.describe(values) if entry.describe is not None else ""
             raise ValueError(
                 f"method {method!r}{what} needs the input covariances C of shape (L, n, n) = "
                 f"{(L, n, n)}; got C = None"
             )
     else:
         C64 = _validate.covariance_stack(C, L, n, "C", psd=False, matrix=False)
-        if _needs_covariance(method, metric, lam):
+        if needs:
             # tr(W_l C_l W_l^T) through BLAS (a three-operand einsum loops in C)
             energy = np.einsum("lij,lij->l", W64 @ C64, W64)
             zero = [int(l) for l in np.flatnonzero(~(energy > 0))]
@@ -480,25 +536,8 @@ def factorise(
                     "input reaches what these layers respond to, so their activation errors "
                     "(and SVD-LLM's subspace, the anchor) are undefined"
                 )
-    if ranks is not None and method == "bundle":
-        if lam != 0 or mu != 0:
-            raise ValueError(
-                "per-group ranks of the bundle need the tied corner, lam = 0 and coupling = 0 "
-                f"(its energy is then a sum over groups); got lam = {lam:g}, coupling = {mu:g}"
-            )
-        return _per_group_bundle(W64, C64, _layer_ranks(ranks, L, m, n), tying, metric)
-    if ranks is not None:
-        assert C64 is not None
-        return _per_layer_svd_llm(W64, C64, _layer_ranks(ranks, L, m, n))
-    assert rank is not None
-    if method == "basis-sharing":
-        assert C64 is not None
-        return _basis_sharing(W64, C64, rank, group_size)
-    if mu > 0 and tying != 1:
-        raise ValueError(
-            f"coupling > 0 couples untied sections and needs tying = 1; got tying = {tying!r}"
-        )
-    return _output_side(method, W64, C64, rank, lam=lam, tying=tying, metric=metric, mu=mu)
+    per_layer = None if ranks is None else _layer_ranks(ranks, L, m, n)
+    return entry.run(W64, C64, rank, per_layer, values)
 
 
 def _output_side(
@@ -506,31 +545,15 @@ def _output_side(
     W: F64,
     C: F64 | None,
     rank: int,
+    section_of: Callable[[BundleProblem], Any],
     *,
-    lam: float,
-    tying: int,
-    metric: str,
-    mu: float,
+    metric: str = "weight",
 ) -> Factorisation:
-    """``svd``, ``svd-llm`` and ``bundle``: an output-side section, ``W'_l = P_{U_l} W_l``."""
+    """An output-side section ``W'_l = P_{U_l} W_l``; ``section_of(problem)`` solves it."""
     L, m, n = W.shape
-    problem = BundleProblem(
-        W,
-        C,
-        rank=rank,
-        metric=metric if method == "bundle" else "weight",  # type: ignore[arg-type]
-    )
+    problem = BundleProblem(W, C, rank=rank, metric=metric)  # type: ignore[arg-type]
     with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 fractions are set to 0 below
-        if method == "svd":
-            section = solve(problem, 0.0, 1)
-        elif method == "svd-llm":
-            section = anchor_section(problem)
-        elif mu > 0:
-            coupled = solve_coupled(problem, lam, mu)
-            # per-layer bases (L, m, d): evaluated as an untied section
-            section = evaluate_section(problem, coupled.bases, np.arange(L), lam=lam)
-        else:
-            section = solve(problem, lam, tying)
+        section = section_of(problem)
     bases = np.asarray(section.bases, dtype=np.float64)
     groups = np.asarray(section.groups, dtype=np.intp)
     energies = problem.layer_energies(bases[groups])
@@ -557,6 +580,21 @@ def _output_side(
         params_kept=_params(shared, own),
         params_dense=L * m * n,
     )
+
+
+def _tied_corner(k: int) -> Callable[[BundleProblem], Any]:
+    """The solver of the tied corner (``lam = 0``) with groups of ``k`` layers."""
+    return lambda problem: solve(problem, 0.0, k)
+
+
+def _bundle_section(problem: BundleProblem, lam: float, tying: int, mu: float) -> Any:
+    """The bundle's section: soft-coupled (``mu > 0``, evaluated at ``lam``) or tied."""
+    if mu > 0:
+        coupled = solve_coupled(problem, lam, mu)
+        # per-layer bases (L, m, d): evaluated as an untied section
+        L = problem.W.shape[0]
+        return evaluate_section(problem, coupled.bases, np.arange(L), lam=lam)
+    return solve(problem, lam, tying)
 
 
 def _basis_sharing(W: F64, C: F64, rank: int, group_size: int) -> Factorisation:
@@ -632,7 +670,8 @@ def _per_group_bundle(
     parts = [
         _output_side(
             "bundle", W[s : s + k], None if C is None else C[s : s + k], int(ranks[s]),
-            lam=0.0, tying=len(range(s, min(s + k, L))), metric=metric, mu=0.0,
+            _tied_corner(min(s + k, L) - s),
+            metric=metric,
         )
         for s in starts
     ]  # fmt: skip
@@ -658,3 +697,81 @@ def _per_group_bundle(
 
 def _params(shared: tuple[F64, ...], own: tuple[F64, ...]) -> int:
     return int(sum(a.size for a in shared) + sum(b.size for b in own))
+
+
+# --------------------------------------------------------------------------- the methods
+
+
+def _check_bundle(options: dict[str, Any]) -> dict[str, Any]:
+    want = "a finite number >= 0"
+    options["lam"] = check_lam(options["lam"])
+    options["coupling"] = _validate.nonnegative(
+        options["coupling"], "coupling", allow_inf=False, want=want, bad=want
+    )
+    metric = options["metric"]
+    if metric not in ("weight", "activation"):
+        raise ValueError(f"metric must be 'weight' or 'activation'; got metric = {metric!r}")
+    return options
+
+
+def _run_svd(
+    W: F64, C: F64 | None, rank: int | None, ranks: Any, o: Mapping[str, Any]
+) -> Factorisation:
+    assert rank is not None
+    return _output_side("svd", W, C, rank, lambda problem: solve(problem, 0.0, 1))
+
+
+def _run_svd_llm(
+    W: F64, C: F64 | None, rank: int | None, ranks: Any, o: Mapping[str, Any]
+) -> Factorisation:
+    assert C is not None
+    if ranks is not None:
+        return _per_layer_svd_llm(W, C, ranks)
+    assert rank is not None
+    return _output_side("svd-llm", W, C, rank, anchor_section)
+
+
+def _run_bundle(
+    W: F64, C: F64 | None, rank: int | None, ranks: Any, o: Mapping[str, Any]
+) -> Factorisation:
+    lam, tying, metric, mu = o["lam"], o["tying"], o["metric"], o["coupling"]
+    if ranks is not None:
+        if lam != 0 or mu != 0:
+            raise ValueError(
+                "per-group ranks of the bundle need the tied corner, lam = 0 and coupling = 0 "
+                f"(its energy is then a sum over groups); got lam = {lam:g}, coupling = {mu:g}"
+            )
+        return _per_group_bundle(W, C, ranks, tying, metric)
+    assert rank is not None
+    if mu > 0 and tying != 1:
+        raise ValueError(
+            f"coupling > 0 couples untied sections and needs tying = 1; got tying = {tying!r}"
+        )
+    return _output_side(
+        "bundle", W, C, rank, lambda p: _bundle_section(p, lam, tying, mu), metric=metric
+    )
+
+
+def _run_basis_sharing(
+    W: F64, C: F64 | None, rank: int | None, ranks: Any, o: Mapping[str, Any]
+) -> Factorisation:
+    assert C is not None and rank is not None
+    return _basis_sharing(W, C, rank, o["group_size"])
+
+
+register_factoriser(Factoriser("svd", {}, lambda o: False, _run_svd))
+register_factoriser(Factoriser("svd-llm", {}, lambda o: True, _run_svd_llm, ranks=True))
+register_factoriser(
+    Factoriser(
+        "bundle",
+        {"lam": 0.0, "tying": 1, "metric": "weight", "coupling": 0.0},
+        lambda o: o["metric"] == "activation" or o["lam"] > 0,
+        _run_bundle,
+        ranks=True,
+        check=_check_bundle,
+        describe=lambda o: f" with metric={o['metric']!r} and lam = {o['lam']:g}",
+    )
+)
+register_factoriser(
+    Factoriser("basis-sharing", {"group_size": 2}, lambda o: True, _run_basis_sharing)
+)

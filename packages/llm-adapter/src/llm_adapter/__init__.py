@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         compress_model,
         rank_for,
     )
-    from .errors import AdapterError
+    from .errors import AdapterError, CheckpointError, ConfigurationError, DataError
     from .gguf_cache import dequantize_gguf
     from .lowrank import LowRankLinear, count_unique_parameters
     from .manifest import read_manifest
@@ -38,6 +38,9 @@ _HOMES: dict[str, str] = {
     "ARCHITECTURES": "models",
     "METHODS": "methods",
     "AdapterError": "errors",
+    "CheckpointError": "errors",
+    "ConfigurationError": "errors",
+    "DataError": "errors",
     "CalibrationStats": "calibrate",
     "CompressionConfig": "compress",
     "CompressionReport": "compress",
@@ -60,8 +63,11 @@ __all__ = [
     "METHODS",
     "AdapterError",
     "CalibrationStats",
+    "CheckpointError",
     "CompressionConfig",
     "CompressionReport",
+    "ConfigurationError",
+    "DataError",
     "FamilyReport",
     "LowRankLinear",
     "__version__",

@@ -78,7 +78,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibrate import CalibrationStats
-from .errors import AdapterError
+from .errors import AdapterError, ConfigurationError
 from .lowrank import LowRankLinear
 from .methods import (
     DEFAULT_FAMILIES,
@@ -91,8 +91,10 @@ from .methods import (
     METHODS,
     METRICS,
     PARAMS,
+    Method,
     Spelling,
     check_params,
+    flag,
     split_families,
 )
 from .models import (
@@ -222,33 +224,55 @@ class CompressionConfig:
             object.__setattr__(self, key, value)
         if self.param_ratio is None:
             if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
-                raise AdapterError(
-                    f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}"
+                raise ConfigurationError(
+                    f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}",
+                    key="rank_ratio",
+                    value=self.rank_ratio,
+                    reason="must be in (0, 1)",
                 )
         elif not (isinstance(self.param_ratio, int | float) and 0 < self.param_ratio < 1):
-            raise AdapterError(
-                f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}"
+            raise ConfigurationError(
+                f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}",
+                key="param_ratio",
+                value=self.param_ratio,
+                reason="must be in (0, 1)",
             )
         object.__setattr__(self, "families", split_families(self.families))
         for f in self.families:
             if f != "all" and f not in ALL_FAMILIES:
-                raise AdapterError(
-                    f"unknown family {f!r}; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
+                raise ConfigurationError(
+                    f"unknown family {f!r}; valid families: {', '.join(ALL_FAMILIES)} (or 'all')",
+                    key="families",
+                    value=f,
+                    reason="not a family of any known architecture",
                 )
         if not len(self.families):
-            raise AdapterError(
-                f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')"
+            raise ConfigurationError(
+                f"no family given; valid families: {', '.join(ALL_FAMILIES)} (or 'all')",
+                key="families",
+                value=self.families,
+                reason="names no family",
             )
+
+    @property
+    def entry(self) -> Method:
+        """The method's entry of :data:`llm_adapter.methods.METHOD_TABLE`."""
+        return METHOD_TABLE[self.method]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every method parameter's value (the keys of :data:`llm_adapter.methods.PARAMS`)."""
+        return {key: getattr(self, key) for key in PARAMS}
 
     @property
     def needs_calibration(self) -> bool:
         """Whether the method needs the covariances ``C_l`` (``svd`` does not)."""
-        return METHOD_TABLE[self.method].calibration(asdict(self))
+        return self.entry.needs_calibration(self.params)
 
     @property
     def sequential(self) -> bool:
         """Whether the method fits block by block on calibration windows."""
-        return self.method == "residual" or self.update or self.refit != "none"
+        return self.entry.sequential(self.params)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -444,12 +468,10 @@ class CompressionReport:
 
 
 def _short_config(config: dict[str, Any]) -> dict[str, Any]:
-    method = config.get("method")
+    entry = METHOD_TABLE.get(str(config.get("method")))
     keep = ["rank_ratio"] if config.get("param_ratio") is None else ["param_ratio"]
-    if method == "bundle":
-        keep += ["lam", "tying", "metric", "coupling"]
-    if method == "basis-sharing":
-        keep += ["group_size"]
+    if entry is not None:
+        keep += list(entry.options)
     return {k: config[k] for k in keep if k in config}
 
 
@@ -491,16 +513,8 @@ def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
         d = math.floor(config.rank_ratio * D + 0.5)
         what = f"--rank-ratio {config.rank_ratio}"
     else:
-        p = config.param_ratio
-        if config.method == "basis-sharing":
-            # one n x d basis for the group and a k m x d coefficient block: the stacked
-            # group (k m x n) has rank up to min(n, k m), which may exceed m
-            k = min(config.group_size, layers)
-            d = math.floor(p * k * m * n / (n + k * m))
-            D = min(n, k * m) + 1  # so that d <= min(n, k m) passes the check below
-        else:
-            k = min(config.tying, layers) if config.method == "bundle" else 1
-            d = math.floor(p * k * m * n / (m + k * n))
+        # the shared factor of a group counted once (Method.rank_for_params)
+        d, D = config.entry.rank_for_params(config.param_ratio, m, n, layers, config.params)
         what = f"--param-ratio {config.param_ratio}"
     if d <= 0 or d >= D:
         raise AdapterError(
@@ -524,18 +538,13 @@ def _factorise(
     """
     import grassbundle as gb
 
-    options: dict[str, Any] = {} if ranks is None else {"ranks": ranks}
-    if config.method == "bundle":
-        options.update(
-            lam=float(config.lam),
-            tying=int(config.tying),
-            metric=config.metric,
-            coupling=float(config.coupling),
-        )
-    elif config.method == "basis-sharing":
-        options["group_size"] = int(config.group_size)
+    entry = config.entry
+    assert entry.factoriser is not None, f"{entry.name} has no factoriser"
+    options = entry.factorise_options(config.params)
+    if ranks is not None:
+        options["ranks"] = ranks
     try:
-        return gb.factorise(W, C, config.method, d, **options)
+        return gb.factorise(W, C, entry.factoriser, d, **options)
     except ValueError as exc:
         raise AdapterError(f"grassbundle rejected the factorisation of {family}: {exc}") from None
 
@@ -630,15 +639,11 @@ def check_config(
                 "compressed?); load the uncompressed model"
             )
         m, n = first.out_features, first.in_features
-        if config.method == "bundle" and config.tying > L:
+        group = config.entry.group
+        if group is not None and getattr(config, group) > L:
             raise AdapterError(
-                f"tying degree {config.tying} exceeds the number of layers L = {L}; "
-                f"use --tying <= {L}"
-            )
-        if config.method == "basis-sharing" and config.group_size > L:
-            raise AdapterError(
-                f"group size {config.group_size} exceeds the number of layers L = {L}; "
-                f"use --group-size <= {L}"
+                f"{PARAMS[group].what} {getattr(config, group)} exceeds the number of layers "
+                f"L = {L}; use {flag(group)} <= {L}"
             )
         d = rank_for(config, m, n, L)
         if d > n:  # W_l has rank <= n: a larger d has no unique best subspace
@@ -692,7 +697,7 @@ def layer_ranks(
     shapes = {f: family_weights(model, f) for f in families}
     if config.allocate == "none":
         return {f: [ranks[f]] * shapes[f].shape[0] for f in families}
-    tied = config.method == "bundle"
+    tied = config.entry.allocates_groups
     if not tied:
         return _untied_energy_ranks(model, config, families, ranks, stats, shapes)
     spectra, costs, caps, owners = [], [], [], []
@@ -701,7 +706,7 @@ def layer_ranks(
         W = shapes[f]
         C = stats.covariance(f)
         L, m, n = W.shape
-        k = int(config.tying) if tied else 1
+        k = config.entry.group_layers(config.params, L) if tied else 1
         for s in range(0, L, k):
             g = slice(s, min(s + k, L))
             kg = g.stop - s
@@ -800,10 +805,10 @@ def _sequential_families(
         first = family_modules(model, f)[0]
         assert isinstance(first, nn.Linear)
         shapes[f] = (len(names[f]), first.out_features, first.in_features)
-    fit = "residual" if config.method == "residual" else "update"
+    fit = config.entry.fit(config.params)
+    assert fit is not None
     refit = None
-    if config.refit != "none":
-        fit = "refit"
+    if fit == "refit":
         refit = {k: getattr(config, k) for k in ("target", "mix", "ridge", "gate")}
         refit["factor"] = config.refit
     fits = compress_sequential(
@@ -861,7 +866,8 @@ def selects_components(config: CompressionConfig) -> bool:
     """Whether ``config``'s allocation runs through :func:`grassbundle.select_components`.
 
     Every loss-aware allocation does, and the energy allocations (``"sum"``,
-    ``"normalised"``) of SVD-LLM's truncation without a sequential step: one
+    ``"normalised"``) of a method that selects SVD-LLM's components (one that
+    accepts the loss-aware allocations) without a sequential step: one
     budget over every map, ``m + n`` per kept component, ``m n`` for a map
     kept dense.
     """
@@ -869,7 +875,7 @@ def selects_components(config: CompressionConfig) -> bool:
         return True
     return (
         config.allocate in ENERGY_ALLOCATIONS
-        and config.method == "svd-llm"
+        and set(LOSS_AWARE) <= set(config.entry.allocations)
         and not config.sequential
     )
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AdapterError
+from .errors import ConfigurationError
 
 __all__ = [
     "ALLOCATIONS",
@@ -47,7 +47,10 @@ __all__ = [
     "check_params",
     "flag",
     "format_float",
+    "get_method",
     "parse_float",
+    "reference_method",
+    "register_method",
     "split_families",
 ]
 
@@ -129,12 +132,20 @@ def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "+inf"):
         return math.inf
     if isinstance(value, bool):
-        raise AdapterError(f"{spell.value(key, value)} is not a number (use a float or 'inf')")
+        raise ConfigurationError(
+            f"{spell.value(key, value)} is not a number (use a float or 'inf')",
+            key=key,
+            value=value,
+            reason="not a number",
+        )
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise AdapterError(
-            f"{spell.value(key, value)} is not a number (use a float or 'inf')"
+        raise ConfigurationError(
+            f"{spell.value(key, value)} is not a number (use a float or 'inf')",
+            key=key,
+            value=value,
+            reason="not a number",
         ) from None
 
 
@@ -193,15 +204,29 @@ class Param:
     words: tuple[str, ...] = ()
 
     def check(self, value: Any, spell: Spelling = FLAGS) -> Any:
-        """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``."""
+        """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``.
+
+        Raises
+        ------
+        ConfigurationError
+            With :attr:`name` as its ``key``, ``value`` and the message as its ``reason``.
+        """
+        try:
+            return self._check(value, spell)
+        except ConfigurationError as exc:
+            if exc.key is None:
+                exc.key, exc.value, exc.reason = self.name, value, str(exc)
+            raise
+
+    def _check(self, value: Any, spell: Spelling) -> Any:
         key = self.name
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise AdapterError(f"{spell.value(key, value)}: give true or false")
+                raise ConfigurationError(f"{spell.value(key, value)}: give true or false")
             return value
         if self.kind is str:
             if value not in self.choices:
-                raise AdapterError(
+                raise ConfigurationError(
                     f"unknown {self.what} {value!r}; valid: {', '.join(self.choices)} "
                     f"(got {spell.value(key, value)})"
                 )
@@ -210,59 +235,32 @@ class Param:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise AdapterError(
+                raise ConfigurationError(
                     f"{spell.value(key, value)} is not an integer; give whole numbers"
                 )
             if self.low is not None and value < self.low:
-                raise AdapterError(
+                raise ConfigurationError(
                     f"{self.what} must be an integer >= {self.low:g}; got {spell.value(key, value)}"
                 )
             return value
         if self.words and isinstance(value, str) and not _is_number(value):
             if value.strip().lower() in self.words:
                 return value.strip().lower()
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{spell.value(key, value)} is not a number or {' or '.join(self.words)} "
                 f"(use a float >= {self.low:g} or {' or '.join(self.words)})"
             )
         number = parse_float(value, key, spell)
         if math.isnan(number) or (math.isinf(number) and not self.allow_inf):
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{self.what} must be finite and >= 0; got {spell.value(key, value)}"
             )
         if self.low is not None and number < self.low:
             inf = " (inf allowed)" if self.allow_inf else ""
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{self.what} must be >= {self.low:g}{inf}; got {spell.value(key, value)}"
             )
         return number
-
-
-@dataclass(frozen=True)
-class Method:
-    """One compression method.
-
-    Attributes
-    ----------
-    name : str
-        As given to ``--method`` and in sweep points.
-    label : str
-        How reports name it.
-    params : tuple of str
-        The parameters (keys of :data:`PARAMS`) it takes; every other
-        parameter must stay at its default.
-    help : str
-        One line.
-    calibration : callable
-        ``calibration(params)``: whether it needs the calibration covariances,
-        given its full parameters.
-    """
-
-    name: str
-    label: str
-    params: tuple[str, ...]
-    help: str
-    calibration: Callable[[Mapping[str, Any]], bool]
 
 
 PARAMS: dict[str, Param] = {
@@ -321,28 +319,374 @@ PARAMS: dict[str, Param] = {
     )
 }  # fmt: skip
 
-METHOD_TABLE: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("svd", "SVD", (), "plain truncated SVD per layer", lambda p: False),
-        Method("svd-llm", "SVD-LLM", ("update", "allocate", "select", "protect", "rank_floor",
-                                      "max_deviation", "probe_windows", "refit", "target",
-                                      "mix", "ridge", "gate"),
-               "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True),
-        Method("basis-sharing", "Basis Sharing", ("group_size",),
-               "Basis Sharing: one input-side basis per group of layers", lambda p: True),
-        Method("bundle", "bundle", ("lam", "tying", "metric", "coupling", "allocate"),
-               "the Grassmann-bundle section (anchor lam, tying k)",
-               lambda p: p["metric"] == "activation" or p["lam"] > 0),
-        Method("residual", "residual", ("allocate",),
-               "residual-aware sequential refit, block by block", lambda p: True),
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method: everything the adapter, sweeps and reports ask of it.
+
+    A method is registered once (:func:`register_method`) and looked up by
+    name in :data:`METHOD_TABLE`; nothing outside its entry compares method
+    names.
+
+    Attributes
+    ----------
+    name : str
+        As given to ``--method`` and in sweep points.
+    label : str
+        How reports name it.
+    params : tuple of str
+        The parameters (keys of :data:`PARAMS`) it takes; every other
+        parameter must stay at its default.
+    help : str
+        One line.
+    calibration : callable
+        ``calibration(params)``: whether it needs the calibration covariances,
+        given its full parameters.
+    factoriser : str or None
+        The :func:`grassbundle.factorise` method it calls (a key of
+        :data:`grassbundle.FACTORISERS`); None for a method that only fits
+        block by block (:attr:`fit`).
+    options : tuple of str
+        The parameters passed on to :func:`grassbundle.factorise` as keyword
+        options (and shown in a report's one-line summary).
+    fit : callable
+        ``fit(params)``: the block-by-block fit of
+        :func:`llm_adapter.sequential.compress_sequential` (``"update"``,
+        ``"residual"``, ``"refit"``), or None where the method factorises each
+        family at once.
+    shares : {"left", "right"}
+        Which factor a group of layers shares: the output-side basis ``U``
+        (``m x d``) or the input-side basis (``d x n``); the rank-for-budget
+        rule counts the shared factor once (:meth:`rank_for_params`).
+    group : str or None
+        The parameter giving the layers per shared group (``tying``,
+        ``group_size``); None for untied layers.
+    allocations : tuple of str
+        The values of ``allocate`` it accepts (within :data:`ALLOCATIONS`).
+    allocates_groups : bool
+        Whether ``allocate`` gives one rank per group of :attr:`group` layers
+        (the bundle's tied corner) instead of one per layer.
+    check : callable, optional
+        ``check(values, spell)``: the method's own checks of its full
+        parameters (after each one's type and range); raises
+        :class:`~llm_adapter.AdapterError`.
+    point_label : callable, optional
+        ``point_label(params)``: a sweep point's short name (default: the name).
+    marker : str
+        Its matplotlib marker in report plots.
+    dashed : bool
+        Whether per-layer plots draw it dashed.
+    reference : bool
+        Whether it is the method reports compare the others with (one method).
+    phase_grid : callable, optional
+        ``phase_grid(row)``: whether a sweep row belongs to the report's
+        phase diagram over ``lam`` and ``tying`` (the bundle's weight metric,
+        uncoupled); None for a method without one.
+    sweep_keys : tuple of str
+        Point keys only sweeps know, taken by this method (``private``).
+    """
+
+    name: str
+    label: str
+    params: tuple[str, ...]
+    help: str
+    calibration: Callable[[Mapping[str, Any]], bool]
+    factoriser: str | None = None
+    options: tuple[str, ...] = ()
+    fit: Callable[[Mapping[str, Any]], str | None] = lambda p: None
+    shares: str = "left"
+    group: str | None = None
+    allocations: tuple[str, ...] = ("none",)
+    allocates_groups: bool = False
+    check: Callable[[dict[str, Any], Spelling], None] | None = None
+    point_label: Callable[[Mapping[str, Any]], str] | None = None
+    marker: str = "o"
+    dashed: bool = False
+    reference: bool = False
+    phase_grid: Callable[[Mapping[str, Any]], bool] | None = None
+    sweep_keys: tuple[str, ...] = ()
+
+    def needs_calibration(self, values: Mapping[str, Any]) -> bool:
+        """Whether the method needs the calibration covariances at these parameters."""
+        return self.calibration(values)
+
+    def sequential(self, values: Mapping[str, Any]) -> bool:
+        """Whether the method fits block by block on calibration windows."""
+        return self.fit(values) is not None
+
+    def factorise_options(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword options of :func:`grassbundle.factorise`, from the full parameters."""
+        return {key: values[key] for key in self.options}
+
+    def group_layers(self, values: Mapping[str, Any], layers: int) -> int:
+        """Layers per shared group, at most ``layers`` (1 for untied layers)."""
+        return min(int(values[self.group]), layers) if self.group is not None else 1
+
+    def rank_for_params(
+        self, ratio: float, m: int, n: int, layers: int, values: Mapping[str, Any]
+    ) -> tuple[int, int]:
+        """The rank keeping the fraction ``ratio`` of the weights, and its bound ``D``.
+
+        For groups of ``k`` maps (``m x n``) sharing one factor, the shared
+        factor is counted once: ``d = floor(p k m n / (m + k n))`` (shared
+        output-side ``U``, ``D = m``) or ``floor(p k m n / (n + k m))``
+        (shared input-side basis: the stacked group, ``k m x n``, has rank up
+        to ``min(n, k m)``, so ``D = min(n, k m) + 1``).  The rank must satisfy
+        ``1 <= d < D``.
+        """
+        k = self.group_layers(values, layers)
+        if self.shares == "right":
+            return math.floor(ratio * k * m * n / (n + k * m)), min(n, k * m) + 1
+        return math.floor(ratio * k * m * n / (m + k * n)), m
+
+    def describe_point(self, params: Mapping[str, Any]) -> str:
+        """A sweep point's short name, e.g. ``bundle lam=0 k=6 weight``."""
+        return self.point_label(params) if self.point_label is not None else self.name
+
+
+#: every registered method, by name (:func:`register_method`)
+METHOD_TABLE: dict[str, Method] = {}
+#: the registered methods' names, in registration order
+METHODS: tuple[str, ...] = ()
+
+
+def register_method(method: Method) -> Method:
+    """Add a method to :data:`METHOD_TABLE` (and :data:`METHODS`); returns it.
+
+    Its parameters must be keys of :data:`PARAMS`, its allocations values of
+    :data:`ALLOCATIONS`.  Register before the command line builds its parsers
+    (importing the method's module from :mod:`llm_adapter.methods` does).
+
+    Raises
+    ------
+    ValueError
+        For a name already taken or a parameter not in :data:`PARAMS`.
+    """
+    global METHODS
+    if method.name in METHOD_TABLE or method.name == "dense":
+        raise ValueError(f"method {method.name!r} is already registered")
+    unknown = sorted(set(method.params) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"method {method.name!r}: unknown parameter(s) {unknown}")
+    bad = sorted(set(method.allocations) - set(ALLOCATIONS))
+    if bad:
+        raise ValueError(f"method {method.name!r}: unknown allocation(s) {bad}")
+    METHOD_TABLE[method.name] = method
+    METHODS = tuple(METHOD_TABLE)
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; :class:`~llm_adapter.AdapterError` for another name."""
+    entry = METHOD_TABLE.get(name)
+    if entry is None:
+        raise ConfigurationError(
+            f"unknown method {name!r}; valid methods: {', '.join(METHODS)}",
+            key="method",
+            value=name,
+            reason="not a registered method",
+        )
+    return entry
+
+
+def reference_method() -> str:
+    """The method reports compare the others with (SVD-LLM)."""
+    return next(m.name for m in METHOD_TABLE.values() if m.reference)
+
+
+def _loss_aware_needs_svd_llm(values: Mapping[str, Any], spell: Spelling) -> ConfigurationError:
+    return ConfigurationError(
+        f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "
+        "truncation (maps may stay dense): use --method svd-llm"
     )
-}  # fmt: skip
-METHODS = tuple(METHOD_TABLE)
+
+
+# --------------------------------------------------------------------------- svd
+
+
+register_method(
+    Method("svd", "SVD", (), "plain truncated SVD per layer", lambda p: False,
+           factoriser="svd", marker="s")
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- svd-llm
+
+
+def _svd_llm_fit(p: Mapping[str, Any]) -> str | None:
+    if p["refit"] != "none":
+        return "refit"
+    return "update" if p["update"] else None
+
+
+def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
+    """The interplay of SVD-LLM's update, refit and loss-aware allocation parameters."""
+    refit = values["refit"] != "none"
+    for key in ("target", "mix", "ridge", "gate"):
+        if not refit and values[key] != PARAMS[key].default:
+            raise ConfigurationError(
+                f"{spell.name(key)} shapes a refit: add --refit "
+                f"{' or '.join(REFITS[1:])} (got {spell.value('refit', values['refit'])})"
+            )
+    if refit and values["update"]:
+        raise ConfigurationError(
+            "--update is SVD-LLM's own refit (the left factor for the target W x_hat): drop "
+            f"--update, or use --refit left --target local instead of --update with "
+            f"{spell.value('refit', values['refit'])}"
+        )
+    if values["mix"] > 1:
+        raise ConfigurationError(
+            f"joint mixing weight must be in [0, 1]; got {spell.value('mix', values['mix'])}"
+        )
+    if values["mix"] != PARAMS["mix"].default and values["target"] != "joint":
+        raise ConfigurationError(
+            f"{spell.name('mix')} weighs the joint target: add --target joint "
+            f"(got {spell.value('target', values['target'])})"
+        )
+    loss_aware = values["allocate"] in LOSS_AWARE
+    if loss_aware and (refit or values["update"]) and values["select"] != "rank":
+        step = spell.name("refit") if refit else spell.name("update")
+        raise ConfigurationError(
+            f"{step} refits SVD-LLM's truncation at each map's rank, not a chosen set of "
+            f"components: use {spell.value('select', 'rank')} (got "
+            f"{spell.value('select', values['select'])})"
+        )
+    for key in ("select", "protect", "rank_floor", "max_deviation"):
+        if not loss_aware and values[key] != PARAMS[key].default:
+            raise ConfigurationError(
+                f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
+                f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
+            )
+    if values["probe_windows"] != PARAMS["probe_windows"].default and (
+        values["allocate"] != "sensitivity"
+    ):
+        raise ConfigurationError(
+            f"{spell.name('probe_windows')} sizes the sensitivity probe: add --allocate "
+            f"sensitivity (got {spell.value('allocate', values['allocate'])})"
+        )
+    if values["allocate"] == "sensitivity" and values["select"] != "rank":
+        raise ConfigurationError(
+            "--allocate sensitivity measures whole truncations, not single components: "
+            f"use --select rank (got {spell.value('select', values['select'])})"
+        )
+
+
+def _sequential_label(name: str) -> Callable[[Mapping[str, Any]], str]:
+    """``svd-llm +update alloc=fisher select=components``: the name and what differs."""
+
+    def label(p: Mapping[str, Any]) -> str:
+        text = (
+            name
+            + (" +update" if p.get("update") else "")
+            + (f" alloc={p['allocate']}" if p.get("allocate", "none") != "none" else "")
+        )
+        if p.get("refit", "none") != "none":
+            text += f" refit={p['refit']}"
+        for key, short in (("select", "select"), ("protect", "protect"),
+                           ("rank_floor", "floor"), ("max_deviation", "dev"),
+                           ("target", "target"), ("mix", "mix"), ("ridge", "ridge"),
+                           ("gate", "gate")):  # fmt: skip
+            if key in p and p[key] != PARAMS[key].default:
+                value = p[key]
+                text += f" {short}={format_float(value) if isinstance(value, float) else value}"
+        return text
+
+    return label
+
+
+register_method(
+    Method("svd-llm", "SVD-LLM", ("update", "allocate", "select", "protect", "rank_floor",
+                                  "max_deviation", "probe_windows", "refit", "target",
+                                  "mix", "ridge", "gate"),
+           "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True,
+           factoriser="svd-llm", fit=_svd_llm_fit, allocations=ALLOCATIONS,
+           check=_check_svd_llm, point_label=_sequential_label("svd-llm"), marker="*",
+           reference=True)
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- basis-sharing
+
+
+def _basis_sharing_label(p: Mapping[str, Any]) -> str:
+    private = p.get("private")
+    return f"basis-sharing g={p['group_size']}" + (
+        f" private {','.join(private)}" if private else ""
+    )
+
+
+register_method(
+    Method("basis-sharing", "Basis Sharing", ("group_size",),
+           "Basis Sharing: one input-side basis per group of layers", lambda p: True,
+           factoriser="basis-sharing", options=("group_size",), shares="right",
+           group="group_size", point_label=_basis_sharing_label, marker="D",
+           sweep_keys=("private",))
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+def _check_bundle(values: dict[str, Any], spell: Spelling) -> None:
+    """The tied corner of an allocation, and soft coupling's untied, finite sections."""
+    if values["allocate"] != "none":
+        corner = values["lam"] == 0 and values["coupling"] == 0
+        if not corner or values["metric"] != "activation":
+            raise ConfigurationError(
+                "--allocate with --method bundle allocates ranks over the tied groups of the "
+                "activation corner: use --metric activation, --lam 0 and no --coupling; got "
+                f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
+            )
+    if values["coupling"] > 0:
+        if math.isinf(values["lam"]):
+            raise ConfigurationError(
+                "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
+            )
+        if values["tying"] != 1:
+            raise ConfigurationError(
+                "soft coupling couples untied sections: use --tying 1 with --coupling; "
+                f"got {spell.value('tying', values['tying'])}"
+            )
+
+
+def _bundle_label(p: Mapping[str, Any]) -> str:
+    text = f"bundle lam={format_float(p['lam'])} k={p['tying']} {p['metric']}"
+    if p["coupling"]:
+        text += f" mu={p['coupling']:g}"
+    if p.get("allocate", "none") != "none":
+        text += f" alloc={p['allocate']}"
+    return text
+
+
+register_method(
+    Method("bundle", "bundle", ("lam", "tying", "metric", "coupling", "allocate"),
+           "the Grassmann-bundle section (anchor lam, tying k)",
+           lambda p: p["metric"] == "activation" or p["lam"] > 0,
+           factoriser="bundle", options=("lam", "tying", "metric", "coupling"),
+           group="tying", allocations=("none", "sum", "normalised"), allocates_groups=True,
+           check=_check_bundle, point_label=_bundle_label, dashed=True,
+           phase_grid=lambda r: r.get("metric") == "weight" and not r.get("coupling"))
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- residual
+
+
+register_method(
+    Method("residual", "residual", ("allocate",),
+           "residual-aware sequential refit, block by block", lambda p: True,
+           fit=lambda p: "residual", allocations=("none", "sum", "normalised"),
+           point_label=_sequential_label("residual"))
+)  # fmt: skip
 
 
 def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS) -> dict[str, Any]:
     """Check a method and the parameters given for it; return every parameter's value.
+
+    The checks common to every method (unknown parameters, parameters the
+    method does not take, each value's type and range, the allocations it
+    accepts) run here; the method's own interplay of parameters is its
+    :attr:`Method.check`.
 
     Parameters
     ----------
@@ -365,13 +709,14 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
         take (set to anything but its default), a wrong type or a value out
         of range.
     """
-    entry = METHOD_TABLE.get(method)
-    if entry is None:
-        raise AdapterError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    entry = get_method(method)
     unknown = sorted(set(given) - set(PARAMS))
     if unknown:
-        raise AdapterError(
-            f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(PARAMS)}"
+        raise ConfigurationError(
+            f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(PARAMS)}",
+            key=unknown[0],
+            value=given[unknown[0]],
+            reason="unknown parameter",
         )
     values = {key: p.default for key, p in PARAMS.items()}
     for key, value in given.items():
@@ -379,81 +724,17 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
         if key not in entry.params and value != param.default:
             takers = [m.name for m in METHOD_TABLE.values() if key in m.params]
             name = spell.name(key)
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{name} applies to --method {' or '.join(takers)}"
                 f"{' only' if len(takers) == 1 else ''}; got --method {method} "
-                f"(drop {name}, or choose a method that takes it)"
+                f"(drop {name}, or choose a method that takes it)",
+                key=key,
+                value=value,
+                reason=f"applies to method {' or '.join(takers)}, not {method}",
             )
         values[key] = param.check(value, spell)
-    if method == "bundle" and values["allocate"] != "none":
-        corner = values["lam"] == 0 and values["coupling"] == 0
-        if not corner or values["metric"] != "activation":
-            raise AdapterError(
-                "--allocate with --method bundle allocates ranks over the tied groups of the "
-                "activation corner: use --metric activation, --lam 0 and no --coupling; got "
-                f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
-            )
-    refit = values["refit"] != "none"
-    for key in ("target", "mix", "ridge", "gate"):
-        if not refit and values[key] != PARAMS[key].default:
-            raise AdapterError(
-                f"{spell.name(key)} shapes a refit: add --refit "
-                f"{' or '.join(REFITS[1:])} (got {spell.value('refit', values['refit'])})"
-            )
-    if refit and values["update"]:
-        raise AdapterError(
-            "--update is SVD-LLM's own refit (the left factor for the target W x_hat): drop "
-            f"--update, or use --refit left --target local instead of --update with "
-            f"{spell.value('refit', values['refit'])}"
-        )
-    if values["mix"] > 1:
-        raise AdapterError(
-            f"joint mixing weight must be in [0, 1]; got {spell.value('mix', values['mix'])}"
-        )
-    if values["mix"] != PARAMS["mix"].default and values["target"] != "joint":
-        raise AdapterError(
-            f"{spell.name('mix')} weighs the joint target: add --target joint "
-            f"(got {spell.value('target', values['target'])})"
-        )
-    loss_aware = values["allocate"] in LOSS_AWARE
-    if loss_aware and method != "svd-llm":
-        raise AdapterError(
-            f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "
-            "truncation (maps may stay dense): use --method svd-llm"
-        )
-    if loss_aware and (refit or values["update"]) and values["select"] != "rank":
-        step = spell.name("refit") if refit else spell.name("update")
-        raise AdapterError(
-            f"{step} refits SVD-LLM's truncation at each map's rank, not a chosen set of "
-            f"components: use {spell.value('select', 'rank')} (got "
-            f"{spell.value('select', values['select'])})"
-        )
-    for key in ("select", "protect", "rank_floor", "max_deviation"):
-        if not loss_aware and values[key] != PARAMS[key].default:
-            raise AdapterError(
-                f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
-                f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
-            )
-    if values["probe_windows"] != PARAMS["probe_windows"].default and (
-        values["allocate"] != "sensitivity"
-    ):
-        raise AdapterError(
-            f"{spell.name('probe_windows')} sizes the sensitivity probe: add --allocate "
-            f"sensitivity (got {spell.value('allocate', values['allocate'])})"
-        )
-    if values["allocate"] == "sensitivity" and values["select"] != "rank":
-        raise AdapterError(
-            "--allocate sensitivity measures whole truncations, not single components: "
-            f"use --select rank (got {spell.value('select', values['select'])})"
-        )
-    if values["coupling"] > 0:
-        if math.isinf(values["lam"]):
-            raise AdapterError(
-                "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
-            )
-        if values["tying"] != 1:
-            raise AdapterError(
-                "soft coupling couples untied sections: use --tying 1 with --coupling; "
-                f"got {spell.value('tying', values['tying'])}"
-            )
+    if entry.check is not None:
+        entry.check(values, spell)
+    if values["allocate"] not in entry.allocations and "allocate" in entry.params:
+        raise _loss_aware_needs_svd_llm(values, spell)
     return values

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError
+from ..methods import reference_method
 from .paired import (
     calibration_seed,
     paired_accuracy,
@@ -123,7 +124,7 @@ def _pairable(row: dict[str, Any]) -> bool:
 
 
 def paired_rows(
-    rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm", seed: int = 0
+    rows: Sequence[dict[str, Any]], *, reference: str | None = None, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Each compressed row against the reference method's row of its budget group.
 
@@ -131,7 +132,7 @@ def paired_rows(
     ----------
     rows : sequence of dict
         Sweep rows with per-window and per-item fields (sweeps store them).
-    reference : str
+    reference : str, optional
         The method (``row["method"]``) or label (``row["label"]``) compared against.
     seed : int
         Bootstrap seed (one seed for the whole table, so every comparison uses the
@@ -154,6 +155,7 @@ def paired_rows(
         rows have no per-window scores (a HellaSwag-only sweep), the acc_norm
         keys where they have no per-item hits.
     """
+    reference = reference or reference_method()
     refs: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         if _pairable(r) and reference in (r.get("method"), r.get("label")):
@@ -209,7 +211,7 @@ def _experiment(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def seed_paired_rows(
-    rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm", seed: int = 0
+    rows: Sequence[dict[str, Any]], *, reference: str | None = None, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Each method against the reference over all its calibration seeds.
 
@@ -223,7 +225,7 @@ def seed_paired_rows(
     ----------
     rows : sequence of dict
         Sweep rows with per-window scores, from one or several results files.
-    reference : str
+    reference : str, optional
         The method or label compared against.
     seed : int
         Bootstrap seed.
@@ -237,6 +239,7 @@ def seed_paired_rows(
         ``shares_budget``, ``ppl`` (over every seed's windows), ``ppl_ratio``,
         ``ppl_low``, ``ppl_high``, ``ppl_significant`` and ``ppl_verdict``.
     """
+    reference = reference or reference_method()
     groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
     for r in rows:
         if r.get("method") == "dense" or r.get("ppl_window_nll") is None:
@@ -292,14 +295,14 @@ def _verdict(significant: bool, better: bool) -> str:
 
 
 def budget_cells(
-    rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm"
+    rows: Sequence[dict[str, Any]], *, reference: str | None = None
 ) -> tuple[list[str], list[list[str]]]:
     """The paired comparison as a header and formatted cells (see :func:`paired_rows`).
 
     Parameters
     ----------
     rows : sequence of dict
-    reference : str
+    reference : str, optional
 
     Returns
     -------
@@ -307,6 +310,7 @@ def budget_cells(
     cells : list of list of str
         Empty when no row can be paired.
     """
+    reference = reference or reference_method()
     pairs = paired_rows(rows, reference=reference)
     head = [
         "point", "families", "budget", "params kept", "removed (model)", "removed (maps)",
@@ -354,36 +358,38 @@ def budget_cells(
     return head, body
 
 
-def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
+def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str | None = None) -> str:
     """The paired comparison as a Markdown table (see :func:`budget_cells`).
 
     Parameters
     ----------
     rows : sequence of dict
-    reference : str
+    reference : str, optional
 
     Returns
     -------
     str
         Empty when no row can be paired.
     """
+    reference = reference or reference_method()
     head, body = budget_cells(rows, reference=reference)
     return cells_markdown(head, body) if body else ""
 
 
-def budget_csv(rows: Sequence[dict[str, Any]], *, reference: str = "svd-llm") -> str:
+def budget_csv(rows: Sequence[dict[str, Any]], *, reference: str | None = None) -> str:
     """The paired comparison as CSV (see :func:`budget_cells`), e.g. for ``csv-table``.
 
     Parameters
     ----------
     rows : sequence of dict
-    reference : str
+    reference : str, optional
 
     Returns
     -------
     str
         Empty when no row can be paired.
     """
+    reference = reference or reference_method()
     head, body = budget_cells(rows, reference=reference)
     return cells_csv(head, body) if body else ""
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError
-from ..methods import format_float, parse_float
+from ..methods import METHOD_TABLE, format_float, parse_float, reference_method
 from .budgets import (
     SAME_BUDGET_RTOL,
     budget_csv,
@@ -99,8 +99,9 @@ def frobenius_reduction_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, A
     """
     refs: dict[tuple[Any, ...], dict[str, Any]] = {}
     by_sweep: dict[Any, dict[str, Any]] = {}
+    reference = reference_method()
     for r in rows:
-        if r.get("method") == "svd-llm":
+        if r.get("method") == reference:
             refs.setdefault(_group(r), r)
             by_sweep.setdefault(r.get("sweep"), r)
     out = []
@@ -248,11 +249,8 @@ def _phase_diagram(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     plt = pyplot()
     import numpy as np
 
-    grid = [
-        r
-        for r in rows
-        if r["method"] == "bundle" and r.get("metric") == "weight" and not r.get("coupling")
-    ]
+    grids = {m.name: m.phase_grid for m in METHOD_TABLE.values() if m.phase_grid is not None}
+    grid = [r for r in rows if r["method"] in grids and grids[r["method"]](r)]
     if not grid:
         return False
     lams = sorted({parse_float(r["lam"]) for r in grid})
@@ -300,7 +298,7 @@ def _central(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         return False
     paper = PAPER_PYTHIA_1B4
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    markers = {"svd": "s", "svd-llm": "*", "basis-sharing": "D", "bundle": "o"}
+    markers = {m.name: m.marker for m in METHOD_TABLE.values()}
     cmap = plt.get_cmap("tab20")
     for panel, ax in enumerate(axes):
         for c, r in enumerate(pts):
@@ -352,7 +350,8 @@ def _per_layer(rows: Sequence[dict[str, Any]], path: Path) -> bool:
             for c, r in enumerate(pts):
                 values = r["per_layer"].get(f, {}).get(key)
                 if values:
-                    style = "-" if r["method"] != "bundle" else "--"
+                    entry = METHOD_TABLE.get(r["method"])
+                    style = "--" if entry is not None and entry.dashed else "-"
                     ax.plot(range(len(values)), values, style, marker=".", color=cmap(c % 20),
                             label=r.get("label", r["method"]))  # fmt: skip
             ax.set_title(f"{f}: {title}", fontsize=9)

@@ -115,7 +115,6 @@ from ..methods import (
     METHOD_TABLE,
     PARAMS,
     Spelling,
-    format_float,
     split_families,
 )
 
@@ -381,9 +380,12 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
             rrs = given or budgets
             params = {k: values[k] for k in PARAMS if k in values}
             if "private" in values:
-                if method != "basis-sharing":
+                entry = METHOD_TABLE.get(method)
+                if entry is None or "private" not in entry.sweep_keys:
+                    takers = [m.name for m in METHOD_TABLE.values() if "private" in m.sweep_keys]
                     raise AdapterError(
-                        f"points[{i}]: private applies to basis-sharing only; got method {method}"
+                        f"points[{i}]: private applies to {' or '.join(takers)} only; "
+                        f"got method {method}"
                     )
                 private = split_families(values["private"])
                 if private:  # absent when empty, so other points keep their keys
@@ -532,38 +534,8 @@ def point_label(point: SweepPoint) -> str:
     """A short readable name, e.g. ``bundle lam=0 k=6 weight``."""
     if point.label:
         return point.label
-    if point.method == "bundle":
-        p = point.params
-        lam = format_float(p["lam"])
-        text = f"bundle lam={lam} k={p['tying']} {p['metric']}"
-        if p["coupling"]:
-            text += f" mu={p['coupling']:g}"
-        if p.get("allocate", "none") != "none":
-            text += f" alloc={p['allocate']}"
-        return text
-    if point.method in ("svd-llm", "residual"):
-        p = point.params
-        text = (
-            point.method
-            + (" +update" if p.get("update") else "")
-            + (f" alloc={p['allocate']}" if p.get("allocate", "none") != "none" else "")
-        )
-        if p.get("refit", "none") != "none":
-            text += f" refit={p['refit']}"
-        for key, short in (("select", "select"), ("protect", "protect"),
-                           ("rank_floor", "floor"), ("max_deviation", "dev"),
-                           ("target", "target"), ("mix", "mix"), ("ridge", "ridge"),
-                           ("gate", "gate")):  # fmt: skip
-            if key in p and p[key] != PARAMS[key].default:
-                value = p[key]
-                text += f" {short}={format_float(value) if isinstance(value, float) else value}"
-        return text
-    if point.method == "basis-sharing":
-        private = point.params.get("private")
-        return f"basis-sharing g={point.params['group_size']}" + (
-            f" private {','.join(private)}" if private else ""
-        )
-    return point.method
+    entry = METHOD_TABLE.get(point.method)
+    return entry.describe_point(point.params) if entry is not None else point.method
 
 
 # --------------------------------------------------------------------------- results file
