@@ -51,6 +51,8 @@ CASES: dict[str, dict[str, Any]] = {
     "fisher-bounded": {"allocate": "fisher", "max_deviation": 0.2, "rank_floor": 0.1},
     "sensitivity": {"allocate": "sensitivity", "probe_windows": 1},
     # the energy allocations of SVD-LLM's truncation select through the same path
+    # Zero Sum SVD's schedule: two stages, the gradients scored again in between
+    "fisher-staged": {"allocate": "fisher", "stages": 2},
     "sum": {"allocate": "sum"},
     "normalised": {"allocate": "normalised"},
 }
@@ -237,6 +239,7 @@ def test_cli_protect_keeps_first_and_last_layers_dense(
             "--select rank",
         ),
         (["--method", "svd-llm", "--select", "components"], "--allocate"),
+        (["--method", "svd-llm", "--allocate", "type", "--stages", "2"], "--stages"),
         (["--method", "svd-llm", "--allocate", "sum", "--protect", "1"], "loss-aware"),
         (["--method", "svd-llm", "--allocate", "fisher", "--protect", "-1"], "--protect -1"),
     ],
@@ -337,3 +340,41 @@ def test_fisher_ranks_with_a_sequential_step(
     batch = setup["ids"][None, :64]
     with torch.no_grad():
         assert torch.equal(model(batch).logits, back(batch).logits)
+
+
+def test_stages_score_again_on_the_compressed_model(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stages=3 the gradients are taken twice more, each time on a model whose factored
+    maps are projections of the original weights (rank at most the previous stage's), and
+    the final model meets the same budget."""
+    import llm_adapter.scoring as scoring
+
+    real = scoring.gradient_scores
+    seen: list[int] = []
+
+    def spy(model: Any, families: Any, *args: Any, **kwargs: Any) -> Any:
+        moved = 0
+        for f in families:
+            W0 = family_weights(setup["model"], f)
+            W = family_weights(model, f)
+            for l in range(len(W)):
+                if not np.array_equal(W[l], W0[l]):
+                    moved += 1
+                    # a projection of the original map onto some of its components
+                    r = np.linalg.matrix_rank(W[l], tol=1e-8 * np.linalg.norm(W0[l], 2))
+                    assert r < min(W0[l].shape)
+        seen.append(moved)
+        return real(model, families, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "gradient_scores", spy)
+    model = copy.deepcopy(setup["model"])
+    config = la.CompressionConfig(
+        method="svd-llm", param_ratio=RATIO, families="all", allocate="fisher", stages=3
+    )
+    report = la.compress_model(
+        model, config, setup["stats"], bases=setup["bases"], scores=setup["scores"]
+    )
+    assert len(seen) == 2 and seen[0] > 0 and seen[1] >= seen[0]
+    kept = sum(r.params_kept for r in report.families.values())
+    assert (1 - BUDGET_TOL) * setup["uniform_kept"] <= kept <= setup["uniform_kept"]

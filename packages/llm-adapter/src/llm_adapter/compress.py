@@ -169,6 +169,11 @@ class CompressionConfig:
         map's break-even rank ``m n / (m + n)``.
     probe_windows : int, default 2
         ``allocate="sensitivity"``: calibration windows each probe evaluates.
+    stages : int, default 1
+        ``allocate="fisher"`` or ``"gradient"`` with ``select="rank"``: the
+        budget is reached in this many stages (equal steps of parameters
+        from the dense model's), the gradient scores taken again on the model
+        the previous stage compressed; a map's rank never grows back.
     max_deviation : float, default inf
         Loss-aware allocations: each map keeps a fraction of its parameters
         within this distance of the uniform fraction (dense only where the
@@ -211,6 +216,7 @@ class CompressionConfig:
     rank_floor: float = 0.0
     max_deviation: float = math.inf
     probe_windows: int = 2
+    stages: int = 1
     refit: str = "none"
     target: str = "output"
     mix: float = 0.5
@@ -880,6 +886,68 @@ def selects_components(config: CompressionConfig) -> bool:
     )
 
 
+def _staged_selection(
+    model: nn.Module,
+    config: CompressionConfig,
+    families: Sequence[str],
+    stats: CalibrationStats,
+    bases: ComponentBases,
+    windows: torch.Tensor | None,
+    progress: bool,
+    plan: list[tuple[str, int]],
+    args: dict[str, list[Any]],
+    target: int,
+    weights: dict[str, NDArray[np.float64]],
+) -> dict[tuple[str, int], NDArray[np.intp] | None]:
+    """Zero Sum SVD's schedule: ``config.stages`` selections at budgets stepping from the
+    dense model's parameters down to ``target``, each on gradient scores taken at the model
+    the previous stage left (its maps projected on their kept components, in place), each
+    map's rank capped at its previous one and a map once factored never dense again.  The
+    model's weights are the original ones again where the last stage keeps a map dense
+    (such a map was dense at every stage)."""
+    import grassbundle as gb
+
+    from .scoring import gradient_scores
+
+    stages = int(config.stages)
+    dense_total = int(sum(args["dense"]))
+    hi = list(args["hi"])
+    may_be_dense = [True] * len(plan)
+    scores = list(args["scores"])
+    modules = {f: family_modules(model, f) for f in families}
+    kept: dict[tuple[str, int], NDArray[np.intp] | None] = {}
+    for s in range(1, stages + 1):
+        step = dense_total - (dense_total - target) * s // stages
+        budget = target if s == stages else max(target, step)
+        try:
+            sel = gb.select_components(
+                scores, args["costs"], budget,
+                dense_costs=[d if ok else None
+                             for d, ok in zip(args["dense"], may_be_dense, strict=True)],
+                mode="rank", min_rank=[min(lo, h) for lo, h in zip(args["lo"], hi, strict=True)],
+                max_rank=hi, force_dense=args["force"],
+            )  # fmt: skip
+        except ValueError as exc:
+            raise AdapterError(f"loss-aware allocation failed at stage {s}: {exc}") from None
+        kept = dict(zip(plan, sel.kept, strict=True))
+        if s == stages:
+            break
+        for i, (f, l) in enumerate(plan):
+            K = sel.kept[i]
+            if K is None:
+                continue
+            hi[i], may_be_dense[i] = int(K.size), False
+            U = bases.bases[f][l][:, K]
+            projected = torch.from_numpy(U @ (U.T @ weights[f][l]))
+            module = modules[f][l]
+            assert isinstance(module, nn.Linear)
+            with torch.no_grad():
+                module.weight.copy_(projected.to(module.weight.dtype))
+        again = gradient_scores(model, families, stats, bases, windows, progress=progress)
+        scores = [_unit_scores(config, bases, again, f, l) for f, l in plan]
+    return kept
+
+
 def _loss_aware_families(
     model: nn.Module,
     config: CompressionConfig,
@@ -959,6 +1027,12 @@ def _loss_aware_families(
     global_ = config.allocate != "type"  # "type" compares energies within a family only
     groups = [list(families)] if global_ else [[f] for f in families]
     kept: dict[tuple[str, int], NDArray[np.intp] | None] = {}
+    if int(config.stages) > 1:  # global, rank mode (the method table's checks)
+        kept = _staged_selection(
+            model, config, families, stats, bases, windows, progress, plan, args,
+            sum(budgets.values()), weights,
+        )  # fmt: skip
+        groups = []
     for group in groups:
         idx = [i for i, (f, _) in enumerate(plan) if f in group]
         try:

@@ -313,6 +313,10 @@ PARAMS: dict[str, Param] = {
         Param("probe_windows", int, 2, "svd-llm --allocate sensitivity: calibration windows "
               "each probe evaluates (4 truncations per map, each a forward pass over them)",
               "probe windows", low=1, optional=True),
+        Param("stages", int, 1, "svd-llm --allocate fisher or gradient (--select rank): "
+              "reach the budget in this many stages, the gradients scored again on the model "
+              "each stage compressed, ranks never growing back (Zero Sum SVD's schedule)",
+              "stages", low=1, optional=True),
         Param("max_deviation", float, math.inf, "svd-llm with a loss-aware --allocate: bound "
               "on each map's kept fraction of parameters away from the uniform one (inf: none)",
               "deviation bound", low=0.0, allow_inf=True, optional=True),
@@ -557,6 +561,15 @@ def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
                 f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
                 f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
             )
+    if values["stages"] != 1 and (
+        values["allocate"] not in GRADIENT_ALLOCATIONS or values["select"] != "rank"
+    ):
+        raise ConfigurationError(
+            f"{spell.name('stages')} re-scores the gradients between stages: use --allocate "
+            f"{' or '.join(GRADIENT_ALLOCATIONS)} with --select rank (got "
+            f"{spell.value('allocate', values['allocate'])}, "
+            f"{spell.value('select', values['select'])})"
+        )
     if values["probe_windows"] != PARAMS["probe_windows"].default and (
         values["allocate"] != "sensitivity"
     ):
@@ -584,8 +597,8 @@ def _sequential_label(name: str) -> Callable[[Mapping[str, Any]], str]:
             text += f" refit={p['refit']}"
         for key, short in (("select", "select"), ("protect", "protect"),
                            ("rank_floor", "floor"), ("max_deviation", "dev"),
-                           ("target", "target"), ("mix", "mix"), ("ridge", "ridge"),
-                           ("gate", "gate")):  # fmt: skip
+                           ("stages", "stages"), ("target", "target"), ("mix", "mix"),
+                           ("ridge", "ridge"), ("gate", "gate")):  # fmt: skip
             if key in p and p[key] != PARAMS[key].default:
                 value = p[key]
                 text += f" {short}={format_float(value) if isinstance(value, float) else value}"
@@ -596,7 +609,7 @@ def _sequential_label(name: str) -> Callable[[Mapping[str, Any]], str]:
 
 register_method(
     Method("svd-llm", "SVD-LLM", ("update", "allocate", "select", "protect", "rank_floor",
-                                  "max_deviation", "probe_windows", "refit", "target",
+                                  "max_deviation", "probe_windows", "stages", "refit", "target",
                                   "mix", "ridge", "gate"),
            "SVD-LLM: top eigenspace of W C W^T per layer", lambda p: True,
            factoriser="svd-llm", fit=_svd_llm_fit, allocations=ALLOCATIONS,
