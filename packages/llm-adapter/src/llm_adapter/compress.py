@@ -903,8 +903,8 @@ def _staged_selection(
     dense model's parameters down to ``target``, each on gradient scores taken at the model
     the previous stage left (its maps projected on their kept components, in place), each
     map's rank capped at its previous one and a map once factored never dense again.  The
-    model's weights are the original ones again where the last stage keeps a map dense
-    (such a map was dense at every stage)."""
+    model's original weights are put back at the end, so that the write-back and the
+    sequential fits start from them."""
     import grassbundle as gb
 
     from .scoring import gradient_scores
@@ -945,6 +945,11 @@ def _staged_selection(
                 module.weight.copy_(projected.to(module.weight.dtype))
         again = gradient_scores(model, families, stats, bases, windows, progress=progress)
         scores = [_unit_scores(config, bases, again, f, l) for f, l in plan]
+    for f, l in plan:  # the original weights back: the write-back and the fits start from them
+        module = modules[f][l]
+        assert isinstance(module, nn.Linear)
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(weights[f][l]).to(module.weight.dtype))
     return kept
 
 
