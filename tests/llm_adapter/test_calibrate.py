@@ -319,6 +319,46 @@ def test_block_triangular_gram_updates_equal_the_full_product(n: int) -> None:
     assert bool(((gm - ref32).abs() <= bound).all())
 
 
+@pytest.mark.parametrize("n", [5, 1100, 1536])
+def test_symmetrising_the_diagonal_blocks_equals_the_whole_matrix_expression(n: int) -> None:
+    """The finishing step touches only the diagonal blocks; bit-equal to (C + C^T) / 2."""
+    from llm_adapter.calibrate import _add_gram, _mirror, _symmetrised
+
+    gen = torch.Generator().manual_seed(n + 1)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    for part in torch.randn(2, 30, n, dtype=torch.float64, generator=gen):
+        _add_gram(g, part, "float64")
+    _mirror(g)
+    ref = g / 60
+    ref = (ref + ref.T) * 0.5  # the whole-matrix expression, written out
+    got = _symmetrised(g.clone().div_(60))
+    assert torch.equal(got, ref)  # exact: off-diagonal entries are mirrored copies
+    assert torch.equal(got, got.T)
+    # a matrix not mirrored off the diagonal is not what it handles: the check can fail
+    bad = g.clone()
+    bad[0, -1] += 1.0
+    if n > 512:
+        assert not torch.equal(_symmetrised(bad.clone()), (bad + bad.T) * 0.5)
+
+
+def test_maps_reading_a_shared_input_allocate_no_gram() -> None:
+    from llm_adapter.calibrate import _SharedInputs
+
+    shared = _SharedInputs()
+    ids = [shared.add(name, 4, torch.device("cpu")) for name in ("q", "k", "o")]
+    x, y = torch.ones(2, 4), torch.full((2, 4), 2.0)
+    shared.hook(ids[0])(None, (x,))
+    shared.hook(ids[1])(None, (x,))  # same tensor: an alias of q's Gram
+    shared.hook(ids[2])(None, (y,))
+    assert shared.grams[ids[1]] is None
+    assert shared.resolved(ids[1]) is shared.resolved(ids[0])
+    torch.testing.assert_close(
+        shared.resolved(ids[2]), torch.full((4, 4), 8.0, dtype=torch.float64)
+    )
+    never = shared.add("never called", 3, torch.device("cpu"))
+    assert torch.equal(shared.resolved(never), torch.zeros(3, 3, dtype=torch.float64))
+
+
 @pytest.mark.filterwarnings(FEW_TOKENS)
 def test_mixed_accumulation_agrees_with_float64() -> None:
     model = random_model("llama", num_hidden_layers=2)
