@@ -15,7 +15,7 @@ decode tokens/s
     after a 32-token prompt: ``batch x steps / time`` for batch 1 and
     ``--decode-batch``; the best of ``--repeats``.
 peak memory
-    The worker's peak resident set (``ru_maxrss``: Python, torch and the
+    The worker's peak resident set (``VmHWM`` on Linux: Python, torch and the
     model) on the CPU; ``torch.cuda.max_memory_allocated`` on a GPU.
 checkpoint bytes
     The size of the saved ``model.safetensors``.
@@ -93,6 +93,18 @@ def smollm2_config() -> Any:
 
 
 def max_rss_mb() -> float:
+    """This process's peak resident set, in MB.
+
+    On Linux, ``VmHWM`` of ``/proc/self/status``: the peak of the process's own
+    address space.  ``ru_maxrss`` is not used there: it survives ``execve``, and a
+    worker started by ``subprocess`` (vfork, then exec) inherits the parent's peak
+    through it, so every worker would report at least the parent's memory.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
 

@@ -17,7 +17,7 @@ decode tokens/s
     ONNX Runtime: the exported graph has no cache inputs (prefill only), so
     each step recomputes the prefix; reported as such (``recompute``).
 peak memory
-    The worker's peak resident set (``ru_maxrss``).
+    The worker's peak resident set (``VmHWM``; see ``bench_deploy.max_rss_mb``).
 
 Throughput needs an otherwise idle machine: the load average before and
 after the runs is printed with the table.  The ratio lines name every form
