@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import grassbundle as gb
 import grassbundle.__main__ as cli
 import grassbundle.bundle as bundle_mod
-import grassbundle.theorems as theorems_mod
+import grassbundle.theorems.anchor_corner as anchor_corner_mod
+import grassbundle.theorems.references as references_mod
 import numpy as np
 import pytest
 from grassbundle.bundle import BundleProblem, group_index
 from grassbundle.theorems import (
     THEOREM_A_MAX_LOOSENESS,
-    _proj_sine,
-    _sin_max,
     check_tying_degrees,
     default_problems,
     path_monotonicity,
@@ -50,6 +48,7 @@ from grassbundle.theorems import (
     theorem_a,
     theorem_b,
 )
+from grassbundle.theorems.references import proj_sine, sin_max
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -246,7 +245,7 @@ def test_theorems_phase_diagram_solver_is_solve(activation_problem):
     for k in (1, 3):
         for lam in (0.0, 0.7, math.inf):
             a, b = phase_diagram_solver(p, lam, k), gb.solve(p, lam, k)
-            assert max(_proj_sine(x, y) for x, y in zip(a.bases, b.bases, strict=True)) < 1e-10
+            assert max(proj_sine(x, y) for x, y in zip(a.bases, b.bases, strict=True)) < 1e-10
             if math.isfinite(lam):
                 assert a.objective == pytest.approx(b.objective, rel=1e-10)
 
@@ -260,8 +259,8 @@ def test_theorems_measured_sine_is_the_projector_2_norm():
         for scale in (1.0, 1e-3, 1e-9):
             V = np.linalg.qr(U + scale * rng.standard_normal((m, d)))[0]
             dense = np.linalg.norm(U @ U.T - V @ V.T, 2)
-            assert _proj_sine(U, V) == pytest.approx(dense, rel=1e-6, abs=1e-15)
-            assert _proj_sine(U, V) == pytest.approx(_proj_sine(V, U), rel=1e-6, abs=1e-15)
+            assert proj_sine(U, V) == pytest.approx(dense, rel=1e-6, abs=1e-15)
+            assert proj_sine(U, V) == pytest.approx(proj_sine(V, U), rel=1e-6, abs=1e-15)
 
 
 def test_theorems_principal_angle_order_is_pinned(weight_problem):
@@ -273,8 +272,8 @@ def test_theorems_principal_angle_order_is_pinned(weight_problem):
         theta = gb.principal_angles(sec.basis(l), core.basis(l))
         assert np.all(np.diff(theta) >= 0)
         assert theta[-1] - theta[0] > 1e-6  # distinct angles: the order matters here
-        assert _sin_max(sec.basis(l), core.basis(l)) == pytest.approx(
-            _proj_sine(sec.basis(l), core.basis(l)), abs=1e-13
+        assert sin_max(sec.basis(l), core.basis(l)) == pytest.approx(
+            proj_sine(sec.basis(l), core.basis(l)), abs=1e-13
         )
 
 
@@ -374,26 +373,14 @@ def test_theorems_mutation_run_all_checks_fails():
 # default problems and through both solver routes.
 
 
-def _patch_everywhere(monkeypatch, original, replacement) -> None:
-    """Replace ``original`` by ``replacement`` in every grassbundle module that holds it."""
-    hits = 0
-    for name, mod in list(sys.modules.items()):
-        if name == "grassbundle" or name.startswith("grassbundle."):
-            for attr, value in list(vars(mod).items()):
-                if value is original:
-                    monkeypatch.setattr(mod, attr, replacement)
-                    hits += 1
-    assert hits, f"{original!r} is imported nowhere"
-
-
-def _mutate_sin_max_smallest(monkeypatch) -> None:
+def _mutate_sin_max_smallest(mutate) -> None:
     def smallest(U, V):
         return float(np.sin(gb.principal_angles(U, V)[0]))
 
-    monkeypatch.setattr(theorems_mod, "_sin_max", smallest)
+    mutate.everywhere(references_mod.sin_max, smallest)
 
 
-def _mutate_omega_one(monkeypatch) -> None:
+def _mutate_omega_one(mutate) -> None:
     init = BundleProblem.__init__
 
     def omega_one(self, *args, **kwargs):
@@ -401,10 +388,10 @@ def _mutate_omega_one(monkeypatch) -> None:
         if kwargs.get("omega") is None:
             self.omega = np.ones(self.L)
 
-    monkeypatch.setattr(BundleProblem, "__init__", omega_one)
+    mutate.setattr(BundleProblem, "__init__", omega_one)
 
 
-def _mutate_shared_output_basis_from_N(monkeypatch) -> None:
+def _mutate_shared_output_basis_from_N(mutate) -> None:
     def from_N(problem, k):
         groups = bundle_mod._group_layers(problem.L, k)
         bases = np.stack(
@@ -417,15 +404,15 @@ def _mutate_shared_output_basis_from_N(monkeypatch) -> None:
         )
         return bundle_mod._make_section(problem, bases, group_index(problem.L, k), 0.0, k)
 
-    _patch_everywhere(monkeypatch, bundle_mod.shared_output_basis, from_N)
+    mutate.everywhere(bundle_mod.shared_output_basis, from_N)
 
 
-def _mutate_theorem_a_constant_halved(monkeypatch) -> None:
-    const = theorems_mod._theorem_a_constant
-    monkeypatch.setattr(theorems_mod, "_theorem_a_constant", lambda *a: 0.5 * const(*a))
+def _mutate_theorem_a_constant_halved(mutate) -> None:
+    const = anchor_corner_mod._theorem_a_constant
+    mutate.setattr(anchor_corner_mod, "_theorem_a_constant", lambda *a: 0.5 * const(*a))
 
 
-def _mutate_angles_descending(monkeypatch) -> None:
+def _mutate_angles_descending(mutate) -> None:
     original = gb.principal_angles
 
     def descending(U, V, *, vectors=False):
@@ -434,7 +421,7 @@ def _mutate_angles_descending(monkeypatch) -> None:
             return tuple(x[..., ::-1] for x in out)
         return out[..., ::-1]
 
-    _patch_everywhere(monkeypatch, original, descending)
+    mutate.everywhere(original, descending)
 
 
 # mutation -> the checks that must fail under it
@@ -448,9 +435,9 @@ PACKAGE_MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutation", sorted(PACKAGE_MUTATIONS))
-def test_theorems_mutation_of_the_package_fails_check(mutation, monkeypatch, capsys):
+def test_theorems_mutation_of_the_package_fails_check(mutation, mutate, capsys):
     install, must_fail = PACKAGE_MUTATIONS[mutation]
-    install(monkeypatch)
+    install(mutate)
     assert cli.main(["check", "--json"]) == 1
     reports = json.loads(capsys.readouterr().out)
     failed = [r for r in reports if not r["holds"]]
@@ -464,10 +451,10 @@ def test_theorems_mutation_of_the_package_fails_check(mutation, monkeypatch, cap
 
 
 @pytest.mark.parametrize("mutation", sorted(PACKAGE_MUTATIONS))
-def test_theorems_mutation_of_the_package_fails_the_check_functions(mutation, monkeypatch):
+def test_theorems_mutation_of_the_package_fails_the_check_functions(mutation, mutate):
     """The same mutations, through the check functions on a fresh problem."""
     install, must_fail = PACKAGE_MUTATIONS[mutation]
-    install(monkeypatch)
+    install(mutate)
     p = random_problem(5, 14, 12, 3, rng=np.random.default_rng(20260102))
     checks = {
         "theorem_a": lambda: theorem_a(p, 2),

@@ -21,12 +21,11 @@ import dataclasses
 import importlib
 import json
 import math
-import sys
 
 import grassbundle as gb
 import grassbundle.__main__ as cli
 import grassbundle.refit as refit_mod
-import grassbundle.theorems as theorems_mod
+import grassbundle.theorems.anchor_corner as anchor_corner_mod
 import numpy as np
 import pytest
 from grassbundle import theorems_fits as tf
@@ -92,37 +91,25 @@ def test_theorems_fits_samples_carry_the_statistics() -> None:
 # -- mutations of the package --------------------------------------------------------------
 
 
-def _patch_everywhere(monkeypatch, original, replacement) -> None:
-    """Replace ``original`` by ``replacement`` in every grassbundle module that holds it."""
-    hits = 0
-    for name, mod in list(sys.modules.items()):
-        if name == "grassbundle" or name.startswith("grassbundle."):
-            for attr, value in list(vars(mod).items()):
-                if value is original:
-                    monkeypatch.setattr(mod, attr, replacement)
-                    hits += 1
-    assert hits, f"{original!r} is imported nowhere"
-
-
-def _cost_swapped(monkeypatch) -> None:
+def _cost_swapped(mutate) -> None:
     orig = gb.factor_cost
 
     def swapped(m, n, k=1, *, shared="output"):
         return orig(n, m, k, shared=shared)
 
-    _patch_everywhere(monkeypatch, orig, swapped)
+    mutate.everywhere(orig, swapped)
 
 
-def _spectrum_singular_values(monkeypatch) -> None:
+def _spectrum_singular_values(mutate) -> None:
     orig = gb.activation_spectrum
 
     def singular_values(W, C=None, *, omega=None):
         return np.sqrt(orig(W, C, omega=omega))
 
-    _patch_everywhere(monkeypatch, orig, singular_values)
+    mutate.everywhere(orig, singular_values)
 
 
-def _auto_never_dp(monkeypatch) -> None:
+def _auto_never_dp(mutate) -> None:
     orig = gb.allocate_ranks
 
     def greedy_only(spectra, costs, budget, **kw):
@@ -130,10 +117,10 @@ def _auto_never_dp(monkeypatch) -> None:
             kw["method"] = "greedy"
         return orig(spectra, costs, budget, **kw)
 
-    _patch_everywhere(monkeypatch, orig, greedy_only)
+    mutate.everywhere(orig, greedy_only)
 
 
-def _lower_bound_critical_whole(monkeypatch) -> None:
+def _lower_bound_critical_whole(mutate) -> None:
     """The relaxation's critical increment taken whole: a bound below the relaxation's."""
     orig = gb.allocate_ranks
 
@@ -143,23 +130,23 @@ def _lower_bound_critical_whole(monkeypatch) -> None:
             return a
         return dataclasses.replace(a, lower_bound=a.lower_bound - 0.5 * (a.energy - a.lower_bound))
 
-    _patch_everywhere(monkeypatch, orig, loose)
+    mutate.everywhere(orig, loose)
 
 
-def _ridge_sign(monkeypatch) -> None:
+def _ridge_sign(mutate) -> None:
     orig = refit_mod._eps
-    monkeypatch.setattr(refit_mod, "_eps", lambda C_hat, ridge, name: -orig(C_hat, ridge, name))
+    mutate.setattr(refit_mod, "_eps", lambda C_hat, ridge, name: -orig(C_hat, ridge, name))
 
 
-def _joint_mix_swapped(monkeypatch) -> None:
+def _joint_mix_swapped(mutate) -> None:
     """The joint target weighs the compressed inputs by ``mix`` instead of ``1 - mix``."""
     orig = refit_mod._refit_statistics
-    monkeypatch.setattr(
+    mutate.setattr(
         refit_mod, "_refit_statistics", lambda C, Ch, Cx, t, mix: orig(C, Ch, Cx, t, 1.0 - mix)
     )
 
 
-def _update_is_plain_svd(monkeypatch) -> None:
+def _update_is_plain_svd(mutate) -> None:
     """SVD-LLM's truncation without the whitening (plain SVD), then the update."""
     orig = gb.svd_llm_update
 
@@ -168,20 +155,20 @@ def _update_is_plain_svd(monkeypatch) -> None:
         Cu = C if C_update is None else C_update
         return orig(W, np.eye(n) * np.trace(C) / n, rank=rank, C_update=Cu, ridge=ridge)
 
-    _patch_everywhere(monkeypatch, orig, plain)
+    mutate.everywhere(orig, plain)
 
 
-def _residual_fit_without_cross(monkeypatch) -> None:
+def _residual_fit_without_cross(mutate) -> None:
     """The residual fit with the cross-covariance replaced by C_hat (target W x_hat)."""
     orig = gb.residual_fit
 
     def local(W, C_hat, C_cross=None, *, rank, C=None, omega=None, ridge=refit_mod.RIDGE):
         return orig(W, C_hat, C_hat, rank=rank, C=C, omega=omega, ridge=ridge)
 
-    _patch_everywhere(monkeypatch, orig, local)
+    mutate.everywhere(orig, local)
 
 
-def _svd_llm_is_svd(monkeypatch) -> None:
+def _svd_llm_is_svd(mutate) -> None:
     orig = gb.factorise
 
     def svd_instead(W, C, method, rank, **kw):
@@ -189,10 +176,10 @@ def _svd_llm_is_svd(monkeypatch) -> None:
             return dataclasses.replace(orig(W, C, "svd", rank), method="svd-llm")
         return orig(W, C, method, rank, **kw)
 
-    _patch_everywhere(monkeypatch, orig, svd_instead)
+    mutate.everywhere(orig, svd_instead)
 
 
-def _short_last_group_untied(monkeypatch) -> None:
+def _short_last_group_untied(mutate) -> None:
     """Per-group ranks: a family with a short last group gets a basis per layer."""
     orig = factorise_mod._per_group_bundle
 
@@ -201,34 +188,34 @@ def _short_last_group_untied(monkeypatch) -> None:
             return orig(W, C, ranks, 1, metric)
         return orig(W, C, ranks, tying, metric)
 
-    monkeypatch.setattr(factorise_mod, "_per_group_bundle", buggy)
+    mutate.setattr(factorise_mod, "_per_group_bundle", buggy)
 
 
-def _procrustes_is_chordal(monkeypatch) -> None:
+def _procrustes_is_chordal(mutate) -> None:
     orig = gb.procrustes_dist
-    _patch_everywhere(monkeypatch, orig, lambda U, V: gb.chordal_dist(U, V))
+    mutate.everywhere(orig, lambda U, V: gb.chordal_dist(U, V))
 
 
-def _karcher_unweighted(monkeypatch) -> None:
+def _karcher_unweighted(mutate) -> None:
     orig = gb.karcher_mean
 
     def unweighted(points, weights=None, **kw):
         return orig(points, None, **kw)
 
-    _patch_everywhere(monkeypatch, orig, unweighted)
+    mutate.everywhere(orig, unweighted)
 
 
-def _coupling_at_twice_mu(monkeypatch) -> None:
+def _coupling_at_twice_mu(mutate) -> None:
     """solve_coupled minimising J at 2 mu while reporting mu."""
     orig = gb.solve_coupled
 
     def doubled(problem, lam, mu, **kw):
         return dataclasses.replace(orig(problem, lam, 2.0 * mu, **kw), mu=mu)
 
-    _patch_everywhere(monkeypatch, orig, doubled)
+    mutate.everywhere(orig, doubled)
 
 
-def _chordal_mean_bottom(monkeypatch) -> None:
+def _chordal_mean_bottom(mutate) -> None:
     orig = gb.chordal_mean
 
     def bottom(points, weights=None, *, return_eigenvalues=False):
@@ -238,28 +225,28 @@ def _chordal_mean_bottom(monkeypatch) -> None:
         V = np.linalg.eigh(S)[1][:, : mean.shape[-1]]  # the bottom eigenspace
         return (V, ev) if return_eigenvalues else V
 
-    _patch_everywhere(monkeypatch, orig, bottom)
+    mutate.everywhere(orig, bottom)
 
 
-def _removal_gradient_sign(monkeypatch) -> None:
+def _removal_gradient_sign(mutate) -> None:
     orig = gb.removal_gradients
-    _patch_everywhere(monkeypatch, orig, lambda W, U, G: -orig(W, U, G))
+    mutate.everywhere(orig, lambda W, U, G: -orig(W, U, G))
 
 
-def _basis_ignores_covariance(monkeypatch) -> None:
+def _basis_ignores_covariance(mutate) -> None:
     """The components of W W^T (plain SVD) in place of W C W^T."""
     orig = gb.activation_basis
-    _patch_everywhere(monkeypatch, orig, lambda W, C: orig(W, np.eye(np.shape(W)[1])))
+    mutate.everywhere(orig, lambda W, C: orig(W, np.eye(np.shape(W)[1])))
 
 
-def _selection_over_budget(monkeypatch) -> None:
+def _selection_over_budget(mutate) -> None:
     """The selection run at a budget 10% above the one asked for."""
     orig = gb.select_components
 
     def loose(scores, costs, budget, **kw):
         return dataclasses.replace(orig(scores, costs, int(budget * 1.1), **kw), budget=budget)
 
-    _patch_everywhere(monkeypatch, orig, loose)
+    mutate.everywhere(orig, loose)
 
 
 # mutation -> (install, the checks that must fail under it)
@@ -314,11 +301,11 @@ def _kind(name: str) -> str:
 
 
 @pytest.mark.parametrize("mutation", sorted(FIT_MUTATIONS))
-def test_theorems_fits_mutation_of_the_package_fails_the_checks(mutation, monkeypatch, problems):
+def test_theorems_fits_mutation_of_the_package_fails_the_checks(mutation, mutate, problems):
     """On a thin, uneven problem (the unpatched checks hold there: see above)."""
     install, must_fail = FIT_MUTATIONS[mutation]
     p = problems["thin L=5 m=8 n=14 d=2"]
-    install(monkeypatch)
+    install(mutate)
     for check in tf.FIT_CHECKS:
         if check.__name__ in {CHECK_OF[name] for name in must_fail}:
             r = check(p, seed=3)
@@ -326,9 +313,9 @@ def test_theorems_fits_mutation_of_the_package_fails_the_checks(mutation, monkey
 
 
 @pytest.mark.parametrize("mutation", sorted(FIT_MUTATIONS))
-def test_theorems_fits_mutation_of_the_package_fails_check(mutation, monkeypatch, capsys):
+def test_theorems_fits_mutation_of_the_package_fails_check(mutation, mutate, capsys):
     install, must_fail = FIT_MUTATIONS[mutation]
-    install(monkeypatch)
+    install(mutate)
     assert cli.main(["check", "--json"]) == 1
     reports = json.loads(capsys.readouterr().out)
     failed = [r for r in reports if not r["holds"]]
@@ -337,12 +324,12 @@ def test_theorems_fits_mutation_of_the_package_fails_check(mutation, monkeypatch
         assert must_fail <= kinds, (mutation, label, kinds)
 
 
-def test_theorems_fits_mutation_short_last_group_only_shows_on_short_groups(monkeypatch):
+def test_theorems_fits_mutation_short_last_group_only_shows_on_short_groups(mutate):
     """The bug of per-group ranks on a short last group is invisible when k divides L:
     the check must run (and does run) a family with a short last group."""
     rng = np.random.default_rng(9)
     W = rng.standard_normal((4, 6, 5))
-    _short_last_group_untied(monkeypatch)
+    _short_last_group_untied(mutate)
     even = gb.factorise(W, None, "bundle", None, tying=2, ranks=[2, 2, 3, 3])
     assert len(even.shared) == 2
     short = gb.factorise(W, None, "bundle", None, tying=3, ranks=[2, 2, 2, 3])
@@ -411,7 +398,7 @@ def test_theorems_a_rate_tolerance_is_what_the_check_uses(rate_problem, monkeypa
     c = min(good.figures["c_g"])
     scale = 0.5 * min(c / lam * lam**0.5 for lam in good.figures["lams"])
     slow = _rotated_core_solver(p, lambda lam: lam**-0.5, scale)
-    monkeypatch.setattr(theorems_mod, "SLOPE_ATOL", 1.0)
+    monkeypatch.setattr(anchor_corner_mod, "SLOPE_ATOL", 1.0)
     assert theorem_a(p, 2, solver=slow).holds
 
 
@@ -442,13 +429,13 @@ def test_theorems_orthonormality_ceiling_float16_two_sided(n) -> None:
         gb.dist(off16, U)
 
 
-def test_theorems_fits_a_crash_is_a_failing_check(monkeypatch, problems) -> None:
+def test_theorems_fits_a_crash_is_a_failing_check(mutate, problems) -> None:
     """Code under test that raises fails its check, with the exception, and the rest run."""
 
     def broken(*args, **kwargs):
         raise IndexError("index 3 is out of bounds")
 
-    _patch_everywhere(monkeypatch, gb.factor_cost, broken)
+    mutate.everywhere(gb.factor_cost, broken)
     reports = tf.fit_checks(problems["square L=4 m=9 n=9 d=2"])
     assert len(reports) == len(tf.FIT_CHECKS)
     failed = {r.name: r.failures for r in reports if not r.holds}

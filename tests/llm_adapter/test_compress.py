@@ -20,6 +20,7 @@ from llm_adapter import (
     family_weights,
     rank_for,
 )
+from llm_adapter.methods import ENERGY_ALLOCATIONS, METHOD_TABLE
 from llm_adapter.testing import random_neox
 
 
@@ -369,8 +370,16 @@ def _skewed_model() -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("method", ["svd-llm", "residual"])
-@pytest.mark.parametrize("allocate", ["sum", "normalised"])
+#: every method that allocates ranks layer by layer from the energies
+LAYER_ALLOCATING = [
+    m.name
+    for m in METHOD_TABLE.values()
+    if set(ENERGY_ALLOCATIONS) <= set(m.allocations) and not m.allocates_groups
+]
+
+
+@pytest.mark.parametrize("method", LAYER_ALLOCATING)
+@pytest.mark.parametrize("allocate", ENERGY_ALLOCATIONS)
 def test_energy_allocation_keeps_maps_dense(method: str, allocate: str, tmp_path: Path) -> None:
     """The energy allocations price ranks at m + n and a dense map at m n (32 x 32: the
     break-even rank is 16): under the uniform ranks' budget (rank 8, 4 x 8 x 64 = 2048)

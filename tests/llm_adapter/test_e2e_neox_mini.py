@@ -15,16 +15,20 @@ import llm_adapter as la
 import numpy as np
 import pytest
 import torch
+from llm_adapter.methods import METHOD_TABLE
 from llm_adapter.safetensors_file import main_file_tensor_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 FAMILY = "attention.dense"
+#: the parameters a method runs at here (its defaults otherwise)
+SETTINGS: dict[str, dict[str, Any]] = {
+    "basis-sharing": {"group_size": 2},
+    "bundle": {"lam": 0.0, "tying": 1},
+}
+#: every registered method, and the bundle once more inside the phase diagram
 METHODS: list[dict[str, Any]] = [
-    {"method": "svd"},
-    {"method": "svd-llm"},
-    {"method": "basis-sharing", "group_size": 2},
-    {"method": "bundle", "lam": 0.0, "tying": 1},
+    *({"method": name, **SETTINGS.get(name, {})} for name in METHOD_TABLE),
     {"method": "bundle", "lam": 1.0, "tying": 3, "metric": "activation"},
 ]
 

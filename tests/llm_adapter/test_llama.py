@@ -9,6 +9,7 @@ embeddings must stay one tensor, and shared bases must be stored once.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from llm_adapter import (
 )
 from llm_adapter.calibrate import calibrate
 from llm_adapter.lowrank import LowRankLinear
+from llm_adapter.methods import METHOD_TABLE
 from llm_adapter.models import (
     ARCHITECTURES,
     LLAMA_LAYOUT,
@@ -45,12 +47,13 @@ LLAMA_FAMILIES = (
 VOCAB = 128
 IDS = torch.from_numpy(np.random.default_rng(7).integers(0, VOCAB, size=(2, 20)))
 WINDOWS = np.random.default_rng(0).integers(0, VOCAB, size=(6, 24))
-METHODS = [
-    {"method": "svd"},
-    {"method": "svd-llm"},
-    {"method": "basis-sharing", "group_size": 2},
-    {"method": "bundle", "tying": 2, "lam": 0.5, "metric": "activation"},
-]
+#: the parameters a method runs at here (its defaults otherwise): tied groups of 2
+SETTINGS: dict[str, dict[str, Any]] = {
+    "basis-sharing": {"group_size": 2},
+    "bundle": {"tying": 2, "lam": 0.5, "metric": "activation"},
+}
+#: every registered method
+METHODS = [{"method": name, **SETTINGS.get(name, {})} for name in METHOD_TABLE]
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:
@@ -144,7 +147,8 @@ def test_every_method_round_trips(model_type: str, tmp_path: Path) -> None:
         assert count_unique_parameters(loaded) == count_unique_parameters(model)
         if tied:
             assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
-        if kw["method"] in ("basis-sharing", "bundle"):  # tied groups of 2 share one basis
+        group = METHOD_TABLE[kw["method"]].group
+        if group is not None and config.params[group] == 2:  # tied groups share one basis
             for f in LLAMA_FAMILIES:
                 a, b = family_modules(loaded, f)
                 side = a.shared

@@ -64,7 +64,9 @@ from .coupling import solve_coupled
 from .factorise import Factorisation, factorise, reconstruction_errors
 from .means import chordal_mean, karcher_mean
 from .refit import constrained_refit, residual_fit, svd_llm_update
-from .theorems import OPT_RTOL, TheoremReport, fmt, gram, layer_energy, reference
+from .theorems.problems import check_tying_degrees
+from .theorems.references import OPT_RTOL, gram, layer_energy, reference
+from .theorems.report import TheoremReport, fmt
 
 __all__ = [
     "ALLOC_RTOL",
@@ -1460,8 +1462,6 @@ def factorise_statement(problem: BundleProblem, *, seed: int = 0) -> TheoremRepo
     -------
     TheoremReport
     """
-    from .theorems import check_tying_degrees
-
     failures: list[str] = []
     worst = 0.0
     ran = 0
