@@ -152,23 +152,9 @@ def test_nothing_reachable_falls_back_to_the_tiny_model(tmp_path: Path, offline_
     assert "running the shipped tiny model instead" in src.note
 
 
-def lay_out_hub_cache(cache: Path, hub_id: str, files: Path) -> None:
-    """The hub cache's layout: ``models--ORG--NAME/{refs/main, snapshots/<commit>/...}``."""
-    repo = cache / f"models--{hub_id.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in files.iterdir():
-        if f.is_file():
-            shutil.copy(f, snap / f.name)
-
-
-def test_hub_id_loads_from_a_populated_cache_offline(tmp_path: Path) -> None:
+def test_hub_id_loads_from_a_populated_cache_offline(pythia_hub: Path) -> None:
     """``EleutherAI/pythia-70m`` resolves from a hub cache holding the shipped GPT-NeoX files."""
-    cache = tmp_path / "hub"
-    lay_out_hub_cache(cache, "EleutherAI/pythia-70m", TINY_MODEL)
+    cache = pythia_hub
     code = (
         "import llm_adapter\n"
         "from llm_adapter.hub import check_hub_model\n"
@@ -184,3 +170,49 @@ def test_hub_id_loads_from_a_populated_cache_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((TINY_MODEL / "config.json").read_text())
     assert proc.stdout.split()[:2] == ["gpt_neox", str(config["num_hidden_layers"])]
+
+
+def test_readme_hub_id_compress_evaluate_export_offline(
+    tmp_path: Path, pythia_env: dict[str, str]
+) -> None:
+    """The README's ``--model EleutherAI/pythia-70m`` lines, from a populated hub cache with
+    the network off: compress the hub id, evaluate it and the result, export both."""
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat near the river, and the dog ran home. " * 60)
+    hub_id = "EleutherAI/pythia-70m"
+    runs = [
+        ["compress", "--model", hub_id, "--method", "bundle", "--lam", "0", "--tying", "1",
+         "--rank-ratio", "0.25", "--calib-text", str(text), "--calib-samples", "4",
+         "--calib-seq-len", "32", "--device", "cpu", "--no-progress", "--out",
+         str(tmp_path / "c")],
+        ["evaluate", hub_id, "--wikitext", str(text), "--seq-len", "32", "--max-windows", "2",
+         "--device", "cpu", "--json", "--no-progress"],
+        ["evaluate", str(tmp_path / "c"), "--wikitext", str(text), "--seq-len", "32",
+         "--max-windows", "2", "--device", "cpu", "--json", "--no-progress"],
+        ["export", hub_id, "--out", str(tmp_path / "e0"), "--no-progress"],
+        ["export", str(tmp_path / "c"), "--out", str(tmp_path / "e"), "--no-progress"],
+    ]  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from llm_adapter.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    rc = main(argv)\n"
+        "    print('rc', argv[0], rc, flush=True)\n"
+        "    if rc:\n"
+        "        sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(runs)],
+        env={**pythia_env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    figures = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(figures) == 2 and all(f["ppl"] > 1.0 for f in figures)
+    manifest = json.loads((tmp_path / "c" / "compression.json").read_text())
+    assert hub_id in json.dumps(manifest)  # the compressed checkpoint names its source
+    for out in ("e0", "e"):
+        assert (tmp_path / out / "config.json").is_file()
