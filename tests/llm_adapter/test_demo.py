@@ -140,7 +140,8 @@ def test_demo_readme_hub_id_from_the_hub_cache(tmp_path: Path, pythia_hub: Path)
         "--calib-samples", "16", "--seq-len", "64", "--eval-windows", "4",
         env_extra={"HF_HUB_CACHE": str(pythia_hub), "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert stdout.splitlines()[0].startswith("model: EleutherAI/pythia-70m")
+    first = stdout.splitlines()[0]
+    assert first == "model: model EleutherAI/pythia-70m (named with --model or MODEL)"
     assert result["model_source"] == "given"
     from llm_adapter.assets import TINY_MODEL
 

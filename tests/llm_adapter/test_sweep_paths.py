@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -167,43 +168,47 @@ def test_calib_text_flag_replaces_the_named_dataset() -> None:
 # ----------------------------------------------------------------- the shipped configurations
 
 SHIPPED = sorted(
-    p.name for p in (REPO / "experiments").glob("*.toml")
-    if p.name.startswith(("smollm2_", "neox_mini"))
-)  # fmt: skip
+    p for p in (REPO / "experiments").glob("*.toml") if p.name.startswith(("smollm2_", "neox_mini"))
+)
+#: the results files the shipped configurations write
+RESULTS = sorted({tomllib.loads(p.read_text())["out"] for p in SHIPPED})
+
+
+def _done(config: dict[str, Any]) -> set[str]:
+    """The keys ``llm-adapter sweep --dry-run`` lists as done."""
+    log = io.StringIO()
+    assert sw.run_sweep(config, dry_run=True, log=log) == []
+    assert "read from the hub" not in log.getvalue()
+    return {line.split()[1] for line in log.getvalue().splitlines() if "[done]" in line}
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("out", RESULTS)
 def test_shipped_configurations_name_the_hub_and_keep_their_keys(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    out: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hub names with [paths] to ../shared: every row already recorded for the configuration
-    (its results file, its sweep name) is still done, so nothing reruns."""
-    if not (SHARED / "data").is_dir():
-        pytest.skip(f"{SHARED / 'data'} is absent: the configurations' [paths] point there")
+    """Hub names, with [paths] to ../shared: every row recorded in the results file is still
+    done under the configurations that write it, so nothing reruns."""
+    configs = [sw.load_config(p) for p in SHIPPED]
+    configs = [c for c in configs if c["out"] == out]
+    for config in configs:
+        for section in ("calibration", "heldout"):
+            assert "text" not in config.get(section, {})  # data named by their hub names
+        if config["name"].startswith("SmolLM2"):
+            assert config["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        missing = [f for f in config["paths"].values() if not (REPO / f).exists()]
+        if missing:
+            pytest.skip(f"{missing[0]} is absent: the configurations' [paths] point there")
     monkeypatch.chdir(REPO)  # the configurations' relative paths are the repository root's
-    config = sw.load_config(REPO / "experiments" / name)
-    assert "paths" in config
-    for section in ("calibration", "heldout"):
-        assert "text" not in config.get(section, {})  # data named by their hub names
-    if name.startswith("smollm2_"):
-        assert config["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    if not Path(config["paths"].get(config["model"], config["model"])).exists():
-        pytest.skip(f"the model of {name} is not in {SHARED / 'models'}")
-    log = io.StringIO()
-    assert sw.run_sweep(config, dry_run=True, log=log) == []
-    text = log.getvalue()
-    assert "read from the hub" not in text
-    recorded = {
-        r["key"] for r in sw.read_results(config["out"]) if r.get("sweep") == config["name"]
-    }
-    done = {line.split()[1] for line in text.splitlines() if "[done]" in line}
-    assert recorded <= done | _dropped(name)
-
-
-def _dropped(name: str) -> set[str]:
-    """Rows of points since removed from a configuration (none)."""
-    return set()
+    rows = sw.read_results(out)
+    done: set[str] = set()
+    for config in configs:
+        done |= _done(config)
+        # rows written with --calib-samples N (the calibration-size table of docs/experiment)
+        calib = config["calibration"]
+        for n in {r["protocol"]["calibration"].get("samples") for r in rows} - {calib["samples"]}:
+            done |= _done({**config, "calibration": {**calib, "samples": n}})
+    assert {r["key"] for r in rows} == done
 
 
 # ------------------------------------------------------------------- runs, local and hub
@@ -227,6 +232,7 @@ def _tiny_config(tmp_path: Path, model: str, out: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_rows_record_where_model_and_data_came_from(
     tmp_path: Path, pythia_hub: Path, pythia_env: dict[str, str]

@@ -57,7 +57,7 @@ local files::
     dataset = "wikitext:wikitext-2-v1:validation"
 
     [paths]                         # name = local file, used when the file exists
-    "HuggingFaceTB/SmolLM2-135M-Instruct" = "../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+    "HuggingFaceTB/SmolLM2-135M-Instruct" = "../shared/models/smollm2/model.Q4_1.gguf"
     "wikitext:wikitext-2-v1:validation" = "../shared/data/wikitext-2/wiki.valid.tokens"
 
 Before anything else, :func:`resolve_inputs` replaces every name whose
