@@ -60,3 +60,45 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "\n".join(" ".join(f"w{i}" for i in rng.integers(0, 127, 30)) for _ in range(40))
     )
     return {"model": model_dir, "text": text, "root": root}
+
+
+#: the commit the hub caches laid out by :func:`lay_out_hub_cache` name
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def lay_out_hub_cache(cache: Path, hub_id: str, files: Path) -> None:
+    """The hub cache's layout: ``models--ORG--NAME/{refs/main, snapshots/<commit>/...}``."""
+    import shutil
+
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    snap = repo / "snapshots" / HUB_COMMIT
+    snap.mkdir(parents=True)
+    for f in files.iterdir():
+        if f.is_file():
+            shutil.copy(f, snap / f.name)
+
+
+@pytest.fixture(scope="module")
+def pythia_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub cache holding the shipped GPT-NeoX under the README's ``EleutherAI/pythia-70m``.
+
+    Run a command with ``HF_HUB_CACHE`` set to it and ``HF_HUB_OFFLINE=1``: the hub id then
+    resolves from the cache, with the network off.
+    """
+    from llm_adapter.assets import TINY_MODEL
+
+    cache = tmp_path_factory.mktemp("hub")
+    lay_out_hub_cache(cache, "EleutherAI/pythia-70m", TINY_MODEL)
+    return cache
+
+
+@pytest.fixture
+def pythia_env(pythia_hub: Path) -> dict[str, str]:
+    """The environment of a subprocess that finds models in :func:`pythia_hub` only, offline."""
+    import os
+
+    env = {**os.environ, "HF_HUB_CACHE": str(pythia_hub), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HOME", None)
+    return env

@@ -128,6 +128,28 @@ def test_demo_on_shared_model(tmp_path: Path, shared_model: Path, shared_data: P
     assert result["calibration_tokens"] == 16 * 128
 
 
+@pytest.mark.slow
+def test_demo_readme_hub_id_from_the_hub_cache(tmp_path: Path, pythia_hub: Path) -> None:
+    """``--model EleutherAI/pythia-70m`` (the README's) from a populated hub cache, offline."""
+    text = tmp_path / "docs.txt"  # English prose for both texts: the repository's docs
+    text.write_text("\n\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.rst"))))
+    stdout, result = run_demo(
+        tmp_path,
+        "--model", "EleutherAI/pythia-70m",
+        "--calib-text", str(text), "--eval-text", str(text),
+        "--calib-samples", "16", "--seq-len", "64", "--eval-windows", "4",
+        env_extra={"HF_HUB_CACHE": str(pythia_hub), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    first = stdout.splitlines()[0]
+    assert first == "model: model EleutherAI/pythia-70m (named with --model or MODEL)"
+    assert result["model_source"] == "given"
+    from llm_adapter.assets import TINY_MODEL
+
+    config = json.loads((TINY_MODEL / "config.json").read_text())
+    check_result(stdout, result, config["num_hidden_layers"])
+    assert result["calibration_tokens"] == 16 * 64
+
+
 def test_demo_bad_figure_folder_fails_before_loading(tmp_path: Path) -> None:
     """A figure path in a missing folder: one line naming it, before any model loads."""
     bad = tmp_path / "absent" / "f.png"

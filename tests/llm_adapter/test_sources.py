@@ -152,23 +152,9 @@ def test_nothing_reachable_falls_back_to_the_tiny_model(tmp_path: Path, offline_
     assert "running the shipped tiny model instead" in src.note
 
 
-def lay_out_hub_cache(cache: Path, hub_id: str, files: Path) -> None:
-    """The hub cache's layout: ``models--ORG--NAME/{refs/main, snapshots/<commit>/...}``."""
-    repo = cache / f"models--{hub_id.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in files.iterdir():
-        if f.is_file():
-            shutil.copy(f, snap / f.name)
-
-
-def test_hub_id_loads_from_a_populated_cache_offline(tmp_path: Path) -> None:
+def test_hub_id_loads_from_a_populated_cache_offline(pythia_hub: Path) -> None:
     """``EleutherAI/pythia-70m`` resolves from a hub cache holding the shipped GPT-NeoX files."""
-    cache = tmp_path / "hub"
-    lay_out_hub_cache(cache, "EleutherAI/pythia-70m", TINY_MODEL)
+    cache = pythia_hub
     code = (
         "import llm_adapter\n"
         "from llm_adapter.hub import check_hub_model\n"
@@ -184,3 +170,50 @@ def test_hub_id_loads_from_a_populated_cache_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((TINY_MODEL / "config.json").read_text())
     assert proc.stdout.split()[:2] == ["gpt_neox", str(config["num_hidden_layers"])]
+
+
+@pytest.mark.slow
+def test_readme_hub_id_compress_evaluate_export_offline(
+    tmp_path: Path, pythia_env: dict[str, str]
+) -> None:
+    """The README's lines, ``--model EleutherAI/pythia-70m`` and all, from a populated hub
+    cache with the network off: compress the hub id, evaluate it and the result, export
+    the result."""
+    text = tmp_path / "wiki.test.tokens"
+    text.write_text("The cat sat on the mat near the river, and the dog ran home. " * 60)
+    hub_id, out = "EleutherAI/pythia-70m", str(tmp_path / "pythia-70m-bundle")
+    runs = [
+        ["compress", "--model", hub_id, "--method", "bundle", "--lam", "0", "--tying", "1",
+         "--rank-ratio", "0.25", "--out", out, "--device", "cpu", "--no-progress"],
+        ["evaluate", hub_id, "--wikitext", str(text), "--seq-len", "32", "--max-windows", "2",
+         "--device", "cpu", "--json", "--no-progress"],
+        ["evaluate", out, "--wikitext", str(text), "--seq-len", "32", "--max-windows", "2",
+         "--device", "cpu", "--json", "--no-progress"],
+        ["export", out, "--out", f"{out}-dense", "--verify", "--no-progress"],
+    ]  # fmt: skip
+    code = (  # one line per command: its exit status and what it printed
+        "import contextlib, io, json, sys\n"
+        "from llm_adapter.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    buf = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        "        rc = main(argv)\n"
+        "    print(json.dumps({'rc': rc, 'stdout': buf.getvalue()}), flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(runs)],
+        env={**pythia_env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["rc"] for r in results] == [0, 0, 0, 0], proc.stderr[-3000:]
+    dense, compressed = (json.loads(r["stdout"]) for r in results[1:3])
+    assert dense["ppl"] > 1.0 and compressed["ppl"] > 1.0
+    assert compressed["ppl"] != dense["ppl"]  # the compressed model, not the hub's again
+    manifest = json.loads((Path(out) / "compression.json").read_text())
+    assert hub_id in json.dumps(manifest)  # the compressed checkpoint names its source
+    assert (Path(f"{out}-dense") / "config.json").is_file()

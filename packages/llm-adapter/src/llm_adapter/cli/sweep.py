@@ -84,6 +84,9 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace, log: Any) 
         new = _convert(dest, conv, value)
         node[path[-1]] = new
         print(f"sweep: {_flag(dest)} {value} overrides {'.'.join(path)} = {old!r}", file=log)
+        if dest == "calib_text" and "dataset" in node:  # a file instead of the named dataset
+            print(f"sweep: {_flag(dest)} replaces calibration.dataset = {node.pop('dataset')!r}",
+                  file=log)  # fmt: skip
     grid = {k: getattr(args, k) for k in ("methods", *PARAMS) if getattr(args, k, None) is not None}
     if grid:
         if "methods" not in grid:

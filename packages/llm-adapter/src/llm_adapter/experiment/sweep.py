@@ -44,6 +44,37 @@ directory, where the command is run)::
     lam = [0.0, 1.0, inf]
     tying = [1, 2, 6]
 
+Models and data by name, local copies in ``[paths]``: ``model`` may be a hub id,
+``[calibration]``/``[heldout]`` ``dataset`` a hub dataset ``NAME:CONFIG:SPLIT``,
+``[evaluation]`` ``wikitext`` a hub dataset ``NAME:CONFIG:SPLIT`` (``"hub"``:
+``wikitext:wikitext-2-raw-v1:test``) and ``hellaswag`` ``"Rowan/hellaswag"`` (or
+``"hub"``: its validation split).  The ``[paths]`` table maps such names to
+local files::
+
+    model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    [calibration]
+    dataset = "wikitext:wikitext-2-v1:validation"
+
+    [paths]                         # name = local file, used when the file exists
+    "HuggingFaceTB/SmolLM2-135M-Instruct" = "../shared/models/smollm2/model.Q4_1.gguf"
+    "wikitext:wikitext-2-v1:validation" = "../shared/data/wikitext-2/wiki.valid.tokens"
+
+Before anything else, :func:`resolve_inputs` replaces every name whose
+``[paths]`` file exists by that file (a ``dataset`` becomes the section's
+``text``), so the run, its point keys and its rows are those of a
+configuration that named the file itself; keys computed before ``[paths]``
+existed stay valid.  A name whose ``[paths]`` file is missing is used from
+the hub, with one line saying so; when the hub cannot be used either (offline,
+not in the local hub cache) the sweep stops with one line naming the value and
+both fixes.  A name with no ``[paths]`` entry is used as it is.  A point run
+from the hub has other keys than one run from the local file (the protocol
+names what was read).  Every row records where each input came from:
+``model_source`` (``"local"`` or ``"hub"``) and ``sources``, one entry per
+input (``model``, ``calibration.text``, ``evaluation.wikitext``, ...) with the
+configured ``name``, the ``source``, the local ``path`` or, for a hub model in
+the local hub cache, its ``revision``; neither enters the keys.
+
 Budgets: ``rank_ratios`` fixes d/D (equal rank, not equal parameters: tying
 and the map's shape change what a rank costs). ``param_ratios`` gives every
 method the rank that keeps that fraction of the compressed families'
@@ -127,6 +158,7 @@ __all__ = [
     "expand_points",
     "load_config",
     "read_results",
+    "resolve_inputs",
     "run_sweep",
 ]
 
@@ -142,7 +174,7 @@ POINT_KEYS = ("method", *PARAMS, "private", "families", *BUDGETS)
 TOP_KEYS = {
     "name", "model", "out", "device", "dtype", "baseline", "families", "rank_ratios",
     "param_ratios", "model_ratios",
-    "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir",
+    "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir", "paths",
 }  # fmt: skip
 SECTION_KEYS = {
     "calibration": {"text", "dataset", "samples", "seq_len", "seed", "batch_size", "detokenize"},
@@ -227,6 +259,15 @@ def check_config(config: dict[str, Any], source: str = "the configuration") -> N
             raise AdapterError(
                 f"{source}: unknown key(s) {sorted(bad)} in [{section}]; valid: {sorted(keys)}"
             )
+    paths = config.get("paths", {})
+    if not isinstance(paths, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in paths.items()
+    ):
+        raise AdapterError(
+            f"{source}: [paths] must be a table of names and local files, e.g. "
+            '"HuggingFaceTB/SmolLM2-135M-Instruct" = "../shared/models/smollm2/model.gguf"; '
+            f"got paths = {paths!r}"
+        )
     points = config.get("points", [])
     if not isinstance(points, list) or not all(isinstance(t, dict) for t in points):
         raise AdapterError(
@@ -462,6 +503,146 @@ def _budgets(config: dict[str, Any]) -> list[tuple[str, float]]:
         (key, _ratio(v, key)) for key, top in BUDGETS.items() for v in _as_list(config.get(top, []))
     ]
     return out or [("rank_ratio", DEFAULT_RANK_RATIO)]
+
+
+#: the settings that name a model or data: (section, key); section None is the top level
+INPUTS: tuple[tuple[str | None, str], ...] = (
+    (None, "model"),
+    ("calibration", "text"),
+    ("calibration", "dataset"),
+    ("heldout", "text"),
+    ("heldout", "dataset"),
+    ("evaluation", "wikitext"),
+    ("evaluation", "hellaswag"),
+)
+#: the hub names ``[evaluation] hellaswag`` takes (the validation split of Rowan/hellaswag)
+HELLASWAG_HUB_NAMES = ("hub", "Rowan/hellaswag")
+
+
+def is_hub_data(key: str, value: Any) -> bool:
+    """Whether the data setting ``key`` (``dataset``, ``wikitext``, ``hellaswag``, ``text``)
+    names a hub dataset rather than a local file.
+
+    ``dataset`` always does; ``wikitext`` when it is ``"hub"`` or ``NAME:CONFIG[:SPLIT]``
+    (and no such file exists); ``hellaswag`` when it is ``"hub"`` or ``"Rowan/hellaswag"``.
+    """
+    if value is None:
+        return False
+    value = str(value)
+    if key == "dataset":
+        return True
+    if key == "wikitext":
+        return value == "hub" or (":" in value and not Path(value).exists())
+    if key == "hellaswag":
+        return value in HELLASWAG_HUB_NAMES and not Path(value).exists()
+    return False
+
+
+def _place(section: str | None, key: str) -> str:
+    return key if section is None else f"{section}.{key}"
+
+
+def _hub_revision(hub_id: str) -> str | None:
+    """The commit the local hub cache holds for ``hub_id`` (its ``refs/main``), if any."""
+    from ..hub import hub_cache
+
+    ref = hub_cache() / f"models--{hub_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _check_hub_fallback(section: str | None, key: str, name: str, local: str) -> None:
+    """Raise when the hub cannot stand in for the missing ``[paths]`` file of ``name``."""
+    from ..hub import check_hub_dataset, check_hub_model, hub_cache, why_offline
+
+    why = why_offline()
+    if why is None:
+        return
+    try:
+        if section is None:
+            check_hub_model(name)
+        elif key == "hellaswag":
+            check_hub_dataset("Rowan/hellaswag", "[paths]")
+        else:
+            check_hub_dataset("wikitext" if name == "hub" else name.split(":")[0], "[paths]")
+    except AdapterError:
+        raise AdapterError(
+            f"{_place(section, key)} = {name!r}: its [paths] file {local!r} does not exist, "
+            f"and the hub cannot be used ({why}; not in the local hub cache {hub_cache()}); "
+            "put the file at that path or correct [paths], or allow the hub"
+        ) from None
+
+
+def resolve_inputs(
+    config: dict[str, Any], log: Any = None
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``config`` with its ``[paths]`` applied, and where each input comes from.
+
+    Every model and data name (``model``, ``[calibration]``/``[heldout]``
+    ``text``/``dataset``, ``[evaluation]`` ``wikitext``/``hellaswag``) that
+    ``[paths]`` maps to an existing local file is replaced by that file (a
+    ``dataset`` by ``text``), so the points' keys are those of a configuration
+    that named the file.  A name whose ``[paths]`` file is missing is kept, to
+    be read from the hub, with one line on ``log`` saying so; when the hub
+    cannot be used either (offline and not in the local cache) that is an
+    :class:`AdapterError` naming the value and the fixes.
+
+    Parameters
+    ----------
+    config : dict
+        A sweep configuration (see the module documentation).
+    log : file-like, optional
+        Where to print the line of each fallback (default stderr).
+
+    Returns
+    -------
+    config : dict
+        A copy, without ``[paths]``.
+    sources : dict
+        ``{place: {"name", "source", "path" or "revision"}}`` for each input
+        given, ``place`` being ``model`` or ``section.key`` of the resolved
+        configuration; ``source`` is ``"local"`` or ``"hub"``.
+    """
+    from ..hub import _is_local
+
+    log = log or sys.stderr
+    out = copy.deepcopy(config)
+    paths = out.pop("paths", None) or {}
+    sources: dict[str, dict[str, Any]] = {}
+    for section, key in INPUTS:
+        node = out if section is None else out.get(section)
+        if not isinstance(node, dict) or node.get(key) is None:
+            continue
+        name = str(node[key])
+        local = paths.get(name)
+        if key == "dataset" and "text" in node:
+            local = None  # both given: the run names the conflict
+        if local is not None and Path(local).exists():
+            del node[key]
+            target = "text" if key == "dataset" else key
+            node[target] = local
+            sources[_place(section, target)] = {"name": name, "source": "local", "path": local}
+            continue
+        if local is not None:
+            _check_hub_fallback(section, key, name, local)
+            print(
+                f"sweep: [paths] {name!r} = {local!r} does not exist; "
+                f"{_place(section, key)} {name!r} is read from the hub",
+                file=log,
+            )
+        if section is None:
+            hub = not _is_local(name)
+        else:
+            hub = is_hub_data(key, name)
+        entry: dict[str, Any] = {"name": name, "source": "hub" if hub else "local"}
+        if not hub:
+            entry["path"] = name
+        elif section is None and (revision := _hub_revision(name)) is not None:
+            entry["revision"] = revision
+        sources[_place(section, key)] = entry
+    return out, sources
 
 
 def _keyed_text_section(section: dict[str, Any], name: str) -> dict[str, Any]:
@@ -720,7 +901,7 @@ def _check_inputs(config: dict[str, Any]) -> None:
         if config.get(key):
             check_writable_dir(str(config[key]), key)
     evaluation = config.get("evaluation") or {}
-    if evaluation.get("wikitext") not in (None, "hub"):
+    if evaluation.get("wikitext") and not is_hub_data("wikitext", evaluation["wikitext"]):
         read_wikitext(str(evaluation["wikitext"]))  # a damaged file fails here, not after
 
 
@@ -827,7 +1008,7 @@ def _shared(
     """Load the model, calibrate, read the evaluation data: once for every point to run."""
     from ..calibrate import calibrate
     from ..checkpoint import load, model_context
-    from ..evaluate import read_hellaswag, read_wikitext, tokenize_for_eval
+    from ..evaluate import read_hellaswag, tokenize_for_eval
     from ..hub import check_hub_dataset, check_hub_model
     from ..lowrank import count_unique_parameters
     from ..models import family_weights, resolve_families
@@ -843,8 +1024,10 @@ def _shared(
         if (config.get(section) or {}).get(key):
             check_hub_dataset(str(config[section][key]).split(":")[0], flag)
     for key, name in (("wikitext", "wikitext"), ("hellaswag", "Rowan/hellaswag")):
-        if evaluation.get(key) == "hub":
-            check_hub_dataset(name, f"--{key} PATH")
+        value = evaluation.get(key)
+        if is_hub_data(key, value):
+            hub_name = name if value in ("hub", name) else str(value).split(":")[0]
+            check_hub_dataset(hub_name, f"--{key} PATH")
     check_weight_files(str(config["model"]))
     base, tokenizer = load(config["model"], device=device)
     base.eval()
@@ -886,11 +1069,11 @@ def _shared(
     }
     wiki_ids = None
     if evaluation.get("wikitext"):  # "hub": wikitext-2-raw-v1 test through `datasets`
-        source = None if evaluation["wikitext"] == "hub" else evaluation["wikitext"]
-        wiki_ids = tokenize_for_eval(tokenizer, read_wikitext(source))
+        wiki_ids = tokenize_for_eval(tokenizer, _eval_wikitext(str(evaluation["wikitext"])))
     hs_items = None
     if evaluation.get("hellaswag"):  # "hub": Rowan/hellaswag validation through `datasets`
-        source = None if evaluation["hellaswag"] == "hub" else evaluation["hellaswag"]
+        hub = is_hub_data("hellaswag", evaluation["hellaswag"])
+        source = None if hub else evaluation["hellaswag"]
         hs_items = read_hellaswag(source, limit=evaluation.get("limit"))
     checkpoints = Path(config["checkpoints"]) if config.get("checkpoints") else None
 
@@ -898,6 +1081,19 @@ def _shared(
         config, base, tokenizer, context, stats, held_C, dense_W, dense_params, kept_ratio,
         wiki_ids, hs_items, checkpoints, protocol, evaluation, progress,
     )  # fmt: skip
+
+
+def _eval_wikitext(value: str) -> str:
+    """The perplexity text: a local file, ``"hub"`` (wikitext-2-raw-v1 test) or a hub
+    dataset ``NAME:CONFIG:SPLIT`` (its rows joined with blank lines, as ``"hub"``)."""
+    from ..data import load_text
+    from ..evaluate import read_wikitext
+
+    if value == "hub":
+        return read_wikitext(None)
+    if is_hub_data("wikitext", value):
+        return load_text(dataset=value)[0]
+    return read_wikitext(value)
 
 
 def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
@@ -1030,6 +1226,7 @@ def _run_sweep(
         if not config.get(key):
             flag = "--results" if key == "out" else f"--{key}"
             raise AdapterError(f"the sweep needs '{key}' (in the configuration or as {flag})")
+    config, sources = resolve_inputs(config, log)
     out = Path(config["out"])
     calib = dict(config.get("calibration") or {})
     held = dict(config.get("heldout") or {})
@@ -1037,7 +1234,7 @@ def _run_sweep(
     for section, key in (("calibration", "text"), ("heldout", "text"), ("evaluation", "wikitext"),
                          ("evaluation", "hellaswag")):  # fmt: skip
         value = (config.get(section) or {}).get(key)
-        if value is not None and value != "hub" and not Path(value).is_file():
+        if value is not None and not is_hub_data(key, value) and not Path(value).is_file():
             raise AdapterError(f"[{section}] {key} = {value!r} is not a file")
     _check_inputs(config)
     points = expand_points(config)
@@ -1090,6 +1287,7 @@ def _run_sweep(
     rows = []
     for i, (point, key) in enumerate(todo, 1):
         row = _run_point(shared, point, key)
+        row.update(model_source=sources["model"]["source"], sources=sources)  # not in the key
         append_row(out, row)
         crash_point("sweep-row")
         rows.append(row)
