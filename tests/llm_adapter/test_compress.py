@@ -291,7 +291,7 @@ def test_soft_coupling_uses_grassbundle_coupling() -> None:
 def test_soft_coupling_needs_finite_lam() -> None:
     with pytest.raises(AdapterError, match="finite anchor strength"):
         CompressionConfig(method="bundle", lam=math.inf, coupling=1.0)
-    with pytest.raises(AdapterError, match="use --tying 1 with --coupling"):
+    with pytest.raises(AdapterError, match="use tying=1 with coupling"):
         CompressionConfig(method="bundle", tying=2, coupling=1.0)
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .atomic import clean_leftovers, normal_permissions, recover, swap_into_place
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .files import crash_point, new_tag, sha256_file
 from .gguf_cache import load_gguf
 from .lowrank import LowRankLinear, count_unique_parameters
@@ -139,7 +139,7 @@ def save(
     out = Path(out_dir)
     clean_leftovers(out)
     source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    check_output_dir(out, overwrite=overwrite, sources=[source] if source else [], flag="out_dir")
+    check_output_dir(out, overwrite=overwrite, sources=[source] if source else [], name="out_dir")
     spec = get_arch(model)
     tensors, aliases = _dedupe(model)
     check_finite(tensors, "the model to save")
@@ -282,7 +282,7 @@ def load(
         return load_pretrained(path, device=device, dtype=dtype, device_map=device_map)
     if device_map is not None:
         raise AdapterError(
-            f"{str(path)!r} is a compressed checkpoint: load it without --device-map"
+            f"{str(path)!r} is a compressed checkpoint: load it without {mention('device_map')}"
         )
     torch_dtype = resolve_dtype(dtype)
     target_device = resolve_device(device)

@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import tokenize_text
-from .errors import AdapterError
+from .errors import AdapterError, DataError, mention
 from .models import model_device, resolve_device, resolve_dtype
 
 __all__ = [
@@ -200,7 +200,7 @@ def _load_hub_dataset(*names: str, split: str) -> Any:
         raise AdapterError(
             f"reading {'/'.join(names)} from the hub needs the 'datasets' package, which is "
             "not installed; pip install datasets, or pass a local file "
-            "(--wikitext PATH / --hellaswag PATH)"
+            f"({mention('wikitext')} PATH / {mention('hellaswag')} PATH)"
         ) from exc
     return datasets.load_dataset(*names, split=split)
 
@@ -353,7 +353,7 @@ def perplexity(
     if limit is not None and seq_len > limit:
         raise AdapterError(
             f"seq_len={seq_len} exceeds the model's max_position_embeddings={limit}; "
-            f"pass --seq-len {limit} or less"
+            f"pass {mention('seq_len', limit)} or less"
         )
     if batch_size < 1:
         raise AdapterError(f"batch_size={batch_size} must be >= 1")
@@ -365,8 +365,8 @@ def perplexity(
         raise AdapterError(f"window_seed={window_seed!r} must be an int >= 0")
     if windows == "spread" and stride is not None:
         raise AdapterError(
-            "windows='spread' chooses among non-overlapping windows; drop stride "
-            "(--stride) or keep windows='first'"
+            "windows='spread' chooses among non-overlapping windows; drop "
+            f"{mention('stride')} or keep windows='first'"
         )
     device = model_device(model)
     n = int(ids.numel())
@@ -383,7 +383,7 @@ def perplexity(
         if n_windows == 0:
             raise AdapterError(
                 f"the text has {n} tokens, fewer than one window of seq_len={seq_len}; "
-                "give a longer text or a smaller --seq-len"
+                f"give a longer text or a smaller {mention('seq_len')}"
             )
         every = ids[: n_windows * seq_len].view(n_windows, seq_len)
         chosen = np.arange(n_windows)
@@ -790,7 +790,9 @@ def evaluate_hellaswag(
     HellaSwagResult
     """
     if not items:
-        raise AdapterError("no HellaSwag items to score; check --hellaswag and --limit")
+        raise DataError(
+            f"no HellaSwag items to score; check {mention('hellaswag')} and {mention('limit')}"
+        )
     if batch_size < 1:
         raise AdapterError(f"batch_size={batch_size} must be >= 1")
     start = time.perf_counter()

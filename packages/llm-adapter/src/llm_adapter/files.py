@@ -187,7 +187,7 @@ def check_text_file(path: str | os.PathLike[str], what: str) -> None:
     ----------
     path : str or path
     what : str
-        How messages name it (``"--calib-text"``, ``"[calibration] text"``).
+        How messages name it (``"calibration file"``, ``"[calibration] text"``).
     """
     p = Path(path)
     if not p.is_file():
@@ -213,7 +213,7 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
     ----------
     path : str or path
     what : str
-        How messages name it (``"--cache-dir"``).
+        How messages name it (``mention("cache_dir")``, :func:`llm_adapter.errors.mention`).
     """
     p = Path(path)
     if p.exists() and not p.is_dir():

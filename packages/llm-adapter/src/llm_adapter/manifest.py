@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import recover
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .files import new_tag, refuse, sha256_file
 from .safetensors_file import read_safetensors_header
 
@@ -132,7 +132,7 @@ def check_output_dir(
     *,
     overwrite: bool = False,
     sources: Iterable[str | os.PathLike[str]] = (),
-    flag: str = "--out",
+    name: str | None = None,
 ) -> None:
     """Check, before any work, that a checkpoint can be written to ``out``.
 
@@ -146,8 +146,9 @@ def check_output_dir(
         other file.
     sources : iterable of str or path
         Inputs (the model directory) that ``out`` must neither be nor contain.
-    flag : str
-        How the messages name ``out``.
+    name : str, optional
+        How the messages name ``out`` (default: the setting ``out``, marked with
+        :func:`llm_adapter.errors.mention`).
 
     Raises
     ------
@@ -156,6 +157,7 @@ def check_output_dir(
         ``overwrite``, may not be replaced, is not a directory, or cannot be
         created (a parent is a file, or is not writable).
     """
+    named = mention("out") if name is None else name
     target = Path(out)
     resolved = target.resolve()
     for src in sources:
@@ -163,20 +165,20 @@ def check_output_dir(
         if str(src) and src_path.exists() and _is_within(src_path.resolve(), resolved):
             what = "is" if src_path.resolve() == resolved else "contains"
             raise AdapterError(
-                f"{flag} {str(out)!r} {what} the input model {str(src)!r}; writing there "
-                f"would replace it: choose another {flag}"
+                f"{named} {str(out)!r} {what} the input model {str(src)!r}; writing there "
+                f"would replace it: choose another {named}"
             )
     if target.is_symlink():
-        raise AdapterError(f"{flag} {str(out)!r} is a symbolic link; give a real directory")
+        raise AdapterError(f"{named} {str(out)!r} is a symbolic link; give a real directory")
     if target.exists():
         if not target.is_dir():
             raise AdapterError(
-                f"{flag} {str(out)!r} exists and is not a directory; choose another {flag}"
+                f"{named} {str(out)!r} exists and is not a directory; choose another {named}"
             )
         if not overwrite:
             raise AdapterError(
-                f"output directory {str(out)!r} exists; pass --overwrite "
-                "(overwrite=True) to replace it"
+                f"output directory {str(out)!r} exists; pass {mention('overwrite', True)} "
+                "to replace it"
             )
         _written_by_us(target)
     ancestor = target.parent
@@ -186,7 +188,7 @@ def check_output_dir(
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise AdapterError(
-            f"{flag} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
+            f"{named} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
         )
     probe = ancestor / f".{target.name}.tmp-{new_tag()}"
     try:
@@ -194,8 +196,8 @@ def check_output_dir(
         probe.rmdir()
     except OSError as exc:
         raise AdapterError(
-            f"{flag} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
-            f"choose a writable {flag}"
+            f"{named} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
+            f"choose a writable {named}"
         ) from None
 
 
