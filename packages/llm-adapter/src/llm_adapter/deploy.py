@@ -152,9 +152,7 @@ def export_onnx(
             f"ONNX output folder {str(path.parent)!r} does not exist; create it or name another"
         )
     if path.exists() and not overwrite:
-        raise AdapterError(
-            f"ONNX output {str(out)!r} exists; pass {mention('overwrite', True)}"
-        )
+        raise AdapterError(f"ONNX output {str(out)!r} exists; pass {mention('overwrite', True)}")
     try:
         import onnx
         import onnxscript  # noqa: F401  (the exporter needs it)

@@ -121,9 +121,7 @@ class CompressRequest:
         return self.calib_text is not None or self.calib_dataset is not None
 
 
-def check_compress(
-    request: CompressRequest, log: Callable[[str], None] | None = None
-) -> None:
+def check_compress(request: CompressRequest, log: Callable[[str], None] | None = None) -> None:
     """Every check of a compression job that runs before the model is loaded.
 
     Removes what a dead earlier write to ``request.out`` left beside it (one

@@ -132,13 +132,10 @@ def parse_task_data(values: Sequence[str] | None) -> dict[str, str]:
         name, sep, path = value.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise AdapterError(
-                f"{mention('task_data')} {value!r}: expected TASK=PATH, e.g. "
-                "hellaswag=val.jsonl"
+                f"{mention('task_data')} {value!r}: expected TASK=PATH, e.g. hellaswag=val.jsonl"
             )
         if not Path(path.strip()).is_file():
-            raise AdapterError(
-                f"{mention('task_data')} {value!r}: {path.strip()} is not a file"
-            )
+            raise AdapterError(f"{mention('task_data')} {value!r}: {path.strip()} is not a file")
         out[name.strip()] = path.strip()
     return out
 
@@ -320,8 +317,7 @@ def check_tasks(
     for name, path in local.items():
         if name not in names:
             raise AdapterError(
-                f"{mention('task_data')} names {name!r}, which is not in "
-                f"{mention('tasks')} {names}"
+                f"{mention('task_data')} names {name!r}, which is not in {mention('tasks')} {names}"
             )
         if not Path(path).is_file():
             raise AdapterError(f"{mention('task_data')} {name}={path}: not a file")

@@ -443,7 +443,10 @@ def _ratio(value: Any, key: str, where: int | None = None) -> float:
         )
     if not 0.0 < float(value) < 1.0:
         raise ConfigurationError(
-            f"{place} = {value!r} must be in (0, 1)", key=key, value=value, reason="must be in (0, 1)"
+            f"{place} = {value!r} must be in (0, 1)",
+            key=key,
+            value=value,
+            reason="must be in (0, 1)",
         )
     return float(value)
 
@@ -820,8 +823,8 @@ def _check_checkpoints(config: dict[str, Any], todo: list[tuple[SweepPoint, str]
             verify(ck)
         except AdapterError as exc:
             raise AdapterError(
-                f"the saved checkpoint of point {point_label(point)} cannot be reused: {exc.template}; "
-                f"or remove {str(ck)!r} to compute the point again"
+                f"the saved checkpoint of point {point_label(point)} cannot be reused: "
+                f"{exc.template}; or remove {str(ck)!r} to compute the point again"
             ) from None
 
 
@@ -1225,10 +1228,12 @@ def _compress_point(
         parts.append((tuple(f for f in families if f in private), {**params, "group_size": 1}))
     configs = [
         CompressionConfig(
-            method=point.method, rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
+            method=point.method,
+            rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
             param_ratio=param_ratio,
-            families=fams, **kw,
-        )  # fmt: skip
+            families=fams,
+            **kw,
+        )
         for fams, kw in parts
         if fams
     ]
