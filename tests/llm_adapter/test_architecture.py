@@ -11,6 +11,10 @@ underscore is private to its module: no module imports one from another.  A
 module whose own name has a leading underscore (``grassbundle._validate``) is
 private to its package: modules of that package import it as a module
 (``from . import _validate``), nothing outside it does.
+
+No string outside ``cli/`` (docstrings aside) spells an option of the command
+line: library messages name a setting with :func:`llm_adapter.errors.mention`,
+and each surface spells it.
 """
 
 from __future__ import annotations

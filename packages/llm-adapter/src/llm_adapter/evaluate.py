@@ -158,13 +158,13 @@ def read_text_file(path: Path) -> str:
     elif path.suffix == ".gz":
         opener = gzip.open
     if not path.is_file():
-        raise AdapterError(f"{path} is not a file; give the path of an existing text file")
+        raise DataError(f"{path} is not a file; give the path of an existing text file")
     try:
         with opener(path, "rt", encoding="utf-8", newline=None) as fh:  # newline=None: CRLF -> LF
             return str(fh.read())
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         kind = f"{path.suffix[1:]}-compressed UTF-8 text" if opener is not open else "UTF-8 text"
-        raise AdapterError(
+        raise DataError(
             f"{path} cannot be read as {kind} ({' '.join(str(exc).split())[:120]}): the file "
             "is truncated or damaged; download it again"
         ) from None
@@ -542,14 +542,14 @@ def hellaswag_text_blocks(lines: list[str], source: str) -> Iterator[tuple[str, 
         label (``"0"``..``"3"``) and the four endings.
     """
     if len(lines) % 6:
-        raise AdapterError(
+        raise DataError(
             f"{source} has {len(lines)} lines, not a multiple of 6; the text format is six "
             "lines per item: 'activity_label: ctx', the gold label (0-3), four endings"
         )
     for i in range(0, len(lines), 6):
         label_text = lines[i + 1].strip()
         if label_text not in {"0", "1", "2", "3"}:
-            raise AdapterError(
+            raise DataError(
                 f"{source} line {i + 2}: gold label {label_text!r} is not 0-3; "
                 "is this the six-lines-per-item HellaSwag text format?"
             )
@@ -581,7 +581,7 @@ def hellaswag_jsonl(path: Path, text: str, limit: int | None) -> Iterator[dict[s
             doc = json.loads(line)
             record = {k: doc[k] for k in HELLASWAG_KEYS}
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise AdapterError(
+            raise DataError(
                 f"{path} line {lineno} is not a HellaSwag jsonl record ({exc!r}); expected "
                 f"keys {', '.join(HELLASWAG_KEYS)}"
             ) from None
@@ -643,7 +643,7 @@ def read_hellaswag(
             try:
                 items.append(_item_from_hub(doc))
             except (TypeError, ValueError) as exc:  # a label that is not 0-3, an ending not text
-                raise AdapterError(
+                raise DataError(
                     f"{p}: HellaSwag record {len(items) + 1} is malformed ({exc!r})"
                 ) from None
         return items
