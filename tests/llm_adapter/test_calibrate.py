@@ -98,7 +98,7 @@ def test_sampling_protocol_is_seeded() -> None:
     offsets = np.random.default_rng(3).integers(0, 1000 - 16 + 1, size=5)
     np.testing.assert_array_equal(a[:, 0].numpy(), offsets)
     assert torch.all(a[:, 1:] - a[:, :-1] == 1)
-    with pytest.raises(AdapterError, match="fewer than --seq-len 2000"):
+    with pytest.raises(AdapterError, match="fewer than seq_len=2000"):
         sample_windows(ids, 1, 2000, seed=0)
 
 

@@ -112,7 +112,7 @@ def test_existing_dir_needs_overwrite_and_is_untouched(tmp_path: Path) -> None:
     model, report = _compressed(method="svd")
     save(model, None, report, out)
     before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(AdapterError, match="exists; pass --overwrite"):
+    with pytest.raises(AdapterError, match="exists; pass overwrite=True"):
         save(model, None, report, out)
     assert sorted(p.name for p in out.iterdir()) == before
     save(model, None, report, out, overwrite=True)  # a checkpoint llm-adapter wrote: replaced

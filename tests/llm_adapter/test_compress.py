@@ -81,15 +81,16 @@ def test_rank_out_of_range_is_named() -> None:
         ),
         ({"families": ("attention.out",)}, "unknown family 'attention.out'"),
         ({"metric": "kl"}, "unknown metric 'kl'"),
-        ({"rank_ratio": 0.0}, r"--rank-ratio 0.0"),
-        ({"rank_ratio": 1.0}, r"--rank-ratio 1.0"),
-        ({"param_ratio": 1.5}, r"--param-ratio 1.5"),
-        ({"lam": -1.0}, r"--lam -1.0"),
-        ({"tying": 0}, r"--tying 0"),
-        ({"coupling": 1.0, "method": "svd"}, "--coupling applies to --method bundle only"),
+        ({"rank_ratio": 0.0}, r"rank_ratio=0\.0"),
+        ({"rank_ratio": 1.0}, r"rank_ratio=1\.0"),
+        ({"param_ratio": 1.5}, r"param_ratio=1\.5"),
+        ({"lam": -1.0}, r"lam=-1\.0"),
+        ({"tying": 0}, r"tying=0"),
+        ({"coupling": 1.0, "method": "svd"}, "coupling applies to method bundle only"),
     ],
 )
 def test_config_errors_name_the_value(kwargs: dict[str, object], match: str) -> None:
+    """The Python API names a value by its keyword (the command line by its option)."""
     with pytest.raises(AdapterError, match=match):
         CompressionConfig(**{"method": "bundle", **kwargs})  # type: ignore[arg-type]
 
@@ -292,7 +293,7 @@ def test_soft_coupling_uses_grassbundle_coupling() -> None:
 def test_soft_coupling_needs_finite_lam() -> None:
     with pytest.raises(AdapterError, match="finite anchor strength"):
         CompressionConfig(method="bundle", lam=math.inf, coupling=1.0)
-    with pytest.raises(AdapterError, match="use --tying 1 with --coupling"):
+    with pytest.raises(AdapterError, match="use tying=1 with coupling"):
         CompressionConfig(method="bundle", tying=2, coupling=1.0)
 
 

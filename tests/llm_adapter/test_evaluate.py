@@ -144,7 +144,7 @@ def test_hub_without_datasets_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(AdapterError, match="pip install datasets"):
         ev.read_wikitext(None)
-    with pytest.raises(AdapterError, match="--hellaswag PATH"):
+    with pytest.raises(AdapterError, match="hellaswag PATH"):
         ev.read_hellaswag(None)
 
 

@@ -185,7 +185,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_hub_task_offline_fails_in_one_line_before_loading(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(AdapterError, match=r"arc_easy.*HF_HUB_OFFLINE.*--task-data arc_easy="):
+    with pytest.raises(AdapterError, match=r"arc_easy.*HF_HUB_OFFLINE.*task_data arc_easy="):
         check_tasks("arc_easy")
 
     def no_load(*a: object, **k: object) -> None:
@@ -206,7 +206,7 @@ def test_bad_task_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
         parse_task_data([f"hellaswag={tmp_path / 'none.jsonl'}"])
     f = tmp_path / "x.jsonl"
     f.write_text("")
-    with pytest.raises(AdapterError, match="not in --tasks"):
+    with pytest.raises(AdapterError, match="not in tasks"):
         check_tasks("hellaswag", {"piqa": f})
     assert main(["evaluate", str(TINY_MODEL), "--task-data", f"hellaswag={f}"]) == 2
     assert "go with --tasks" in capsys.readouterr().err

@@ -200,7 +200,7 @@ def test_parameters_it_does_not_take_are_rejected(name: str) -> None:
     for key in PARAMS:
         if key in entry.params:
             continue
-        with pytest.raises(AdapterError, match="applies to --method"):
+        with pytest.raises(AdapterError, match="applies to method"):
             la.CompressionConfig(method=name, **{key: _other_value(key)})
         # at its default a parameter is no choice, and is accepted
         la.CompressionConfig(method=name, **{key: PARAMS[key].default})

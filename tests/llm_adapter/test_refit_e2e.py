@@ -184,5 +184,5 @@ def test_held_out_refit_needs_two_windows(dense: dict[str, Any]) -> None:
     config = la.CompressionConfig(
         method="svd-llm", families=(FAMILY,), rank_ratio=0.25, refit="left"
     )
-    with pytest.raises(la.AdapterError, match="got 1 window: use --calib-samples >= 2"):
+    with pytest.raises(la.AdapterError, match="got 1 window: use calib_samples >= 2"):
         la.compress_model(model, config, dense["stats"], windows=one)

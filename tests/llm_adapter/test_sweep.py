@@ -44,7 +44,9 @@ def test_expand_points_errors_name_the_problem() -> None:
     with pytest.raises(AdapterError, match="not a number"):
         sw.expand_points({"points": [{"method": "bundle", "lam": "big"}]})
     # a parameter the method does not take is an error, named as the configuration spells it
-    with pytest.raises(AdapterError, match=r"points\[0\] lam applies to --method bundle only"):
+    with pytest.raises(
+        AdapterError, match=r"points\[0\]\.lam applies to points\[0\]\.method bundle only"
+    ):
         sw.expand_points({"points": [{"method": "svd-llm", "lam": 3.0}]})
     with pytest.raises(AdapterError, match=r"unknown key\(s\) \['lamda'\]"):
         sw.check_config({"points": [{"method": "bundle", "lamda": 1.0}]})

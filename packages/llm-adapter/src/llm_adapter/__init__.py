@@ -26,8 +26,21 @@ if TYPE_CHECKING:
         compress_model,
         rank_for,
     )
-    from .errors import AdapterError, CheckpointError, ConfigurationError, DataError
+    from .errors import (
+        AdapterError,
+        AdapterWarning,
+        CheckpointError,
+        ConfigurationError,
+        DataError,
+    )
     from .gguf_cache import dequantize_gguf
+    from .jobs import (
+        CompressRequest,
+        EvaluateRequest,
+        compress_loaded,
+        run_compress,
+        run_evaluate,
+    )
     from .lowrank import LowRankLinear, count_unique_parameters
     from .manifest import read_manifest
     from .methods import METHODS
@@ -38,15 +51,19 @@ _HOMES: dict[str, str] = {
     "ARCHITECTURES": "models",
     "METHODS": "methods",
     "AdapterError": "errors",
+    "AdapterWarning": "errors",
     "CheckpointError": "errors",
     "ConfigurationError": "errors",
     "DataError": "errors",
+    "EvaluateRequest": "jobs",
     "CalibrationStats": "calibrate",
+    "CompressRequest": "jobs",
     "CompressionConfig": "compress",
     "CompressionReport": "compress",
     "FamilyReport": "compress",
     "LowRankLinear": "lowrank",
     "calibrate": "calibrate",
+    "compress_loaded": "jobs",
     "compress_model": "compress",
     "count_unique_parameters": "lowrank",
     "dequantize_gguf": "gguf_cache",
@@ -54,6 +71,8 @@ _HOMES: dict[str, str] = {
     "family_weights": "models",
     "load": "checkpoint",
     "rank_for": "compress",
+    "run_compress": "jobs",
+    "run_evaluate": "jobs",
     "read_manifest": "manifest",
     "save": "checkpoint",
 }
@@ -62,16 +81,20 @@ __all__ = [
     "ARCHITECTURES",
     "METHODS",
     "AdapterError",
+    "AdapterWarning",
     "CalibrationStats",
     "CheckpointError",
+    "CompressRequest",
     "CompressionConfig",
     "CompressionReport",
     "ConfigurationError",
     "DataError",
+    "EvaluateRequest",
     "FamilyReport",
     "LowRankLinear",
     "__version__",
     "calibrate",
+    "compress_loaded",
     "compress_model",
     "count_unique_parameters",
     "dequantize_gguf",
@@ -80,6 +103,8 @@ __all__ = [
     "load",
     "rank_for",
     "read_manifest",
+    "run_compress",
+    "run_evaluate",
     "save",
 ]
 

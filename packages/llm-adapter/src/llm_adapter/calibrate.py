@@ -41,7 +41,7 @@ from .data import (
     text_variant,
     tokenize_text,
 )
-from .errors import AdapterError
+from .errors import AdapterError, AdapterWarning, ConfigurationError, mention
 from .files import load_arrays, save_arrays
 from .models import (
     check_finite,
@@ -279,7 +279,7 @@ def _non_finite_message(model: nn.Module, family: str) -> str:
     if dtypes & {torch.float16, torch.bfloat16}:
         return (
             f"non-finite calibration statistics for {family}: the half-precision forward pass "
-            "overflowed; load the model with --dtype float32"
+            f"overflowed; load the model with {mention('dtype', 'float32')}"
         )
     return (
         f"non-finite calibration statistics for {family}, with finite weights in "
@@ -524,8 +524,8 @@ def calibrate(
     else:
         if text_path is None and dataset is None:
             raise AdapterError(
-                "no calibration data: give a text file (--calib-text) or a dataset "
-                "(--calib-dataset)"
+                f"no calibration data: give a text file ({mention('text_path')}) or a dataset "
+                f"({mention('dataset')})"
             )
         text, source = load_text(text_path, dataset)
         if tokenizer is None:
@@ -588,7 +588,12 @@ def calibrate(
 
             run_on = resolve_device(device) if device is not None else model_device(model)
             if getattr(model, "hf_device_map", None):
-                raise AdapterError("layer-wise calibration does not combine with --device-map")
+                raise ConfigurationError(
+                    f"layer-wise calibration does not combine with {mention('device_map')}",
+                    key="device_map",
+                    value=model.hf_device_map,
+                    reason="does not combine with layer-wise calibration",
+                )
             grams = _accumulate_layerwise(
                 model, missing, windows, batch_size, progress, run_on, accumulate
             )
@@ -618,10 +623,12 @@ def calibrate(
         n = covariances[f].shape[-1]
         if tokens < n:
             warnings.warn(
-                f"{tokens} calibration tokens are fewer than the input dimension {n} of {f}: "
-                "its covariance is singular (the projection form needs no inverse; use more "
-                "--calib-samples or a longer --seq-len for a full-rank estimate)",
-                UserWarning,
+                AdapterWarning(
+                    f"{tokens} calibration tokens are fewer than the input dimension {n} of "
+                    f"{f}: its covariance is singular (the projection form needs no inverse; "
+                    f"use more {mention('samples')} or a longer {mention('seq_len')} for a "
+                    "full-rank estimate)"
+                ),
                 stacklevel=2,
             )
     ordered = {f: covariances[f] for f in fams}

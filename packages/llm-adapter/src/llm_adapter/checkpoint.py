@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .atomic import clean_leftovers, normal_permissions, recover, swap_into_place
-from .errors import AdapterError
+from .errors import AdapterError, CheckpointError, mention
 from .files import crash_point, new_tag, sha256_file
 from .gguf_cache import load_gguf
 from .lowrank import LowRankLinear, count_unique_parameters
@@ -139,7 +139,7 @@ def save(
     out = Path(out_dir)
     clean_leftovers(out)
     source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    check_output_dir(out, overwrite=overwrite, sources=[source] if source else [], flag="out_dir")
+    check_output_dir(out, overwrite=overwrite, sources=[source] if source else [], name="out_dir")
     spec = get_arch(model)
     tensors, aliases = _dedupe(model)
     check_finite(tensors, "the model to save")
@@ -282,7 +282,7 @@ def load(
         return load_pretrained(path, device=device, dtype=dtype, device_map=device_map)
     if device_map is not None:
         raise AdapterError(
-            f"{str(path)!r} is a compressed checkpoint: load it without --device-map"
+            f"{str(path)!r} is a compressed checkpoint: load it without {mention('device_map')}"
         )
     torch_dtype = resolve_dtype(dtype)
     target_device = resolve_device(device)
@@ -293,13 +293,13 @@ def load(
     header = read_safetensors_header(weights)
     stored_dtypes = {info["dtype"] for info in header.values()}
     if not stored_dtypes <= set(_TORCH_DTYPES):
-        raise AdapterError(f"{str(weights)!r} holds tensors of dtype {sorted(stored_dtypes)}")
+        raise CheckpointError(f"{str(weights)!r} holds tensors of dtype {sorted(stored_dtypes)}")
     store_dtype = _TORCH_DTYPES[next(iter(header.values()))["dtype"]] if header else torch.float32
     try:
         config = AutoConfig.from_pretrained(str(root))
     except (OSError, ValueError) as exc:
         msg = " ".join(str(exc).split())[:200]
-        raise AdapterError(f"cannot read the config of {str(path)!r}: {msg}") from None
+        raise CheckpointError(f"cannot read the config of {str(path)!r}: {msg}") from None
     try:
         from accelerate import init_empty_weights
 
@@ -315,13 +315,13 @@ def load(
         except AttributeError:
             old = None
         if not isinstance(old, nn.Linear):
-            raise AdapterError(
+            raise CheckpointError(
                 f"{str(path)!r}: low-rank module {name} is not a linear map of this model "
                 f"({config.model_type}, {getattr(config, 'num_hidden_layers', '?')} layers); {fix}"
             )
         shape = (info["out_features"], info["in_features"], info["bias"])
         if shape != (old.out_features, old.in_features, old.bias is not None):
-            raise AdapterError(
+            raise CheckpointError(
                 f"{str(path)!r}: low-rank module {name} is {shape[0]}x{shape[1]} "
                 f"(bias {shape[2]}), the config makes it {old.out_features}x{old.in_features} "
                 f"(bias {old.bias is not None}); {fix}"
@@ -344,10 +344,12 @@ def load(
     file_to_model = {k: _from_file_key(k, spec.file_renames, model_keys) for k in header}
     unexpected = sorted(k for k, m in file_to_model.items() if m not in model_keys)
     if unexpected:
-        raise AdapterError(f"{str(path)!r} holds tensors the model does not have: {unexpected[:5]}")
+        raise CheckpointError(
+            f"{str(path)!r} holds tensors the model does not have: {unexpected[:5]}"
+        )
     for k, m in file_to_model.items():
         if tuple(header[k]["shape"]) != expected[m]:
-            raise AdapterError(
+            raise CheckpointError(
                 f"{str(path)!r}: tensor {k} has shape {tuple(header[k]['shape'])}, the model "
                 f"needs {expected[m]}; {fix}"
             )
@@ -377,17 +379,17 @@ def load(
             if not factor and frozenset({a, c}) not in shared_pairs:
                 bad = f"shares {canonical}, which the format never shares with it"
         if bad is not None:
-            raise AdapterError(f"{str(path)!r}: alias {alias} {bad}; {fix}")
+            raise CheckpointError(f"{str(path)!r}: alias {alias} {bad}; {fix}")
         alias_map[a] = c
     missing = sorted(model_keys - stored_keys - set(alias_map))
     missing = [k for k in missing if k in dict(model.named_parameters(remove_duplicate=False))]
     if missing:
-        raise AdapterError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
+        raise CheckpointError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
     check_weights_hash(root, ck)
     try:
         stored = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise AdapterError(f"cannot read {str(weights)!r}: {exc}; {fix}") from None
+        raise CheckpointError(f"cannot read {str(weights)!r}: {exc}; {fix}") from None
     check_finite(stored, repr(str(path)))
     # clone: fresh aligned allocations, independent of the file's layout
     renamed = {file_to_model[k]: v.clone() for k, v in stored.items()}
@@ -399,13 +401,13 @@ def load(
         owner = model.get_submodule(owner_name)
         target = params.get(c)
         if target is None:
-            raise AdapterError(f"{str(path)!r}: alias {a} points at {c}, not a parameter; {fix}")
+            raise CheckpointError(f"{str(path)!r}: alias {a} points at {c}, not a parameter; {fix}")
         setattr(owner, attr, target)
     missing = [
         k for k, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"
     ]
     if missing:
-        raise AdapterError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
+        raise CheckpointError(f"{str(path)!r} lacks tensors the model needs: {missing[:5]}")
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device=target_device, dtype=torch_dtype)

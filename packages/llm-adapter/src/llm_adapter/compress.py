@@ -68,7 +68,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,13 +78,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibrate import CalibrationStats
-from .errors import AdapterError, ConfigurationError
+from .errors import AdapterError, ConfigurationError, mention
 from .lowrank import LowRankLinear
 from .methods import (
     DEFAULT_FAMILIES,
     DEFAULT_RANK_RATIO,
     ENERGY_ALLOCATIONS,
-    FLAGS,
     GRADIENT_ALLOCATIONS,
     LOSS_AWARE,
     METHOD_TABLE,
@@ -92,9 +91,7 @@ from .methods import (
     METRICS,
     PARAMS,
     Method,
-    Spelling,
     check_params,
-    flag,
     split_families,
 )
 from .models import (
@@ -192,9 +189,6 @@ class CompressionConfig:
     gate : {"heldout", "off"}, default "heldout"
         With ``refit``: keep a map's refit only where it lowers the held-out
         output error, or always.
-    spelling : llm_adapter.methods.Spelling, default command-line flags
-        How error messages name a bad value (``--lam -1`` or ``points[0] lam = -1``);
-        not a field.
 
     Every method parameter is checked by :func:`llm_adapter.methods.check_params`
     (the method table): a parameter the method does not take must keep its default.
@@ -222,23 +216,23 @@ class CompressionConfig:
     mix: float = 0.5
     ridge: float | str = "auto"
     gate: str = "heldout"
-    spelling: InitVar[Spelling] = FLAGS
 
-    def __post_init__(self, spelling: Spelling) -> None:
+    def __post_init__(self) -> None:
         given = {key: getattr(self, key) for key in PARAMS}
-        for key, value in check_params(self.method, given, spelling).items():
+        for key, value in check_params(self.method, given).items():
             object.__setattr__(self, key, value)
         if self.param_ratio is None:
             if not (isinstance(self.rank_ratio, int | float) and 0 < self.rank_ratio < 1):
                 raise ConfigurationError(
-                    f"rank ratio must be in (0, 1); got --rank-ratio {self.rank_ratio}",
+                    f"rank ratio must be in (0, 1); got {mention('rank_ratio', self.rank_ratio)}",
                     key="rank_ratio",
                     value=self.rank_ratio,
                     reason="must be in (0, 1)",
                 )
         elif not (isinstance(self.param_ratio, int | float) and 0 < self.param_ratio < 1):
             raise ConfigurationError(
-                f"parameter ratio must be in (0, 1); got --param-ratio {self.param_ratio}",
+                "parameter ratio must be in (0, 1); got "
+                f"{mention('param_ratio', self.param_ratio)}",
                 key="param_ratio",
                 value=self.param_ratio,
                 reason="must be in (0, 1)",
@@ -517,14 +511,18 @@ def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
     D = m
     if config.param_ratio is None:
         d = math.floor(config.rank_ratio * D + 0.5)
-        what = f"--rank-ratio {config.rank_ratio}"
+        key, value = "rank_ratio", config.rank_ratio
     else:
         # the shared factor of a group counted once (Method.rank_for_params)
         d, D = config.entry.rank_for_params(config.param_ratio, m, n, layers, config.params)
-        what = f"--param-ratio {config.param_ratio}"
+        key, value = "param_ratio", config.param_ratio
     if d <= 0 or d >= D:
-        raise AdapterError(
-            f"{what} gives rank d = {d} for maps of shape {m}x{n}; need 1 <= d < D = {D}"
+        raise ConfigurationError(
+            f"{mention(key, value)} gives rank d = {d} for maps of shape {m}x{n}; "
+            f"need 1 <= d < D = {D}",
+            key=key,
+            value=value,
+            reason=f"gives rank d = {d} for maps of shape {m}x{n}; need 1 <= d < D = {D}",
         )
     return d
 
@@ -647,9 +645,12 @@ def check_config(
         m, n = first.out_features, first.in_features
         group = config.entry.group
         if group is not None and getattr(config, group) > L:
-            raise AdapterError(
+            raise ConfigurationError(
                 f"{PARAMS[group].what} {getattr(config, group)} exceeds the number of layers "
-                f"L = {L}; use {flag(group)} <= {L}"
+                f"L = {L}; use {mention(group)} <= {L}",
+                key=group,
+                value=getattr(config, group),
+                reason=f"exceeds the number of layers L = {L}",
             )
         d = rank_for(config, m, n, L)
         if d > n:  # W_l has rank <= n: a larger d has no unique best subspace
@@ -1020,7 +1021,8 @@ def _loss_aware_families(
             if not forced and not dense and not 1 <= min(lo, R) <= hi:
                 raise AdapterError(
                     f"the bounds leave {f} layer {l} no rank (from {lo} to {hi}): raise "
-                    f"--max-deviation {config.max_deviation:g} or lower --rank-floor"
+                    f"{mention('max_deviation', config.max_deviation)} or lower "
+                    f"{mention('rank_floor')}"
                 )
             plan.append((f, l))
             args["scores"].append(s)
@@ -1145,15 +1147,15 @@ def compress_model(
     if config.needs_calibration and stats is None:
         raise AdapterError(
             f"method {config.method!r} needs calibration statistics: pass stats from "
-            "llm_adapter.calibrate (or --calib-text / --calib-dataset)"
+            f"llm_adapter.calibrate (or {mention('calib_text')} / {mention('calib_dataset')})"
         )
     ranks = check_config(model, config, families)
     if windows is None and stats is not None:
         windows = stats.windows
     if config.sequential and windows is None:
         raise AdapterError(
-            f"method {config.method!r}{' --update' if config.update else ''} fits block by "
-            "block on calibration windows: pass windows= (the CLI and sweeps do)"
+            f"method {config.method!r}{' ' + mention('update') if config.update else ''} fits "
+            "block by block on calibration windows: pass windows= (the CLI and sweeps do)"
         )
     reports: dict[str, FamilyReport] = {}
     t_fact = 0.0

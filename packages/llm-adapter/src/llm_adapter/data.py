@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .errors import AdapterError
+from .errors import AdapterError, DataError, mention
 
 __all__ = [
     "detokenize_wikitext",
@@ -212,7 +212,7 @@ def load_text(
         except ImportError:
             raise AdapterError(
                 f"calibration dataset {dataset!r} needs the datasets package (pip install "
-                "datasets); or pass a local file with --calib-text"
+                f"datasets); or pass a local file with {mention('text_path')}"
             ) from None
         try:
             ds = datasets.load_dataset(name, config, split=split)
@@ -279,13 +279,26 @@ def sample_windows(
     """
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     if samples < 1:
-        raise AdapterError(f"need at least one calibration sample; got --calib-samples {samples}")
+        raise DataError(
+            f"need at least one calibration sample; got {mention('samples', samples)}",
+            key="samples",
+            value=samples,
+            reason="must be >= 1",
+        )
     if seq_len < 1:
-        raise AdapterError(f"need a positive sequence length; got --seq-len {seq_len}")
+        raise DataError(
+            f"need a positive sequence length; got {mention('seq_len', seq_len)}",
+            key="seq_len",
+            value=seq_len,
+            reason="must be >= 1",
+        )
     if ids.size < seq_len:
-        raise AdapterError(
-            f"the calibration text has {ids.size} tokens, fewer than --seq-len {seq_len}; "
-            "use a longer text or a shorter sequence length"
+        raise DataError(
+            f"the calibration text has {ids.size} tokens, fewer than "
+            f"{mention('seq_len', seq_len)}; use a longer text or a shorter sequence length",
+            key="seq_len",
+            value=seq_len,
+            reason=f"longer than the calibration text ({ids.size} tokens)",
         )
     rng = np.random.default_rng(seed)
     offsets = rng.integers(0, ids.size - seq_len + 1, size=samples)

@@ -30,7 +30,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .lowrank import LowRankLinear
 
 __all__ = ["export_onnx", "onnx_initializer_bytes", "onnx_logits"]
@@ -152,7 +152,7 @@ def export_onnx(
             f"ONNX output folder {str(path.parent)!r} does not exist; create it or name another"
         )
     if path.exists() and not overwrite:
-        raise AdapterError(f"ONNX output {str(out)!r} exists; pass overwrite=True (--overwrite)")
+        raise AdapterError(f"ONNX output {str(out)!r} exists; pass {mention('overwrite', True)}")
     try:
         import onnx
         import onnxscript  # noqa: F401  (the exporter needs it)

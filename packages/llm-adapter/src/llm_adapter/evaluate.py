@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import tokenize_text
-from .errors import AdapterError
+from .errors import AdapterError, DataError, mention
 from .models import model_device, resolve_device, resolve_dtype
 
 __all__ = [
@@ -158,13 +158,13 @@ def read_text_file(path: Path) -> str:
     elif path.suffix == ".gz":
         opener = gzip.open
     if not path.is_file():
-        raise AdapterError(f"{path} is not a file; give the path of an existing text file")
+        raise DataError(f"{path} is not a file; give the path of an existing text file")
     try:
         with opener(path, "rt", encoding="utf-8", newline=None) as fh:  # newline=None: CRLF -> LF
             return str(fh.read())
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         kind = f"{path.suffix[1:]}-compressed UTF-8 text" if opener is not open else "UTF-8 text"
-        raise AdapterError(
+        raise DataError(
             f"{path} cannot be read as {kind} ({' '.join(str(exc).split())[:120]}): the file "
             "is truncated or damaged; download it again"
         ) from None
@@ -200,7 +200,7 @@ def _load_hub_dataset(*names: str, split: str) -> Any:
         raise AdapterError(
             f"reading {'/'.join(names)} from the hub needs the 'datasets' package, which is "
             "not installed; pip install datasets, or pass a local file "
-            "(--wikitext PATH / --hellaswag PATH)"
+            f"({mention('wikitext')} PATH / {mention('hellaswag')} PATH)"
         ) from exc
     return datasets.load_dataset(*names, split=split)
 
@@ -353,7 +353,7 @@ def perplexity(
     if limit is not None and seq_len > limit:
         raise AdapterError(
             f"seq_len={seq_len} exceeds the model's max_position_embeddings={limit}; "
-            f"pass --seq-len {limit} or less"
+            f"pass {mention('seq_len', limit)} or less"
         )
     if batch_size < 1:
         raise AdapterError(f"batch_size={batch_size} must be >= 1")
@@ -365,8 +365,8 @@ def perplexity(
         raise AdapterError(f"window_seed={window_seed!r} must be an int >= 0")
     if windows == "spread" and stride is not None:
         raise AdapterError(
-            "windows='spread' chooses among non-overlapping windows; drop stride "
-            "(--stride) or keep windows='first'"
+            "windows='spread' chooses among non-overlapping windows; drop "
+            f"{mention('stride')} or keep windows='first'"
         )
     device = model_device(model)
     n = int(ids.numel())
@@ -383,7 +383,7 @@ def perplexity(
         if n_windows == 0:
             raise AdapterError(
                 f"the text has {n} tokens, fewer than one window of seq_len={seq_len}; "
-                "give a longer text or a smaller --seq-len"
+                f"give a longer text or a smaller {mention('seq_len')}"
             )
         every = ids[: n_windows * seq_len].view(n_windows, seq_len)
         chosen = np.arange(n_windows)
@@ -542,14 +542,14 @@ def hellaswag_text_blocks(lines: list[str], source: str) -> Iterator[tuple[str, 
         label (``"0"``..``"3"``) and the four endings.
     """
     if len(lines) % 6:
-        raise AdapterError(
+        raise DataError(
             f"{source} has {len(lines)} lines, not a multiple of 6; the text format is six "
             "lines per item: 'activity_label: ctx', the gold label (0-3), four endings"
         )
     for i in range(0, len(lines), 6):
         label_text = lines[i + 1].strip()
         if label_text not in {"0", "1", "2", "3"}:
-            raise AdapterError(
+            raise DataError(
                 f"{source} line {i + 2}: gold label {label_text!r} is not 0-3; "
                 "is this the six-lines-per-item HellaSwag text format?"
             )
@@ -581,7 +581,7 @@ def hellaswag_jsonl(path: Path, text: str, limit: int | None) -> Iterator[dict[s
             doc = json.loads(line)
             record = {k: doc[k] for k in HELLASWAG_KEYS}
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise AdapterError(
+            raise DataError(
                 f"{path} line {lineno} is not a HellaSwag jsonl record ({exc!r}); expected "
                 f"keys {', '.join(HELLASWAG_KEYS)}"
             ) from None
@@ -643,7 +643,7 @@ def read_hellaswag(
             try:
                 items.append(_item_from_hub(doc))
             except (TypeError, ValueError) as exc:  # a label that is not 0-3, an ending not text
-                raise AdapterError(
+                raise DataError(
                     f"{p}: HellaSwag record {len(items) + 1} is malformed ({exc!r})"
                 ) from None
         return items
@@ -790,7 +790,9 @@ def evaluate_hellaswag(
     HellaSwagResult
     """
     if not items:
-        raise AdapterError("no HellaSwag items to score; check --hellaswag and --limit")
+        raise DataError(
+            f"no HellaSwag items to score; check {mention('hellaswag')} and {mention('limit')}"
+        )
     if batch_size < 1:
         raise AdapterError(f"batch_size={batch_size} must be >= 1")
     start = time.perf_counter()

@@ -40,7 +40,7 @@ from torch import nn
 
 from .atomic import clean_leftovers, normal_permissions, recover, swap_into_place
 from .checkpoint import load
-from .errors import AdapterError
+from .errors import CheckpointError
 from .files import crash_point, new_tag
 from .lowrank import LowRankLinear, count_unique_parameters
 from .manifest import EXPORT_MANIFEST, check_output_dir, read_manifest
@@ -130,9 +130,9 @@ def export_dense(
     src = Path(source)
     recover(src)
     if not src.is_dir():
-        raise AdapterError(f"checkpoint directory {str(source)!r} does not exist")
+        raise CheckpointError(f"checkpoint directory {str(source)!r} does not exist")
     if not (src / _COMPRESSION_MANIFEST).is_file() and not (src / "config.json").is_file():
-        raise AdapterError(
+        raise CheckpointError(
             f"{str(source)!r} is neither an llm-adapter checkpoint (compression.json) nor a "
             "transformers directory (config.json)"
         )
@@ -280,7 +280,7 @@ def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     root = Path(path)
     if not root.is_dir():
-        raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
     manifest: dict[str, Any] | None = None
     kind = "plain"
     export: dict[str, Any] | None = None
@@ -292,7 +292,7 @@ def checkpoint_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = export.get("source_compression")
         kind = "dense export"
     elif not (root / "config.json").is_file() and not list(root.glob("*.gguf")):
-        raise AdapterError(
+        raise CheckpointError(
             f"{str(path)!r} has no compression.json, config.json or .gguf file; not a checkpoint"
         )
     method = manifest.get("method") if manifest else None

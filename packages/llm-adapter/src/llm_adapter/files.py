@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AdapterError
+from .errors import AdapterError, DataError
 
 __all__ = [
     "CRASH_ENV",
@@ -187,23 +187,23 @@ def check_text_file(path: str | os.PathLike[str], what: str) -> None:
     ----------
     path : str or path
     what : str
-        How messages name it (``"--calib-text"``, ``"[calibration] text"``).
+        How messages name it (``"calibration file"``, ``"[calibration] text"``).
     """
     p = Path(path)
     if not p.is_file():
-        raise AdapterError(f"{what} {str(path)!r} does not exist (or is not a file)")
+        raise DataError(f"{what} {str(path)!r} does not exist (or is not a file)")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise AdapterError(
+        raise DataError(
             f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start} is not UTF-8); give a "
             "UTF-8 text file (convert one with iconv -t UTF-8)"
         ) from None
     except OSError as exc:
-        raise AdapterError(f"{what} {str(path)!r} cannot be read ({exc.strerror})") from None
+        raise DataError(f"{what} {str(path)!r} cannot be read ({exc.strerror})") from None
     if not text.strip() or "\x00" in text:
         kind = "binary data (NUL bytes)" if "\x00" in text else "no text"
-        raise AdapterError(f"{what} {str(path)!r} holds {kind}; give a UTF-8 text file")
+        raise DataError(f"{what} {str(path)!r} holds {kind}; give a UTF-8 text file")
 
 
 def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
@@ -213,7 +213,7 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
     ----------
     path : str or path
     what : str
-        How messages name it (``"--cache-dir"``).
+        How messages name it (``mention("cache_dir")``, :func:`llm_adapter.errors.mention`).
     """
     p = Path(path)
     if p.exists() and not p.is_dir():

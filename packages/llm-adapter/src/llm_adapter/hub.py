@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import AdapterError
+from .errors import AdapterError, mention
 
 __all__ = ["check_hub_dataset", "check_hub_model"]
 
@@ -67,15 +67,16 @@ def _is_local(name: str) -> bool:
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def check_hub_model(name: str, flag: str = "--model") -> None:
+def check_hub_model(name: str, key: str = "model") -> None:
     """Fail at once when ``name`` is a hub id that cannot be fetched (offline, not cached).
 
     Parameters
     ----------
     name : str
         A local directory (left alone) or a hub id.
-    flag : str
-        The option that takes a local directory instead.
+    key : str
+        The setting that takes a local directory instead (named with
+        :func:`llm_adapter.errors.mention`).
     """
     if _is_local(name):
         return
@@ -85,19 +86,20 @@ def check_hub_model(name: str, flag: str = "--model") -> None:
     if why is not None:
         raise AdapterError(
             f"model {name!r} is a hub id, but {why} and it is not in the local cache "
-            f"({hub_cache()}); pass a local model directory with {flag} PATH"
+            f"({hub_cache()}); pass a local model directory with {mention(key)} PATH"
         )
 
 
-def check_hub_dataset(name: str, local_flag: str) -> None:
+def check_hub_dataset(name: str, local: str) -> None:
     """Fail at once when the hub dataset ``name`` is needed offline and not cached.
 
     Parameters
     ----------
     name : str
         Hub dataset name (``NAME``, ``OWNER/NAME``).
-    local_flag : str
-        The option that reads a local file instead (``--calib-text PATH``).
+    local : str
+        What reads a local file instead, as the message names it (settings
+        marked with :func:`llm_adapter.errors.mention`).
     """
     why = why_offline()
     if why is None:
@@ -110,5 +112,5 @@ def check_hub_dataset(name: str, local_flag: str) -> None:
             return  # something of that name is cached: let `datasets` read it
     raise AdapterError(
         f"hub dataset {name!r} is needed, but {why} and it is not in the local cache; "
-        f"pass a local file with {local_flag}"
+        f"pass a local file with {local}"
     )

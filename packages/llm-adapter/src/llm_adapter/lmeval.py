@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .evaluate import (
     hellaswag_jsonl,
     hellaswag_text_blocks,
@@ -90,7 +90,8 @@ def harness_version() -> str:
         return version("lm_eval")
     except PackageNotFoundError:
         raise AdapterError(
-            f"--tasks needs lm-evaluation-harness, which is not installed; {HARNESS_EXTRA}"
+            f"{mention('tasks')} needs lm-evaluation-harness, which is not installed; "
+            f"{HARNESS_EXTRA}"
         ) from None
 
 
@@ -108,7 +109,9 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     out = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     if not out:
-        raise AdapterError("--tasks is empty; give task names such as hellaswag,arc_easy")
+        raise AdapterError(
+            f"{mention('tasks')} is empty; give task names such as hellaswag,arc_easy"
+        )
     return out
 
 
@@ -129,10 +132,10 @@ def parse_task_data(values: Sequence[str] | None) -> dict[str, str]:
         name, sep, path = value.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise AdapterError(
-                f"--task-data {value!r}: expected TASK=PATH, e.g. hellaswag=val.jsonl"
+                f"{mention('task_data')} {value!r}: expected TASK=PATH, e.g. hellaswag=val.jsonl"
             )
         if not Path(path.strip()).is_file():
-            raise AdapterError(f"--task-data {value!r}: {path.strip()} is not a file")
+            raise AdapterError(f"{mention('task_data')} {value!r}: {path.strip()} is not a file")
         out[name.strip()] = path.strip()
     return out
 
@@ -204,7 +207,8 @@ def _local_config(cfg: dict[str, Any], data: Path, name: str) -> dict[str, Any]:
     fmt = _FORMATS.get(suffixes[-1] if suffixes else "")
     if fmt is None:
         raise AdapterError(
-            f"--task-data {name}={data}: unknown file type; give .jsonl, .json, .csv or .parquet "
+            f"{mention('task_data')} {name}={data}: unknown file type; give .jsonl, .json, "
+            ".csv or .parquet "
             "with the columns of the task's hub dataset"
         )
     split = cfg.get("test_split") or cfg.get("validation_split")
@@ -278,7 +282,8 @@ def _hub_manager(names: Sequence[str]) -> Any:
             what = f"hub dataset {dataset!r}" if dataset else "hub datasets"
             raise AdapterError(
                 f"task {name!r} reads {what}, but {why} and it is not in the local cache; "
-                f"give local files with --task-data {name}=PATH (jsonl/csv/parquet with the "
+                f"give local files with {mention('task_data')} {name}=PATH (jsonl/csv/parquet "
+                "with the "
                 "hub dataset's columns)"
             )
     return manager
@@ -311,9 +316,11 @@ def check_tasks(
     local = dict(task_data or {})
     for name, path in local.items():
         if name not in names:
-            raise AdapterError(f"--task-data names {name!r}, which is not in --tasks {names}")
+            raise AdapterError(
+                f"{mention('task_data')} names {name!r}, which is not in {mention('tasks')} {names}"
+            )
         if not Path(path).is_file():
-            raise AdapterError(f"--task-data {name}={path}: not a file")
+            raise AdapterError(f"{mention('task_data')} {name}={path}: not a file")
     hub = [n for n in names if n not in local]
     if hub:
         return _hub_manager(hub)
@@ -397,7 +404,8 @@ def run_tasks(
             entry = index.get(name) or _task_manager(include_defaults=True).task_index.get(name)
             if entry is None or entry.yaml_path is None:
                 raise AdapterError(
-                    f"--task-data {name}=...: {name!r} is not a harness task with one YAML "
+                    f"{mention('task_data')} {name}=...: {name!r} is not a harness task with "
+                    "one YAML "
                     "configuration (a group takes local data per subtask)"
                 )
             specs.append(_local_config(load_yaml(entry.yaml_path, resolve_func=True), path, name))
@@ -420,7 +428,7 @@ def run_tasks(
             text = " ".join(str(exc).split())[:200]
             raise AdapterError(
                 f"lm-evaluation-harness could not read a dataset ({text}); give local files "
-                "with --task-data TASK=PATH"
+                f"with {mention('task_data')} TASK=PATH"
             ) from None
     if res is None:
         raise AdapterError("lm-evaluation-harness returned no results")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import recover
-from .errors import AdapterError
+from .errors import AdapterError, CheckpointError, mention
 from .files import new_tag, refuse, sha256_file
 from .safetensors_file import read_safetensors_header
 
@@ -132,7 +132,7 @@ def check_output_dir(
     *,
     overwrite: bool = False,
     sources: Iterable[str | os.PathLike[str]] = (),
-    flag: str = "--out",
+    name: str | None = None,
 ) -> None:
     """Check, before any work, that a checkpoint can be written to ``out``.
 
@@ -146,8 +146,9 @@ def check_output_dir(
         other file.
     sources : iterable of str or path
         Inputs (the model directory) that ``out`` must neither be nor contain.
-    flag : str
-        How the messages name ``out``.
+    name : str, optional
+        How the messages name ``out`` (default: the setting ``out``, marked with
+        :func:`llm_adapter.errors.mention`).
 
     Raises
     ------
@@ -156,6 +157,7 @@ def check_output_dir(
         ``overwrite``, may not be replaced, is not a directory, or cannot be
         created (a parent is a file, or is not writable).
     """
+    named = mention("out") if name is None else name
     target = Path(out)
     resolved = target.resolve()
     for src in sources:
@@ -163,20 +165,20 @@ def check_output_dir(
         if str(src) and src_path.exists() and _is_within(src_path.resolve(), resolved):
             what = "is" if src_path.resolve() == resolved else "contains"
             raise AdapterError(
-                f"{flag} {str(out)!r} {what} the input model {str(src)!r}; writing there "
-                f"would replace it: choose another {flag}"
+                f"{named} {str(out)!r} {what} the input model {str(src)!r}; writing there "
+                f"would replace it: choose another {named}"
             )
     if target.is_symlink():
-        raise AdapterError(f"{flag} {str(out)!r} is a symbolic link; give a real directory")
+        raise AdapterError(f"{named} {str(out)!r} is a symbolic link; give a real directory")
     if target.exists():
         if not target.is_dir():
             raise AdapterError(
-                f"{flag} {str(out)!r} exists and is not a directory; choose another {flag}"
+                f"{named} {str(out)!r} exists and is not a directory; choose another {named}"
             )
         if not overwrite:
             raise AdapterError(
-                f"output directory {str(out)!r} exists; pass --overwrite "
-                "(overwrite=True) to replace it"
+                f"output directory {str(out)!r} exists; pass {mention('overwrite', True)} "
+                "to replace it"
             )
         _written_by_us(target)
     ancestor = target.parent
@@ -186,7 +188,7 @@ def check_output_dir(
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise AdapterError(
-            f"{flag} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
+            f"{named} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
         )
     probe = ancestor / f".{target.name}.tmp-{new_tag()}"
     try:
@@ -194,8 +196,8 @@ def check_output_dir(
         probe.rmdir()
     except OSError as exc:
         raise AdapterError(
-            f"{flag} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
-            f"choose a writable {flag}"
+            f"{named} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
+            f"choose a writable {named}"
         ) from None
 
 
@@ -222,18 +224,18 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path) / MANIFEST
     recover(Path(path))
     if not Path(path).is_dir():
-        raise AdapterError(f"checkpoint directory {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
     if not file.is_file():
-        raise AdapterError(
+        raise CheckpointError(
             f"{str(path)!r} has no {MANIFEST}; not a checkpoint written by llm-adapter"
         )
     fix = "the checkpoint is damaged: write it again with llm-adapter compress"
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{str(file)!r} is not valid JSON ({exc}); {fix}") from None
+        raise CheckpointError(f"{str(file)!r} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(data, dict):
-        raise AdapterError(f"{str(file)!r} holds a {type(data).__name__}, not an object; {fix}")
+        raise CheckpointError(f"{str(file)!r} holds a {type(data).__name__}, not an object; {fix}")
     return data
 
 
@@ -243,9 +245,9 @@ def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     fix = "the checkpoint is damaged: write it again with llm-adapter compress"
     ck = manifest.get("checkpoint")
     if not isinstance(ck, dict):
-        raise AdapterError(f"{where} has no 'checkpoint' object; {fix}")
+        raise CheckpointError(f"{where} has no 'checkpoint' object; {fix}")
     if ck.get("format_version") != FORMAT_VERSION:
-        raise AdapterError(
+        raise CheckpointError(
             f"{str(root)!r} has checkpoint format {ck.get('format_version')!r}; "
             f"this llm-adapter reads {FORMAT_VERSION}"
         )
@@ -256,20 +258,22 @@ def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         or Path(weights).name != weights
         or "\\" in weights
     ):
-        raise AdapterError(
+        raise CheckpointError(
             f"{where}: weights = {weights!r} is not a file name inside the checkpoint "
             f"directory; {fix}"
         )
     file = root / weights
     if file.is_symlink() or not _is_within(file.resolve(), root.resolve()):
-        raise AdapterError(f"{where}: weights file {weights!r} leads out of the directory; {fix}")
+        raise CheckpointError(
+            f"{where}: weights file {weights!r} leads out of the directory; {fix}"
+        )
     digest = ck.get("weights_sha256")
     if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
-        raise AdapterError(f"{where}: weights_sha256 = {digest!r} is not a sha256 digest; {fix}")
+        raise CheckpointError(f"{where}: weights_sha256 = {digest!r} is not a sha256 digest; {fix}")
     lowrank = ck.get("lowrank_modules", {})
     aliases = ck.get("aliases", {})
     if not isinstance(lowrank, dict) or not isinstance(aliases, dict):
-        raise AdapterError(f"{where}: lowrank_modules and aliases must be objects; {fix}")
+        raise CheckpointError(f"{where}: lowrank_modules and aliases must be objects; {fix}")
     for name, info in lowrank.items():
         ints = ("out_features", "in_features", "rank")
         ok = (
@@ -279,15 +283,15 @@ def check_schema(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             and info.get("shared") in ("left", "right")
         )
         if not ok:
-            raise AdapterError(f"{where}: low-rank module {name} has a malformed entry; {fix}")
+            raise CheckpointError(f"{where}: low-rank module {name} has a malformed entry; {fix}")
         if info["rank"] > min(info["out_features"], info["in_features"]):
-            raise AdapterError(
+            raise CheckpointError(
                 f"{where}: low-rank module {name} has rank {info['rank']} above "
                 f"min({info['out_features']}, {info['in_features']}); {fix}"
             )
     for a, c in aliases.items():
         if not isinstance(c, str):
-            raise AdapterError(f"{where}: alias {a} -> {c!r} is not a tensor name; {fix}")
+            raise CheckpointError(f"{where}: alias {a} -> {c!r} is not a tensor name; {fix}")
     return ck
 
 
@@ -316,9 +320,9 @@ def check_weights_hash(root: Path, ck: dict[str, Any]) -> None:
         return
     weights = root / ck.get("weights", WEIGHTS)
     if not weights.is_file():
-        raise AdapterError(f"weights file {str(weights)!r} does not exist")
+        raise CheckpointError(f"weights file {str(weights)!r} does not exist")
     if sha256_file(weights) != digest:
-        raise AdapterError(
+        raise CheckpointError(
             f"{str(weights)!r} does not match the sha256 its manifest records: the file was "
             "changed or damaged after llm-adapter wrote it; write the checkpoint again with "
             "llm-adapter compress"

@@ -8,9 +8,10 @@ that takes a method's parameters derives from these two tables:
 command's flags), the sweep configuration's point tables, and the manifest a
 compressed checkpoint records.  :func:`check_params` is the one validation: an
 unknown parameter, one the method does not take, a wrong type or a value out
-of range is an :class:`~llm_adapter.AdapterError` that names the value as the
-caller spells it (``--group-size 0`` on the command line, ``points[2]
-group_size = 0`` in a sweep configuration).
+of range is a :class:`~llm_adapter.ConfigurationError` carrying the key, the
+value and the reason; its message names the value as the surface that shows it
+spells it (``--group-size 0`` on the command line, ``points[2].group_size = 0``
+in a sweep configuration, ``group_size=0`` in Python).
 
 This module imports neither torch nor numpy, so the command line can build its
 parsers (and ``--help``) from it at no cost.
@@ -23,17 +24,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, Mentions, mention
 
 __all__ = [
     "ALLOCATIONS",
     "DEFAULT_FAMILIES",
     "DEFAULT_RANK_RATIO",
     "ENERGY_ALLOCATIONS",
-    "FLAGS",
     "GATES",
     "GRADIENT_ALLOCATIONS",
     "LOSS_AWARE",
+    "MENTIONS",
     "METHODS",
     "METHOD_TABLE",
     "METRICS",
@@ -43,9 +44,7 @@ __all__ = [
     "SELECTIONS",
     "Method",
     "Param",
-    "Spelling",
     "check_params",
-    "flag",
     "format_float",
     "get_method",
     "parse_float",
@@ -79,42 +78,16 @@ REFIT_TARGETS = ("output", "local", "joint")
 GATES = ("heldout", "off")
 
 
-def flag(key: str) -> str:
-    """The command-line flag of a parameter: ``group_size`` -> ``--group-size``."""
-    return "--" + key.replace("_", "-")
-
-
 def format_float(value: float) -> str:
     """A float as the configuration writes it: ``inf`` for infinity, else ``%g``."""
     return "inf" if math.isinf(value) and value > 0 else f"{value:g}"
 
 
-@dataclass(frozen=True)
-class Spelling:
-    """How messages name a parameter: as a flag (``where`` empty) or a configuration key.
-
-    ``Spelling()`` writes ``--lam -1``; ``Spelling("points[0]")`` writes
-    ``points[0] lam = -1``.
-    """
-
-    where: str = ""
-
-    def name(self, key: str) -> str:
-        """``--group-size`` or ``points[0] group_size``."""
-        return f"{self.where} {key}" if self.where else flag(key)
-
-    def value(self, key: str, value: Any) -> str:
-        """``--group-size 0`` or ``points[0] group_size = 0``."""
-        if self.where:
-            return f"{self.where} {key} = {value!r}"
-        return f"{flag(key)} {value}"
+#: how the checks name a setting in their messages (spelled by the surface that shows them)
+MENTIONS = Mentions()
 
 
-#: the command line's spelling
-FLAGS = Spelling()
-
-
-def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
+def parse_float(value: Any, key: str = "lam", spell: Mentions = MENTIONS) -> float:
     """A float from a number or a string, ``"inf"``/``"infinity"`` allowed.
 
     Parameters
@@ -122,7 +95,7 @@ def parse_float(value: Any, key: str = "lam", spell: Spelling = FLAGS) -> float:
     value : float, int or str
     key : str
         The parameter, for the message.
-    spell : Spelling
+    spell : llm_adapter.errors.Mentions
         How the message names the value.
 
     Returns
@@ -176,7 +149,8 @@ class Param:
         ``float``, ``int``, ``str`` or ``bool``.
     default : Any
     help : str
-        One line for ``--help`` (the default is appended there).
+        One line for the command line's help (the default is appended there); the
+        settings it names are marked with :func:`llm_adapter.errors.mention`.
     what : str
         The quantity in words, for messages (``anchor strength``).
     choices : tuple of str
@@ -203,7 +177,7 @@ class Param:
     optional: bool = False
     words: tuple[str, ...] = ()
 
-    def check(self, value: Any, spell: Spelling = FLAGS) -> Any:
+    def check(self, value: Any, spell: Mentions = MENTIONS) -> Any:
         """``value`` converted to :attr:`kind` and checked; raises naming it by ``spell``.
 
         Raises
@@ -218,7 +192,7 @@ class Param:
                 exc.key, exc.value, exc.reason = self.name, value, str(exc)
             raise
 
-    def _check(self, value: Any, spell: Spelling) -> Any:
+    def _check(self, value: Any, spell: Mentions) -> Any:
         key = self.name
         if self.kind is bool:
             if not isinstance(value, bool):
@@ -279,19 +253,20 @@ PARAMS: dict[str, Param] = {
               "block on the compressed model's inputs: the left, the right, both (reduced-rank) "
               "or the kept singular values ('sigma'); 'none': no refit", "refit",
               choices=REFITS, optional=True),
-        Param("target", str, "output", "svd-llm with --refit: the output fitted: the original "
-              "W x ('output'), W x_hat ('local', SVD-LLM's update's) or both inputs together "
-              "('joint', weighted by --mix)", "refit target", choices=REFIT_TARGETS,
-              optional=True),
-        Param("mix", float, 0.5, "svd-llm with --refit and --target joint: weight of the "
-              "original inputs, in [0, 1]", "joint mixing weight", low=0.0, optional=True),
-        Param("ridge", float, "auto", "svd-llm with --refit: pull towards the unrefit factors, "
-              "relative to the mean input variance (>= 0), or 'auto' (chosen per map on "
-              "held-out calibration windows)", "refit ridge", low=0.0, words=("auto",),
-              optional=True),
-        Param("gate", str, "heldout", "svd-llm with --refit: keep a map's refit only where it "
-              "lowers the output error on held-out calibration windows ('heldout'), or always "
-              "('off')", "refit gate", choices=GATES, optional=True),
+        Param("target", str, "output", f"svd-llm with {mention('refit')}: the output "
+              "fitted: the original W x ('output'), W x_hat ('local', SVD-LLM's update's) or "
+              f"both inputs together ('joint', weighted by {mention('mix')})", "refit target",
+              choices=REFIT_TARGETS, optional=True),
+        Param("mix", float, 0.5, f"svd-llm with {mention('refit')} and {mention('target')} "
+              "joint: weight of the original inputs, in [0, 1]", "joint mixing weight",
+              low=0.0, optional=True),
+        Param("ridge", float, "auto", f"svd-llm with {mention('refit')}: pull towards the "
+              "unrefit factors, relative to the mean input variance (>= 0), or 'auto' (chosen "
+              "per map on held-out calibration windows)", "refit ridge", low=0.0,
+              words=("auto",), optional=True),
+        Param("gate", str, "heldout", f"svd-llm with {mention('refit')}: keep a map's refit "
+              "only where it lowers the output error on held-out calibration windows "
+              "('heldout'), or always ('off')", "refit gate", choices=GATES, optional=True),
         Param("allocate", str, "none", "svd-llm, residual, bundle (tied corner): per-layer "
               "(per-group) ranks under the same parameter budget, minimising the summed ('sum') "
               "or per-unit relative ('normalised') activation energy, maps allowed to stay "
@@ -301,25 +276,27 @@ PARAMS: dict[str, Param] = {
               "loss changes), 'type' (activation energy compared within each family), "
               "'sensitivity' (calibration loss with each map alone truncated, ASVD-style)",
               "allocation", choices=ALLOCATIONS, optional=True),
-        Param("select", str, "rank", "svd-llm with a loss-aware --allocate (fisher, gradient, "
-              "type): keep each map's top singular components at the chosen rank ('rank') or "
-              "the highest-scoring components ('components')", "selection",
+        Param("select", str, "rank", f"svd-llm with a loss-aware {mention('allocate')} "
+              "(fisher, gradient, type): keep each map's top singular components at the chosen "
+              "rank ('rank') or the highest-scoring components ('components')", "selection",
               choices=SELECTIONS, optional=True),
-        Param("protect", int, 0, "svd-llm with a loss-aware --allocate: keep the first and the "
-              "last N layers of every family dense", "protected layers", low=0, optional=True),
-        Param("rank_floor", float, 0.0, "svd-llm with a loss-aware --allocate: smallest rank "
-              "of a factored map, as a fraction of its break-even rank mn/(m+n)", "rank floor",
-              low=0.0, optional=True),
-        Param("probe_windows", int, 2, "svd-llm --allocate sensitivity: calibration windows "
-              "each probe evaluates (4 truncations per map, each a forward pass over them)",
-              "probe windows", low=1, optional=True),
-        Param("stages", int, 1, "svd-llm --allocate fisher or gradient (--select rank): "
-              "reach the budget in this many stages, the gradients scored again on the model "
-              "each stage compressed, ranks never growing back (Zero Sum SVD's schedule)",
-              "stages", low=1, optional=True),
-        Param("max_deviation", float, math.inf, "svd-llm with a loss-aware --allocate: bound "
-              "on each map's kept fraction of parameters away from the uniform one (inf: none)",
-              "deviation bound", low=0.0, allow_inf=True, optional=True),
+        Param("protect", int, 0, f"svd-llm with a loss-aware {mention('allocate')}: keep the "
+              "first and the last N layers of every family dense", "protected layers", low=0,
+              optional=True),
+        Param("rank_floor", float, 0.0, f"svd-llm with a loss-aware {mention('allocate')}: "
+              "smallest rank of a factored map, as a fraction of its break-even rank "
+              "mn/(m+n)", "rank floor", low=0.0, optional=True),
+        Param("probe_windows", int, 2, f"svd-llm {mention('allocate')} sensitivity: "
+              "calibration windows each probe evaluates (4 truncations per map, each a forward "
+              "pass over them)", "probe windows", low=1, optional=True),
+        Param("stages", int, 1, f"svd-llm {mention('allocate')} fisher or gradient "
+              f"({mention('select')} rank): reach the budget in this many stages, the "
+              "gradients scored again on the model each stage compressed, ranks never growing "
+              "back (Zero Sum SVD's schedule)", "stages", low=1, optional=True),
+        Param("max_deviation", float, math.inf, f"svd-llm with a loss-aware "
+              f"{mention('allocate')}: bound on each map's kept fraction of parameters away "
+              "from the uniform one (inf: none)", "deviation bound", low=0.0, allow_inf=True,
+              optional=True),
     )
 }  # fmt: skip
 
@@ -402,7 +379,7 @@ class Method:
     group: str | None = None
     allocations: tuple[str, ...] = ("none",)
     allocates_groups: bool = False
-    check: Callable[[dict[str, Any], Spelling], None] | None = None
+    check: Callable[[dict[str, Any], Mentions], None] | None = None
     point_label: Callable[[Mapping[str, Any]], str] | None = None
     marker: str = "o"
     dashed: bool = False
@@ -498,10 +475,10 @@ def reference_method() -> str:
     return next(m.name for m in METHOD_TABLE.values() if m.reference)
 
 
-def _loss_aware_needs_svd_llm(values: Mapping[str, Any], spell: Spelling) -> ConfigurationError:
+def _loss_aware_needs_svd_llm(values: Mapping[str, Any], spell: Mentions) -> ConfigurationError:
     return ConfigurationError(
         f"{spell.value('allocate', values['allocate'])} selects components of SVD-LLM's "
-        "truncation (maps may stay dense): use --method svd-llm"
+        f"truncation (maps may stay dense): use {spell.value('method', 'svd-llm')}"
     )
 
 
@@ -523,19 +500,20 @@ def _svd_llm_fit(p: Mapping[str, Any]) -> str | None:
     return "update" if p["update"] else None
 
 
-def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
+def _check_svd_llm(values: dict[str, Any], spell: Mentions) -> None:
     """The interplay of SVD-LLM's update, refit and loss-aware allocation parameters."""
     refit = values["refit"] != "none"
     for key in ("target", "mix", "ridge", "gate"):
         if not refit and values[key] != PARAMS[key].default:
             raise ConfigurationError(
-                f"{spell.name(key)} shapes a refit: add --refit "
+                f"{spell.name(key)} shapes a refit: add {spell.name('refit')} "
                 f"{' or '.join(REFITS[1:])} (got {spell.value('refit', values['refit'])})"
             )
     if refit and values["update"]:
         raise ConfigurationError(
-            "--update is SVD-LLM's own refit (the left factor for the target W x_hat): drop "
-            f"--update, or use --refit left --target local instead of --update with "
+            f"{spell.name('update')} is SVD-LLM's own refit (the left factor for the target W "
+            f"x_hat): drop {spell.name('update')}, or use {spell.value('refit', 'left')} "
+            f"{spell.value('target', 'local')} instead of {spell.name('update')} with "
             f"{spell.value('refit', values['refit'])}"
         )
     if values["mix"] > 1:
@@ -544,7 +522,7 @@ def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
         )
     if values["mix"] != PARAMS["mix"].default and values["target"] != "joint":
         raise ConfigurationError(
-            f"{spell.name('mix')} weighs the joint target: add --target joint "
+            f"{spell.name('mix')} weighs the joint target: add {spell.value('target', 'joint')} "
             f"(got {spell.value('target', values['target'])})"
         )
     loss_aware = values["allocate"] in LOSS_AWARE
@@ -558,15 +536,16 @@ def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
     for key in ("select", "protect", "rank_floor", "max_deviation"):
         if not loss_aware and values[key] != PARAMS[key].default:
             raise ConfigurationError(
-                f"{spell.name(key)} shapes a loss-aware allocation: add --allocate "
+                f"{spell.name(key)} shapes a loss-aware allocation: add {spell.name('allocate')} "
                 f"{' or '.join(LOSS_AWARE)} (got {spell.value('allocate', values['allocate'])})"
             )
     if values["stages"] != 1 and (
         values["allocate"] not in GRADIENT_ALLOCATIONS or values["select"] != "rank"
     ):
         raise ConfigurationError(
-            f"{spell.name('stages')} re-scores the gradients between stages: use --allocate "
-            f"{' or '.join(GRADIENT_ALLOCATIONS)} with --select rank (got "
+            f"{spell.name('stages')} re-scores the gradients between stages: use "
+            f"{spell.name('allocate')} {' or '.join(GRADIENT_ALLOCATIONS)} with "
+            f"{spell.value('select', 'rank')} (got "
             f"{spell.value('allocate', values['allocate'])}, "
             f"{spell.value('select', values['select'])})"
         )
@@ -574,13 +553,15 @@ def _check_svd_llm(values: dict[str, Any], spell: Spelling) -> None:
         values["allocate"] != "sensitivity"
     ):
         raise ConfigurationError(
-            f"{spell.name('probe_windows')} sizes the sensitivity probe: add --allocate "
-            f"sensitivity (got {spell.value('allocate', values['allocate'])})"
+            f"{spell.name('probe_windows')} sizes the sensitivity probe: add "
+            f"{spell.value('allocate', 'sensitivity')} "
+            f"(got {spell.value('allocate', values['allocate'])})"
         )
     if values["allocate"] == "sensitivity" and values["select"] != "rank":
         raise ConfigurationError(
-            "--allocate sensitivity measures whole truncations, not single components: "
-            f"use --select rank (got {spell.value('select', values['select'])})"
+            f"{spell.value('allocate', 'sensitivity')} measures whole truncations, not single "
+            f"components: use {spell.value('select', 'rank')} "
+            f"(got {spell.value('select', values['select'])})"
         )
 
 
@@ -640,24 +621,28 @@ register_method(
 # --------------------------------------------------------------------------- bundle
 
 
-def _check_bundle(values: dict[str, Any], spell: Spelling) -> None:
+def _check_bundle(values: dict[str, Any], spell: Mentions) -> None:
     """The tied corner of an allocation, and soft coupling's untied, finite sections."""
     if values["allocate"] != "none":
         corner = values["lam"] == 0 and values["coupling"] == 0
         if not corner or values["metric"] != "activation":
             raise ConfigurationError(
-                "--allocate with --method bundle allocates ranks over the tied groups of the "
-                "activation corner: use --metric activation, --lam 0 and no --coupling; got "
+                f"{spell.name('allocate')} with {spell.value('method', 'bundle')} allocates ranks "
+                "over the tied groups of the activation corner: use "
+                f"{spell.value('metric', 'activation')}, {spell.value('lam', 0)} and no "
+                f"{spell.name('coupling')}; got "
                 f"{spell.value('metric', values['metric'])}, {spell.value('lam', values['lam'])}"
             )
     if values["coupling"] > 0:
         if math.isinf(values["lam"]):
             raise ConfigurationError(
-                "soft coupling needs a finite anchor strength; got --lam inf with --coupling"
+                f"soft coupling needs a finite anchor strength; got {spell.value('lam', 'inf')} "
+                f"with {spell.name('coupling')}"
             )
         if values["tying"] != 1:
             raise ConfigurationError(
-                "soft coupling couples untied sections: use --tying 1 with --coupling; "
+                f"soft coupling couples untied sections: use {spell.value('tying', 1)} with "
+                f"{spell.name('coupling')}; "
                 f"got {spell.value('tying', values['tying'])}"
             )
 
@@ -693,7 +678,9 @@ register_method(
 )  # fmt: skip
 
 
-def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS) -> dict[str, Any]:
+def check_params(
+    method: str, given: Mapping[str, Any], spell: Mentions = MENTIONS
+) -> dict[str, Any]:
     """Check a method and the parameters given for it; return every parameter's value.
 
     The checks common to every method (unknown parameters, parameters the
@@ -707,8 +694,9 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
         A key of :data:`METHOD_TABLE`.
     given : mapping
         The parameters that were set (the others take their defaults).
-    spell : Spelling
-        How messages name a value (:data:`FLAGS` or ``Spelling("points[0]")``).
+    spell : llm_adapter.errors.Mentions
+        How messages name a setting (:func:`llm_adapter.errors.mention`; the surface
+        that shows the error spells it).
 
     Returns
     -------
@@ -738,8 +726,8 @@ def check_params(method: str, given: Mapping[str, Any], spell: Spelling = FLAGS)
             takers = [m.name for m in METHOD_TABLE.values() if key in m.params]
             name = spell.name(key)
             raise ConfigurationError(
-                f"{name} applies to --method {' or '.join(takers)}"
-                f"{' only' if len(takers) == 1 else ''}; got --method {method} "
+                f"{name} applies to {spell.name('method')} {' or '.join(takers)}"
+                f"{' only' if len(takers) == 1 else ''}; got {spell.value('method', method)} "
                 f"(drop {name}, or choose a method that takes it)",
                 key=key,
                 value=value,

@@ -21,7 +21,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from .errors import AdapterError, one_line
+from .errors import AdapterError, mention, one_line
 from .methods import split_families
 
 __all__ = [
@@ -296,8 +296,8 @@ def family_weights(model: nn.Module, family: str) -> NDArray[np.float64]:
         if weight.device.type == "meta":
             raise AdapterError(
                 f"{family} of layer {i} is offloaded (meta device); compression needs the "
-                "weights in memory: use --device-map auto with enough GPU+CPU memory "
-                "and no disk offload"
+                f"weights in memory: use {mention('device_map', 'auto')} with enough GPU+CPU "
+                "memory and no disk offload"
             )
         mats.append(weight.detach().to(device="cpu", dtype=torch.float64).numpy())
     W = np.stack(mats)
@@ -356,7 +356,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise AdapterError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AdapterError(
-            f"device {device!r} asked for but CUDA is not available; use --device cpu"
+            f"device {device!r} asked for but CUDA is not available; use {mention('device', 'cpu')}"
         )
     if dev.type not in ("cpu", "cuda"):
         raise AdapterError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N")
@@ -465,7 +465,8 @@ def load_pretrained(
             import accelerate  # noqa: F401
         except ImportError:
             raise AdapterError(
-                "--device-map needs the accelerate package: pip install 'llm-adapter[bigmodels]'"
+                f"{mention('device_map')} needs the accelerate package: pip install "
+                "'llm-adapter[bigmodels]'"
             ) from None
         kwargs["device_map"] = device_map
     try:

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import AdapterError
+from .errors import CheckpointError
 
 __all__ = ["check_weight_files", "main_file_tensor_bytes", "read_safetensors_header"]
 
@@ -54,23 +54,23 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str,
     p = Path(path)
     fix = "the file is truncated or not a safetensors file; re-create or re-download it"
     if not p.is_file():
-        raise AdapterError(f"weights file {str(p)!r} does not exist")
+        raise CheckpointError(f"weights file {str(p)!r} does not exist")
     size = p.stat().st_size
     try:
         with open(p, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise AdapterError(f"{str(p)!r} has {size} bytes, no safetensors header: {fix}")
+                raise CheckpointError(f"{str(p)!r} has {size} bytes, no safetensors header: {fix}")
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, 100_000_000):
-                raise AdapterError(
+                raise CheckpointError(
                     f"{str(p)!r} announces a {n}-byte header in a {size}-byte file: {fix}"
                 )
             header = json.loads(f.read(n).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{str(p)!r} has an unreadable header ({exc}): {fix}") from None
+        raise CheckpointError(f"{str(p)!r} has an unreadable header ({exc}): {fix}") from None
     if not isinstance(header, dict):
-        raise AdapterError(f"{str(p)!r}: the header is not a JSON object: {fix}")
+        raise CheckpointError(f"{str(p)!r}: the header is not a JSON object: {fix}")
     header.pop("__metadata__", None)
     data = size - 8 - n
     end = 0
@@ -89,10 +89,12 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str,
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise AdapterError(f"{str(p)!r}: tensor {name} has a malformed entry {info!r}: {fix}")
+            raise CheckpointError(
+                f"{str(p)!r}: tensor {name} has a malformed entry {info!r}: {fix}"
+            )
         end = max(end, hi)
     if end != data:
-        raise AdapterError(
+        raise CheckpointError(
             f"{str(p)!r} holds {data} bytes of tensor data, its header describes {end}: {fix}"
         )
     return header

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from .calibrate import CalibrationStats
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .models import family_modules, family_weights, model_device, model_identity
 
 __all__ = [
@@ -280,7 +280,7 @@ def _accumulate(
                 if not bool(torch.isfinite(loss)):
                     raise AdapterError(
                         f"the calibration loss of window {b} is not finite; the model or its "
-                        "dtype cannot be scored (try --dtype float32)"
+                        f"dtype cannot be scored (try {mention('dtype', 'float32')})"
                     )
                 loss.backward()
             with torch.no_grad():

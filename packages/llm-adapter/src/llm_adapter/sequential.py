@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .lowrank import LowRankLinear
 from .models import family_module_names, family_modules, model_device, set_module
 
@@ -387,8 +387,9 @@ def compress_sequential(
         N = int(windows.shape[0])
         if N < 2:
             raise AdapterError(
-                f"a refit with --ridge auto or --gate heldout holds out calibration windows; "
-                f"got {N} window: use --calib-samples >= 2, or a fixed --ridge with --gate off"
+                f"a refit with {mention('ridge', 'auto')} or {mention('gate', 'heldout')} holds "
+                f"out calibration windows; got {N} window: use {mention('calib_samples')} >= 2, "
+                f"or a fixed {mention('ridge')} with {mention('gate', 'off')}"
             )
         held = max(1, round(HOLDOUT * N))
         orig_batches = _block_inputs(model, layers, windows[: N - held], batch_size)

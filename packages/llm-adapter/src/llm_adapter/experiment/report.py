@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError
+from ..errors import AdapterError, mention
 from ..methods import METHOD_TABLE, format_float, parse_float, reference_method
 from .budgets import (
     SAME_BUDGET_RTOL,
@@ -646,7 +646,7 @@ def _check_report_dir(out: Path) -> None:
         raise refuse(
             path,
             "was not written by llm-adapter report (or was changed since)",
-            "give another --out, or move the file away",
+            f"give another {mention('out')}, or move the file away",
         )
 
 

@@ -112,7 +112,7 @@ so a second sweep on the same file stops at once instead of writing every
 row again, and :func:`read_results` keeps each key once (files written before
 the lock existed). A results file that is not a sweep's (a line that is
 not a row) is refused, never appended to nor truncated. Every point and
-setting is checked before any runs, and ``--dry-run`` reports the same errors;
+setting is checked before any runs, and a dry run reports the same errors;
 a saved point checkpoint is checked against its content hash before it is
 reused. Calibration statistics are cached on disk by :func:`calibrate`;
 with ``checkpoints = "DIR"`` every compressed model is also saved, and a
@@ -139,13 +139,12 @@ from typing import Any
 import numpy as np
 
 from ..compress import CompressionConfig, CompressionReport
-from ..errors import AdapterError
+from ..errors import AdapterError, ConfigurationError, Spelling, mention
 from ..methods import (
     DEFAULT_FAMILIES,
     DEFAULT_RANK_RATIO,
     METHOD_TABLE,
     PARAMS,
-    Spelling,
     split_families,
 )
 
@@ -159,6 +158,7 @@ __all__ = [
     "load_config",
     "read_results",
     "resolve_inputs",
+    "run_point",
     "run_sweep",
 ]
 
@@ -279,7 +279,7 @@ def check_config(config: dict[str, Any], source: str = "the configuration") -> N
         if not fams or not all(isinstance(f, str) and split_families(f) for f in fams):
             raise AdapterError(
                 f"{source}: families = {config['families']!r} names no family; give family "
-                "sets such as ['attention.dense'] or ['all'] (--families 'a,b;c')"
+                f"sets such as ['attention.dense'] or ['all'] ({mention('families')} 'a,b;c')"
             )
     for section, limits in SECTION_NUMBERS.items():
         for key, low in limits.items():
@@ -452,12 +452,43 @@ def expand_points(config: dict[str, Any]) -> list[SweepPoint]:
     return points
 
 
+class PointSpelling(Spelling):
+    """A sweep configuration's spelling of a point's settings: ``points[2].rank_ratio = 0.0``.
+
+    Parameters
+    ----------
+    where : str
+        The point table, e.g. ``"points[2]"``.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def name(self, key: str) -> str:
+        """``points[2].rank_ratio``."""
+        return f"{self.where}.{key}"
+
+    def value(self, key: str, text: str, rep: str) -> str:
+        """``points[2].rank_ratio = 0.0``."""
+        return f"{self.name(key)} = {rep}"
+
+
 def _ratio(value: Any, key: str, where: int | None = None) -> float:
-    place = f"points[{where}] {key}" if where is not None else BUDGETS[key]
+    place = f"points[{where}].{key}" if where is not None else BUDGETS[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AdapterError(f"{place} = {value!r} is not a number; give a fraction in (0, 1)")
+        raise ConfigurationError(
+            f"{place} = {value!r} is not a number; give a fraction in (0, 1)",
+            key=key,
+            value=value,
+            reason="not a number",
+        )
     if not 0.0 < float(value) < 1.0:
-        raise AdapterError(f"{place} = {value!r} must be in (0, 1)")
+        raise ConfigurationError(
+            f"{place} = {value!r} must be in (0, 1)",
+            key=key,
+            value=value,
+            reason="must be in (0, 1)",
+        )
     return float(value)
 
 
@@ -477,7 +508,6 @@ def _checked(point: SweepPoint, where: int) -> SweepPoint:
             rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
             param_ratio=point.param_ratio,
             families=point.families,
-            spelling=Spelling(f"points[{where}]"),
             **params,
         )
     except AdapterError as exc:
@@ -486,7 +516,13 @@ def _checked(point: SweepPoint, where: int) -> SweepPoint:
             label = point_label(replace(point, params={**defaults, **point.params}))
         except (KeyError, TypeError, ValueError):
             label = point.method
-        raise AdapterError(f"points[{where}] ({label}): {exc}") from None
+        spelling = PointSpelling(f"points[{where}]")
+        raise type(exc)(
+            f"points[{where}] ({label}): {exc.spelled(spelling)}",
+            key=exc.key,
+            value=exc.value,
+            reason=exc.reason,
+        ) from None
     kept = {
         k: getattr(config, k)
         for k in METHOD_TABLE[point.method].params
@@ -871,7 +907,7 @@ def _lock_results(out: Path) -> tuple[int, Path | None]:
     except OSError as exc:
         raise AdapterError(
             f"results file {str(out)!r} cannot be opened for writing ({exc.strerror}); "
-            "give a writable file path (--results)"
+            f"give a writable file path ({mention('out')})"
         ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -879,7 +915,7 @@ def _lock_results(out: Path) -> tuple[int, Path | None]:
         os.close(fd)
         raise AdapterError(
             f"another sweep is writing {out} (it holds the file's lock); wait for it to "
-            "finish, or give another results file (--results)"
+            f"finish, or give another results file ({mention('out')})"
         ) from None
     return fd, created
 
@@ -919,7 +955,7 @@ def check_results_file(path: str | Path) -> None:
     from ..files import refuse
 
     p = Path(path)
-    fix = "give another --results file, or move this one away"
+    fix = f"give another {mention('out')} file, or move this one away"
     if p.is_symlink() or (p.exists() and not p.is_file()):
         if p.is_dir():
             return  # opening it fails with its own message
@@ -930,7 +966,8 @@ def check_results_file(path: str | Path) -> None:
         data = p.read_bytes()
     except OSError as exc:
         raise AdapterError(
-            f"results file {str(p)!r} cannot be read ({exc.strerror}); give a readable --results"
+            f"results file {str(p)!r} cannot be read ({exc.strerror}); give a readable "
+            f"{mention('out')}"
         ) from None
     lines = data.split(b"\n")
     tail = lines.pop()
@@ -961,14 +998,14 @@ def _check_checkpoints(config: dict[str, Any], todo: list[tuple[SweepPoint, str]
         if point.method == "dense" or not ck.exists():
             continue
         if not (ck / "compression.json").is_file():
-            check_output_dir(ck, overwrite=True, flag="the checkpoint of a point")
+            check_output_dir(ck, overwrite=True, name="the checkpoint of a point")
             continue
         try:
             verify(ck)
         except AdapterError as exc:
             raise AdapterError(
-                f"the saved checkpoint of point {point_label(point)} cannot be reused: {exc}; "
-                f"or remove {str(ck)!r} to compute the point again"
+                f"the saved checkpoint of point {point_label(point)} cannot be reused: "
+                f"{exc.template}; or remove {str(ck)!r} to compute the point again"
             ) from None
 
 
@@ -1018,16 +1055,16 @@ def _shared(
     held = dict(config.get("heldout") or {})
     evaluation = dict(config.get("evaluation") or {})
     device = config.get("device", "auto")
-    check_hub_model(str(config["model"]), "--model")
-    for section, key, flag in (("calibration", "dataset", "--calib-text PATH"),
+    check_hub_model(str(config["model"]))
+    for section, key, local in (("calibration", "dataset", f"{mention('calib_text')} PATH"),
                                ("heldout", "dataset", "a [heldout] text file")):  # fmt: skip
         if (config.get(section) or {}).get(key):
-            check_hub_dataset(str(config[section][key]).split(":")[0], flag)
+            check_hub_dataset(str(config[section][key]).split(":")[0], local)
     for key, name in (("wikitext", "wikitext"), ("hellaswag", "Rowan/hellaswag")):
         value = evaluation.get(key)
         if is_hub_data(key, value):
             hub_name = name if value in ("hub", name) else str(value).split(":")[0]
-            check_hub_dataset(hub_name, f"--{key} PATH")
+            check_hub_dataset(hub_name, f"{mention(key)} PATH")
     check_weight_files(str(config["model"]))
     base, tokenizer = load(config["model"], device=device)
     base.eval()
@@ -1096,8 +1133,12 @@ def _eval_wikitext(value: str) -> str:
     return read_wikitext(value)
 
 
-def _run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
-    """Compress (or reload) and evaluate one point; its results row."""
+def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
+    """Compress (or reload), save and evaluate one point; its results row.
+
+    The compression is :func:`llm_adapter.jobs.compress_loaded` on a copy of
+    the dense model the run loaded and calibrated once (:func:`run_sweep`).
+    """
     from ..checkpoint import load, save
     from ..evaluate import HellaSwagTask, PerplexityTask, evaluate_model, prepare_for_eval
     from ..lowrank import count_unique_parameters
@@ -1224,8 +1265,12 @@ def _run_sweep(
     check_config(config)
     for key in ("model", "out"):
         if not config.get(key):
-            flag = "--results" if key == "out" else f"--{key}"
-            raise AdapterError(f"the sweep needs '{key}' (in the configuration or as {flag})")
+            raise ConfigurationError(
+                f"the sweep needs '{key}' (in the configuration or as {mention(key)})",
+                key=key,
+                value=config.get(key),
+                reason="missing",
+            )
     config, sources = resolve_inputs(config, log)
     out = Path(config["out"])
     calib = dict(config.get("calibration") or {})
@@ -1243,13 +1288,14 @@ def _run_sweep(
         unknown = sorted(keep - set(METHOD_NAMES))
         if unknown:
             raise AdapterError(
-                f"--only {','.join(unknown)}: unknown method(s); valid: {', '.join(METHOD_NAMES)}"
+                f"{mention('only', ','.join(unknown))}: unknown method(s); valid: "
+                f"{', '.join(METHOD_NAMES)}"
             )
         points = [p for p in points if p.method in keep]
         if not points:
             raise AdapterError(
-                f"--only {','.join(sorted(keep))}: no point of the sweep has that method; "
-                "give a method of its [[points]] (or --method)"
+                f"{mention('only', ','.join(sorted(keep)))}: no point of the sweep has that "
+                f"method; give a method of its [[points]] (or {mention('methods')})"
             )
     protocol = {
         "model": str(config["model"]),
@@ -1286,7 +1332,7 @@ def _run_sweep(
     shared = _shared(config, todo, protocol, progress)
     rows = []
     for i, (point, key) in enumerate(todo, 1):
-        row = _run_point(shared, point, key)
+        row = run_point(shared, point, key)
         row.update(model_source=sources["model"]["source"], sources=sources)  # not in the key
         append_row(out, row)
         crash_point("sweep-row")
@@ -1369,7 +1415,7 @@ def _compress_point(
     as Basis Sharing's authors configure Llama models (attention output and MLP
     down projections private); both parts keep the same fraction of parameters.
     """
-    from ..compress import compress_model
+    from ..jobs import compress_loaded
     from ..models import resolve_families
 
     params = dict(point.params)
@@ -1378,28 +1424,25 @@ def _compress_point(
     parts = [(tuple(f for f in families if f not in private), params)]
     if private:
         parts.append((tuple(f for f in families if f in private), {**params, "group_size": 1}))
-    report = None
-    for fams, kw in parts:
-        if not fams:
-            continue
-        cc = CompressionConfig(
-            method=point.method, rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
+    configs = [
+        CompressionConfig(
+            method=point.method,
+            rank_ratio=point.rank_ratio or DEFAULT_RANK_RATIO,
             param_ratio=param_ratio,
-            families=fams, **kw,
-        )  # fmt: skip
-        extra = (
-            _loss_aware_inputs(shared, fams, cc.allocate, cc.probe_windows)
-            if shared is not None
-            else {}
+            families=fams,
+            **kw,
         )
-        part = compress_model(model, cc, stats, **extra)
-        if report is None:
-            report = part
-        else:
-            report.families.update(part.families)
-            for name, seconds in part.timings.items():
-                report.timings[name] = report.timings.get(name, 0.0) + seconds
-    if report is not None and private:
+        for fams, kw in parts
+        if fams
+    ]
+
+    def extras(cc: CompressionConfig) -> dict[str, Any]:
+        if shared is None:
+            return {}
+        return _loss_aware_inputs(shared, tuple(cc.families), cc.allocate, cc.probe_windows)
+
+    report = compress_loaded(model, configs, stats, extras=extras)
+    if private:
         report.config["families"] = list(families)
         report.config["private"] = list(private)
     return report
