@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from .errors import AdapterError, mention
 
-__all__ = ["check_hub_dataset", "check_hub_model"]
+__all__ = ["check_hub_dataset", "check_hub_model", "is_local"]
 
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -63,7 +63,8 @@ def why_offline() -> str | None:
     return None
 
 
-def _is_local(name: str) -> bool:
+def is_local(name: str) -> bool:
+    """Whether ``name`` reads as a local path (an existing one, or spelled as a path), not a hub id."""
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
@@ -78,7 +79,7 @@ def check_hub_model(name: str, key: str = "model") -> None:
         The setting that takes a local directory instead (named with
         :func:`llm_adapter.errors.mention`).
     """
-    if _is_local(name):
+    if is_local(name):
         return
     if (hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
         return  # in the local cache: transformers reads it from there

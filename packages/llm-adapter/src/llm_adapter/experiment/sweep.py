@@ -641,7 +641,7 @@ def resolve_inputs(
         given, ``place`` being ``model`` or ``section.key`` of the resolved
         configuration; ``source`` is ``"local"`` or ``"hub"``.
     """
-    from ..hub import _is_local
+    from ..hub import is_local
 
     log = log or sys.stderr
     out = copy.deepcopy(config)
@@ -669,7 +669,7 @@ def resolve_inputs(
                 file=log,
             )
         if section is None:
-            hub = not _is_local(name)
+            hub = not is_local(name)
         else:
             hub = is_hub_data(key, name)
         entry: dict[str, Any] = {"name": name, "source": "hub" if hub else "local"}
