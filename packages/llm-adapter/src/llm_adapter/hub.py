@@ -64,7 +64,7 @@ def why_offline() -> str | None:
 
 
 def is_local(name: str) -> bool:
-    """Whether ``name`` reads as a local path (an existing one, or spelled as a path), not a hub id."""
+    """Whether ``name`` reads as a local path (existing, or spelled as one), not a hub id."""
     return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
