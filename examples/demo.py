@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     given = str(TINY_MODEL) if args.model == "tiny" else args.model
     src = resolve_model(given, SMOLLM2, local=LOCAL_COPY)
-    print(f"model: {src.note}")
+    # the library says who chose the model; the demo names its own two ways to choose it
+    note = f"model {src.name} (named with --model or MODEL)" if src.kind == "given" else src.note
+    print(f"model: {note}")
     name = src.name
     tiny = Path(name) == TINY_MODEL
     dense, tokenizer = llm_adapter.load(name, device=args.device)
