@@ -104,7 +104,25 @@ class Mentions:
         return mention(key, value)
 
 
-class AdapterError(ValueError):
+class _Spelled:
+    """A message (``args[0]``) that names settings with :func:`mention`."""
+
+    args: tuple[Any, ...]
+
+    @property
+    def template(self) -> str:
+        """The message with its mentions still marked (to wrap it in another message)."""
+        return str(self.args[0]) if self.args else ""
+
+    def spelled(self, spelling: Spelling = KEYWORDS) -> str:
+        """The message, the settings it mentions written by ``spelling``."""
+        return spelled(self.template, spelling)
+
+    def __str__(self) -> str:
+        return self.spelled(KEYWORDS)
+
+
+class AdapterError(_Spelled, ValueError):
     """Bad input to the adapter: the message names the value and the fix.
 
     The command line prints it as one line (``llm-adapter: error: ...``),
@@ -136,18 +154,6 @@ class AdapterError(ValueError):
         self.key = key
         self.value = value
         self.reason = reason
-
-    @property
-    def template(self) -> str:
-        """The message with its mentions still marked (to wrap it in another error)."""
-        return str(self.args[0]) if self.args else ""
-
-    def spelled(self, spelling: Spelling = KEYWORDS) -> str:
-        """The message, the settings it mentions written by ``spelling``."""
-        return spelled(self.template, spelling)
-
-    def __str__(self) -> str:
-        return self.spelled(KEYWORDS)
 
 
 class ConfigurationError(AdapterError):
@@ -186,21 +192,9 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-class AdapterWarning(UserWarning):
+class AdapterWarning(_Spelled, UserWarning):
     """A warning whose message names settings with :func:`mention`.
 
     ``str(warning)`` spells them as keyword names; the command line shows
     them as its options (:meth:`spelled`).
     """
-
-    @property
-    def template(self) -> str:
-        """The message with its mentions still marked."""
-        return str(self.args[0]) if self.args else ""
-
-    def spelled(self, spelling: Spelling = KEYWORDS) -> str:
-        """The message, the settings it mentions written by ``spelling``."""
-        return spelled(self.template, spelling)
-
-    def __str__(self) -> str:
-        return self.spelled(KEYWORDS)
