@@ -102,3 +102,13 @@ def pythia_env(pythia_hub: Path) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_CACHE": str(pythia_hub), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HOME", None)
     return env
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache, the hub switched off."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache

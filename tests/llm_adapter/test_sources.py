@@ -58,16 +58,6 @@ def build_wheel(folder: Path, payload: bytes) -> Path:
     return wheel
 
 
-@pytest.fixture
-def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty hub cache, the hub switched off."""
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def test_given_model_is_taken_as_it_is(tmp_path: Path) -> None:
     src = resolve_model("some/model", fake_wanted(), local=tmp_path)
     assert (src.name, src.kind) == ("some/model", "given")

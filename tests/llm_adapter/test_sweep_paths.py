@@ -44,15 +44,11 @@ def _named(paths: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty hub cache (returned), the hub switched off."""
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def offline(offline_hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache (returned), the hub switched off, no datasets cache."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
-    return cache
+    return offline_hub
 
 
 def test_paths_replace_names_by_their_local_files(tmp_path: Path) -> None:
