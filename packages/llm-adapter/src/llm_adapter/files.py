@@ -48,6 +48,7 @@ __all__ = [
     "save_arrays",
     "sha256_file",
     "temporary",
+    "writable_ancestor",
     "write_atomic",
 ]
 
@@ -218,22 +219,44 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise AdapterError(f"{what} {str(path)!r} exists and is not a directory; give a directory")
-    ancestor = p
+    writable_ancestor(p, f"{what} {str(path)!r}", "give a writable directory")
+
+
+def writable_ancestor(start: Path, named: str, fix: str) -> Path:
+    """The nearest existing directory at or above ``start``, checked writable.
+
+    Every check that a path can be created uses it: ``start`` itself when it
+    exists, else the first ancestor that does (a dangling symbolic link stops
+    the walk); that ancestor must be a directory in which a directory can be
+    created and removed (probed).
+
+    Parameters
+    ----------
+    start : Path
+    named : str
+        How messages name the path being checked (``--out 'x'``).
+    fix : str
+        What the message tells the user to do when the probe fails.
+
+    Raises
+    ------
+    AdapterError
+        When the ancestor is not a directory or cannot be written.
+    """
+    ancestor = start
     while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise AdapterError(
-            f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is not a directory"
-        )
+        raise AdapterError(f"{named} cannot be created: {str(ancestor)!r} is not a directory")
     probe = ancestor / f".llm-adapter-probe.tmp-{new_tag()}"
     try:
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
         raise AdapterError(
-            f"{what} {str(path)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
-            "give a writable directory"
+            f"{named} cannot be written ({exc.strerror} in {str(ancestor)!r}); {fix}"
         ) from None
+    return ancestor
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .atomic import recover
 from .errors import AdapterError, CheckpointError, mention
-from .files import new_tag, refuse, sha256_file
+from .files import refuse, sha256_file, writable_ancestor
 from .safetensors_file import read_safetensors_header
 
 __all__ = [
@@ -181,24 +181,7 @@ def check_output_dir(
                 "to replace it"
             )
         _written_by_us(target)
-    ancestor = target.parent
-    while not ancestor.exists():
-        if ancestor.is_symlink():  # a dangling link
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise AdapterError(
-            f"{named} {str(out)!r} cannot be created: {str(ancestor)!r} is not a directory"
-        )
-    probe = ancestor / f".{target.name}.tmp-{new_tag()}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as exc:
-        raise AdapterError(
-            f"{named} {str(out)!r} cannot be written ({exc.strerror} in {str(ancestor)!r}); "
-            f"choose a writable {named}"
-        ) from None
+    writable_ancestor(target.parent, f"{named} {str(out)!r}", f"choose a writable {named}")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
