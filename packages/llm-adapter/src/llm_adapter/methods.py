@@ -322,10 +322,10 @@ class MethodParams:
     :data:`PARAMS`; ``SvdParams`` has no field.  It is built from keywords,
     each value checked and converted by :meth:`Param.check` and all of them
     together by the method's own :attr:`Method.check`, exactly as
-    :func:`check_params` checks them::
-
-        >>> get_method("svd-llm").Params(refit="left", ridge=0.1)  # doctest: +SKIP
-        SvdLlmParams(update=False, allocate='none', ..., refit='left', ..., ridge=0.1, ...)
+    :func:`check_params` checks them: ``get_method("basis-sharing").Params(group_size=4)``
+    is ``BasisSharingParams(group_size=4)``, and
+    ``get_method("svd-llm").Params(refit="left", ridge=0.1)`` is checked as
+    ``check_params("svd-llm", {"refit": "left", "ridge": 0.1})``.
 
     Parameters
     ----------
