@@ -18,7 +18,8 @@ manifests, the contract tests of ``tests/llm_adapter/test_method_contract.py``):
   :func:`grassbundle.factorise` (``factorise(W, C, "asvd", d)``);
 * :func:`llm_adapter.methods.register_method` adds the adapter's entry: its
   label, that it needs calibration, its parameters (none beyond the rank),
-  the factoriser it calls.
+  the factoriser it calls; and gives it its parameter dataclass,
+  ``METHOD.Params`` (here ``AsvdParams``, with no field).
 
 To ship it, put this file in ``llm_adapter`` and import it at the end of
 ``llm_adapter/methods.py`` (the registration line)::
@@ -96,6 +97,7 @@ if __name__ == "__main__":
     from llm_adapter.testing import random_neox
 
     register()
+    print(METHOD.Params())  # AsvdParams(): no parameter beyond the rank or the budget
     model = random_neox(num_hidden_layers=2, seed=0)
     windows = torch.randint(
         0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0)

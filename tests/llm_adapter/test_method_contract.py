@@ -11,7 +11,9 @@ for this module only) instead of hand-kept method lists:
 * the calibration need is what grassbundle accepts: ``C = None`` is refused
   by :func:`grassbundle.factorise` exactly where the method needs calibration,
   and :func:`llm_adapter.compress_model` without statistics likewise;
-* a parameter the method does not take is rejected (and an unknown one).
+* a parameter the method does not take is rejected (and an unknown one);
+* the method owns its parameter dataclass (``Method.Params``): exactly its
+  parameters, at their defaults, and no other.
 
 Every architecture of :data:`llm_adapter.models.ARCHITECTURES` compresses its
 every family within the budget and reloads bit-identical.
@@ -20,6 +22,7 @@ every family within the budget and reloads bit-identical.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -208,6 +211,22 @@ def test_parameters_it_does_not_take_are_rejected(name: str) -> None:
         check_params(name, {"no_such_parameter": 1})
     with pytest.raises(TypeError):
         la.CompressionConfig(method=name, no_such_parameter=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_method_owns_its_parameter_dataclass(name: str) -> None:
+    entry = METHOD_TABLE[name]
+    fields = dataclasses.fields(entry.Params)
+    assert [(f.name, f.default) for f in fields] == [(k, PARAMS[k].default) for k in entry.params]
+    assert entry.flat(entry.Params()) == check_params(name, {})
+    assert la.CompressionConfig(method=name).method_params == entry.Params()
+    for key in PARAMS:
+        if key not in entry.params:
+            with pytest.raises(la.ConfigurationError, match="applies to method") as info:
+                entry.Params(**{key: PARAMS[key].default})
+            assert info.value.key == key
+    with pytest.raises(la.ConfigurationError, match="unknown parameter"):
+        entry.Params(no_such_parameter=1)
 
 
 def test_the_example_is_a_method_everywhere() -> None:

@@ -91,6 +91,7 @@ from .methods import (
     METRICS,
     PARAMS,
     Method,
+    MethodParams,
     check_params,
     split_families,
 )
@@ -192,6 +193,8 @@ class CompressionConfig:
 
     Every method parameter is checked by :func:`llm_adapter.methods.check_params`
     (the method table): a parameter the method does not take must keep its default.
+    :attr:`method_params` gives the method's own parameters as its dataclass
+    (:attr:`llm_adapter.methods.Method.Params`).
     """
 
     method: str = "svd-llm"
@@ -263,6 +266,12 @@ class CompressionConfig:
     def params(self) -> dict[str, Any]:
         """Every method parameter's value (the keys of :data:`llm_adapter.methods.PARAMS`)."""
         return {key: getattr(self, key) for key in PARAMS}
+
+    @property
+    def method_params(self) -> MethodParams:
+        """The method's own parameters: an instance of its dataclass (``entry.Params``,
+        e.g. ``SvdLlmParams``), the parameters it does not take left out."""
+        return self.entry.Params(**{key: getattr(self, key) for key in self.entry.params})
 
     @property
     def needs_calibration(self) -> bool:
@@ -816,8 +825,9 @@ def _sequential_families(
     assert fit is not None
     refit = None
     if fit == "refit":
-        refit = {k: getattr(config, k) for k in ("target", "mix", "ridge", "gate")}
-        refit["factor"] = config.refit
+        p = config.method_params  # svd-llm's: the refit is its own
+        refit = {"target": p.target, "mix": p.mix, "ridge": p.ridge, "gate": p.gate,
+                 "factor": p.refit}  # fmt: skip
     fits = compress_sequential(
         model, list(families), per_layer, windows, fit=fit, refit=refit, progress=progress,
     )  # fmt: skip
@@ -910,7 +920,7 @@ def _staged_selection(
 
     from .scoring import gradient_scores
 
-    stages = int(config.stages)
+    stages = int(config.method_params.stages)
     dense_total = int(sum(args["dense"]))
     hi = list(args["hi"])
     may_be_dense = [True] * len(plan)
@@ -985,6 +995,7 @@ def _loss_aware_families(
     from .scoring import component_bases, gradient_scores, sensitivity_scores
     from .sequential import as_parameter
 
+    params = config.method_params  # svd-llm's: the loss-aware allocations are its own
     if bases is None:
         bases = component_bases(model, families, stats)
     if config.allocate in GRADIENT_ALLOCATIONS and scores is None:
@@ -993,7 +1004,7 @@ def _loss_aware_families(
         probe = windows if windows is not None else stats.windows
         assert probe is not None
         sensitivity = sensitivity_scores(
-            model, families, stats, bases, probe[: int(config.probe_windows)], progress=progress
+            model, families, stats, bases, probe[: int(params.probe_windows)], progress=progress
         )
     weights = {f: family_weights(model, f) for f in families}
     plan: list[tuple[str, int]] = []
@@ -1004,11 +1015,11 @@ def _loss_aware_families(
         budgets[f] = L * ranks[f] * (m + n)
         even = m * n / (m + n)  # break-even rank: a map's kept fraction is rank / even
         uniform = ranks[f] / even
-        delta = float(config.max_deviation)
+        delta = float(params.max_deviation)
         for l in range(L):
             s = _unit_scores(config, bases, scores, f, l, sensitivity)
             R = s.size
-            lo = max(1, math.ceil(float(config.rank_floor) * even))
+            lo = max(1, math.ceil(float(params.rank_floor) * even))
             if sensitivity is not None:  # the loss curve is measured from its first probe on
                 lo = max(lo, int(sensitivity.ranks[f][0]))
             hi, dense = R, True
@@ -1016,12 +1027,12 @@ def _loss_aware_families(
                 lo = max(lo, math.ceil((uniform - delta) * even))
                 hi = min(R, math.floor((uniform + delta) * even))
                 dense = uniform + delta >= 1.0
-            protect = int(config.protect)
+            protect = int(params.protect)
             forced = protect > 0 and (l < protect or l >= L - protect)
             if not forced and not dense and not 1 <= min(lo, R) <= hi:
                 raise AdapterError(
                     f"the bounds leave {f} layer {l} no rank (from {lo} to {hi}): raise "
-                    f"{mention('max_deviation', config.max_deviation)} or lower "
+                    f"{mention('max_deviation', params.max_deviation)} or lower "
                     f"{mention('rank_floor')}"
                 )
             plan.append((f, l))
@@ -1034,7 +1045,7 @@ def _loss_aware_families(
     global_ = config.allocate != "type"  # "type" compares energies within a family only
     groups = [list(families)] if global_ else [[f] for f in families]
     kept: dict[tuple[str, int], NDArray[np.intp] | None] = {}
-    if int(config.stages) > 1:  # global, rank mode (the method table's checks)
+    if int(params.stages) > 1:  # global, rank mode (the method table's checks)
         kept = _staged_selection(
             model, config, families, stats, bases, windows, progress, plan, args,
             sum(budgets.values()), weights,
@@ -1046,7 +1057,7 @@ def _loss_aware_families(
             sel = gb.select_components(
                 [args["scores"][i] for i in idx], [args["costs"][i] for i in idx],
                 sum(budgets[f] for f in group), dense_costs=[args["dense"][i] for i in idx],
-                mode="components" if config.select == "components" else "rank",
+                mode="components" if params.select == "components" else "rank",
                 min_rank=[args["lo"][i] for i in idx], max_rank=[args["hi"][i] for i in idx],
                 force_dense=[args["force"][i] for i in idx],
             )  # fmt: skip
