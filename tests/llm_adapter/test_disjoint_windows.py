@@ -249,6 +249,13 @@ def test_default_sweep_keys_are_the_shipped_ones() -> None:
     assert sw.point_key(point, {**row["protocol"], "calibration": keyed}) != SHIPPED_KEY
     with pytest.raises(AdapterError, match=r"\[calibration\] windows = 'spread' is not valid"):
         sw._keyed_text_section({**section, "windows": "spread"}, "calibration")
+    held = {"text": "test.txt", "samples": 8, "seed": 1}
+    assert sw._keyed_text_section({**held, "windows": "random"}, "heldout") == held
+    assert (
+        sw._keyed_text_section({**held, "windows": "disjoint"}, "heldout")["windows"] == "disjoint"
+    )
+    with pytest.raises(AdapterError, match=r"\[heldout\] windows = 1 is not valid"):
+        sw._keyed_text_section({**held, "windows": 1}, "heldout")
 
 
 def test_sweep_flag_overrides_the_rule() -> None:
