@@ -11,7 +11,8 @@ Gram updates (``benchmarks/bench_calibration.py`` measures the ratio).  The
 statistics are cached on disk, keyed by the model's fingerprint, the exact
 calibration token windows (which fixes the text, the tokenizer and the
 sampling protocol), the family and, for detokenized WikiText, the text
-variant, so sweeps do not recompute them.
+variant and, for ``windows="disjoint"``, the sampling rule, so sweeps do not
+recompute them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import (
+    WINDOW_MODES,
     detokenize_wikitext,
     load_text,
     resolve_detokenize,
@@ -70,8 +72,9 @@ class CalibrationStats:
     protocol : dict
         Data source, ``text_variant`` (``"raw"``, ``"tokenized"`` or
         ``"detokenized"``; None for token windows given directly), ``windows``
-        and ``samples`` (the number of windows), ``seq_len``, ``tokens``, ``seed``
-        and the windows' sha256 (for the manifest and results rows).
+        and ``samples`` (the number of windows), ``seq_len``, ``tokens``, ``seed``,
+        ``window_rule`` (only for ``windows="disjoint"``: ``"disjoint"``) and the
+        windows' sha256 (for the manifest and results rows).
     seconds : float
         Wall time spent computing (0 when everything came from the cache).
     cached : bool
@@ -107,6 +110,7 @@ def _windows_key(
     family: str,
     variant: str | None = None,
     accumulate: str = "float64",
+    rule: str = "random",
 ) -> str:
     """The cache key of ``family``'s covariances; ``identity`` is the model's
     :func:`~llm_adapter.models.model_identity` as sorted JSON, computed once per
@@ -118,6 +122,8 @@ def _windows_key(
         head["text_variant"] = variant
     if accumulate != "float64":  # likewise: float64 keys stay as before
         head["accumulate"] = accumulate
+    if rule != "random":  # likewise: keys of random windows stay as before
+        head["window_rule"] = rule
     h.update(json.dumps(head).encode())
     h.update(identity.encode())
     h.update(np.ascontiguousarray(windows.cpu().numpy().astype(np.int64)).tobytes())
@@ -449,6 +455,7 @@ def calibrate(
     device: str | torch.device | None = None,
     detokenize: bool | str = False,
     accumulate: str = "float64",
+    windows: str = "random",
 ) -> CalibrationStats:
     """Input covariances of the targeted maps on calibration text.
 
@@ -465,8 +472,9 @@ def calibrate(
     token_windows : array-like of int, shape=[N, T], optional
         Pre-tokenised windows, used as given (no sampling).
     samples, seq_len, seed : int
-        SVD-LLM's protocol: ``samples`` windows of ``seq_len`` tokens at
-        offsets drawn by ``numpy.random.default_rng(seed)``.
+        ``samples`` windows of ``seq_len`` tokens, chosen by ``windows`` and
+        ``seed`` (SVD-LLM's protocol by default: offsets drawn by
+        ``numpy.random.default_rng(seed)``).
     cache_dir : str or path, optional
         Where to keep and look up statistics (one ``.npz`` per family).
     batch_size : int
@@ -497,6 +505,18 @@ def calibrate(
         covariance (fewer tokens than inputs) can get eigenvalues below
         ``-1e-8`` of the largest, which the solvers reject.  Not the
         default for that reason.  The cache keeps the two apart.
+    windows : {"random", "disjoint"}, default "random"
+        How the text's windows are chosen (:func:`llm_adapter.data.sample_windows`'s
+        ``mode``).  ``"random"``: SVD-LLM's seeded random offsets (windows may
+        overlap, within a seed and across seeds).  ``"disjoint"``:
+        non-overlapping slots of ``seq_len`` tokens, shuffled once by
+        ``numpy.random.default_rng(0)`` whatever the seed, seed ``s`` taking
+        slots ``s * samples`` to ``(s + 1) * samples - 1``: seeds 0, 1, 2, ...
+        get pairwise disjoint windows, and seed ``s`` needs ``(s + 1) * samples
+        <= n_tokens // seq_len`` (a :class:`~llm_adapter.DataError` otherwise,
+        raised once the text is tokenised, before any forward pass).  Recorded
+        in the protocol as ``window_rule`` and kept apart in the cache, both
+        only for ``"disjoint"``.  Not with ``token_windows``.
 
     Returns
     -------
@@ -510,17 +530,32 @@ def calibrate(
     """
     if not isinstance(detokenize, bool) and detokenize != "auto":
         resolve_detokenize(detokenize)  # the one-line error, before any work
+    if windows not in WINDOW_MODES:
+        raise ConfigurationError(
+            f"{mention('windows', windows)} is not one of {', '.join(WINDOW_MODES)}",
+            key="windows",
+            value=windows,
+            reason=f"not one of {', '.join(WINDOW_MODES)}",
+        )
+    if token_windows is not None and windows != "random":
+        raise ConfigurationError(
+            f"{mention('windows', windows)} chooses windows of a text; token_windows are "
+            "used as given: drop one of them",
+            key="windows",
+            value=windows,
+            reason="does not combine with token_windows",
+        )
     fams = resolve_families(model, families)
     variant: str | None = None
     if token_windows is not None:
-        windows = torch.as_tensor(np.asarray(token_windows), dtype=torch.long)
-        if windows.ndim != 2 or windows.numel() == 0:
+        chosen = torch.as_tensor(np.asarray(token_windows), dtype=torch.long)
+        if chosen.ndim != 2 or chosen.numel() == 0:
             raise AdapterError(
-                f"token_windows must have shape (N, T) with N, T >= 1; got {tuple(windows.shape)}"
+                f"token_windows must have shape (N, T) with N, T >= 1; got {tuple(chosen.shape)}"
             )
         source: dict[str, Any] = {"token_windows": True}
-        seq_len = int(windows.shape[1])
-        samples = int(windows.shape[0])
+        seq_len = int(chosen.shape[1])
+        samples = int(chosen.shape[0])
     else:
         if text_path is None and dataset is None:
             raise AdapterError(
@@ -535,12 +570,12 @@ def calibrate(
         if detokenized:
             text = detokenize_wikitext(text)
         ids = tokenize_text(text, tokenizer)
-        windows = sample_windows(ids, samples, seq_len, seed)
+        chosen = sample_windows(ids, samples, seq_len, seed, mode=windows)
         source["n_tokens"] = int(ids.size)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and int(windows.max()) >= int(vocab):
+    if vocab is not None and int(chosen.max()) >= int(vocab):
         raise AdapterError(
-            f"calibration token id {int(windows.max())} is out of the model's vocabulary "
+            f"calibration token id {int(chosen.max())} is out of the model's vocabulary "
             f"({vocab}); the tokenizer does not match the model"
         )
     if batch_size < 1:
@@ -549,7 +584,7 @@ def calibrate(
         raise AdapterError(
             f"accumulate must be one of {', '.join(ACCUMULATIONS)}; got {accumulate!r}"
         )
-    tokens = int(windows.numel())
+    tokens = int(chosen.numel())
     protocol = {
         **source,
         "text_variant": variant,
@@ -557,13 +592,14 @@ def calibrate(
         "samples": samples,
         "seq_len": seq_len,
         "seed": seed if token_windows is None else None,
+        **({"window_rule": windows} if windows != "random" else {}),
         "tokens": tokens,
-        "windows_sha256": hashlib.sha256(windows.numpy().astype(np.int64).tobytes()).hexdigest(),
+        "windows_sha256": hashlib.sha256(chosen.numpy().astype(np.int64).tobytes()).hexdigest(),
     }
 
     covariances: dict[str, NDArray[np.float64]] = {}
     identity = json.dumps(model_identity(model), sort_keys=True)
-    keys = {f: _windows_key(identity, windows, f, variant, accumulate) for f in fams}
+    keys = {f: _windows_key(identity, chosen, f, variant, accumulate, windows) for f in fams}
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         for f in fams:
@@ -595,10 +631,10 @@ def calibrate(
                     reason="does not combine with layer-wise calibration",
                 )
             grams = _accumulate_layerwise(
-                model, missing, windows, batch_size, progress, run_on, accumulate
+                model, missing, chosen, batch_size, progress, run_on, accumulate
             )
         else:
-            grams, _ = _accumulate(model, missing, windows, batch_size, progress, accumulate)
+            grams, _ = _accumulate(model, missing, chosen, batch_size, progress, accumulate)
         # C = (G + G^T) / 2 / tokens, once per distinct Gram (maps that share an input
         # share it), in place in torch: the same float64 operations as the numpy
         # expression, without its temporaries over every family's stack
@@ -638,5 +674,5 @@ def calibrate(
         protocol=protocol,
         seconds=seconds,
         cached=not missing,
-        windows=windows,
+        windows=chosen,
     )

@@ -1,9 +1,25 @@
 """Calibration text and the project's window sampling.
 
 What the code does: the text is tokenised once, then ``samples`` windows of
-``seq_len`` consecutive *tokens* are taken at start offsets drawn from a
-seeded generator (``numpy.random.default_rng(seed).integers(0, n_tokens -
-seq_len + 1)``), independently, so windows may overlap.
+``seq_len`` consecutive *tokens* are taken from its ``n_tokens`` tokens, by one
+of two rules (:data:`WINDOW_MODES`; :func:`sample_windows`'s ``mode``,
+:func:`llm_adapter.calibrate`'s ``windows``):
+
+- ``"random"`` (the default, and what every shipped result used): start
+  offsets drawn from a seeded generator
+  (``numpy.random.default_rng(seed).integers(0, n_tokens - seq_len + 1)``),
+  independently, so windows may overlap, within a seed and across seeds;
+- ``"disjoint"``: the tokens are cut into ``S = n_tokens // seq_len``
+  non-overlapping slots (slot ``i`` is tokens ``[i * seq_len, (i + 1) *
+  seq_len)``; the last ``n_tokens % seq_len`` tokens are never used), the slot
+  indices are shuffled once by a generator that does not depend on the seed,
+  ``perm = numpy.random.default_rng(0).permutation(S)``
+  (:data:`DISJOINT_SEED`), and seed ``s`` takes the slots ``perm[s * samples :
+  (s + 1) * samples]``, in that order.  Seeds 0, 1, 2, ... of the same text,
+  ``samples`` and ``seq_len`` therefore get pairwise disjoint windows, and no
+  two windows of one seed overlap.  Seed ``s`` needs ``(s + 1) * samples <=
+  S``; otherwise :func:`sample_windows` raises :class:`~llm_adapter.DataError`
+  (:func:`check_disjoint` is the check alone).
 
 This is not SVD-LLM's loader, though it has its shape (random windows of a
 fixed length from one seeded generator): SVD-LLM's authors draw *character*
@@ -34,9 +50,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .errors import AdapterError, DataError, mention
+from .errors import AdapterError, ConfigurationError, DataError, mention
 
 __all__ = [
+    "DISJOINT_SEED",
+    "WINDOW_MODES",
+    "check_disjoint",
     "detokenize_wikitext",
     "is_tokenized_wikitext",
     "load_text",
@@ -51,6 +70,10 @@ __all__ = [
 NUMBER_SEPARATORS = (" @-@ ", " @,@ ", " @.@ ")
 #: WikiText's marker of a word out of the tokenized variant's vocabulary
 UNKNOWN_WORD = "<unk>"
+#: how :func:`sample_windows` chooses the calibration windows (the first is the default)
+WINDOW_MODES = ("random", "disjoint")
+#: the seed of the one shuffle of the slots that every seed's ``"disjoint"`` windows come from
+DISJOINT_SEED = 0
 
 #: lm-evaluation-harness's ``wikitext_detokenizer`` (``tasks/wikitext/preprocess_wikitext.py``)
 #: as steps applied in order: ``("str", old, new)`` replaces every occurrence of ``old``,
@@ -258,10 +281,57 @@ def tokenize_text(text: str, tokenizer: Any) -> NDArray[np.int64]:
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
 
+def check_disjoint(n_tokens: int, samples: int, seq_len: int, seed: int) -> None:
+    """Raise :class:`~llm_adapter.DataError` unless seed ``seed`` has ``samples`` disjoint windows.
+
+    The ``"disjoint"`` rule of :func:`sample_windows` gives seed ``s`` the slots
+    ``s * samples`` to ``(s + 1) * samples - 1`` of the shuffled ``n_tokens //
+    seq_len`` slots; this checks that they exist (and that ``seed >= 0``).
+    The message names the values and the fixes.
+
+    Parameters
+    ----------
+    n_tokens, samples, seq_len, seed : int
+    """
+    slots = n_tokens // seq_len if seq_len >= 1 else 0
+    if seed < 0:
+        raise DataError(
+            f"{mention('windows', 'disjoint')} numbers its seeds from 0; got "
+            f"{mention('seed', seed)} (give a seed >= 0, or {mention('windows', 'random')})",
+            key="seed",
+            value=seed,
+            reason="must be >= 0",
+        )
+    if samples < 1 or (seed + 1) * samples <= slots:
+        return
+    most = slots // samples - 1
+    seeds = f", {mention('seed')} <= {most}" if most >= 0 else ""
+    each = f" (seeds 0 to {seed} take {samples} each)" if seed > 0 else ""
+    raise DataError(
+        f"{mention('windows', 'disjoint')} cuts the {n_tokens}-token text into {slots} "
+        f"non-overlapping windows of {mention('seq_len', seq_len)}, and "
+        f"{mention('seed', seed)} with {mention('samples', samples)} needs "
+        f"{(seed + 1) * samples} of them{each}; use fewer "
+        f"{mention('samples')}, a shorter "
+        f"{mention('seq_len')}{seeds}, a longer text, or {mention('windows', 'random')}",
+        key="windows",
+        value="disjoint",
+        reason=f"seed {seed} needs {(seed + 1) * samples} windows, the text has {slots}",
+    )
+
+
 def sample_windows(
-    token_ids: NDArray[np.int64] | torch.Tensor, samples: int, seq_len: int, seed: int
+    token_ids: NDArray[np.int64] | torch.Tensor,
+    samples: int,
+    seq_len: int,
+    seed: int,
+    mode: str = "random",
 ) -> torch.Tensor:
-    """SVD-LLM's protocol: ``samples`` windows of ``seq_len`` tokens at seeded random offsets.
+    """``samples`` windows of ``seq_len`` consecutive tokens, chosen by ``mode`` and ``seed``.
+
+    ``"random"`` is SVD-LLM's protocol (seeded random offsets; windows may
+    overlap); ``"disjoint"`` takes non-overlapping slots, disjoint across
+    seeds (the module notes give both rules).
 
     Parameters
     ----------
@@ -271,12 +341,24 @@ def sample_windows(
     seq_len : int
         Tokens per window, ``1 <= seq_len <= n_tokens``.
     seed : int
-        Seed of the ``numpy.random.Generator`` that draws the offsets.
+        ``"random"``: seed of the ``numpy.random.Generator`` that draws the
+        offsets.  ``"disjoint"``: which block of ``samples`` shuffled slots
+        (``seed >= 0``, ``(seed + 1) * samples <= n_tokens // seq_len``).
+    mode : {"random", "disjoint"}, default "random"
+        :data:`WINDOW_MODES`; :func:`llm_adapter.calibrate`'s ``windows``
+        (messages name it so).
 
     Returns
     -------
     windows : torch.LongTensor, shape=[samples, seq_len]
     """
+    if mode not in WINDOW_MODES:
+        raise ConfigurationError(
+            f"{mention('windows', mode)} is not one of {', '.join(WINDOW_MODES)}",
+            key="windows",
+            value=mode,
+            reason=f"not one of {', '.join(WINDOW_MODES)}",
+        )
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     if samples < 1:
         raise DataError(
@@ -300,7 +382,12 @@ def sample_windows(
             value=seq_len,
             reason=f"longer than the calibration text ({ids.size} tokens)",
         )
-    rng = np.random.default_rng(seed)
-    offsets = rng.integers(0, ids.size - seq_len + 1, size=samples)
+    if mode == "disjoint":
+        check_disjoint(ids.size, samples, seq_len, seed)
+        perm = np.random.default_rng(DISJOINT_SEED).permutation(ids.size // seq_len)
+        offsets = perm[seed * samples : (seed + 1) * samples] * seq_len
+    else:
+        rng = np.random.default_rng(seed)
+        offsets = rng.integers(0, ids.size - seq_len + 1, size=samples)
     windows = np.stack([ids[o : o + seq_len] for o in offsets])
     return torch.from_numpy(windows)

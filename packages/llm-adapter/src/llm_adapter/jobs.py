@@ -43,6 +43,8 @@ __all__ = [
 #: how a request names the calibration's text treatment (``detokenize`` of
 #: :func:`llm_adapter.calibrate`)
 _DETOKENIZE: dict[str, bool | str] = {"yes": True, "no": False, "auto": "auto"}
+#: how a request may choose the calibration windows (``windows`` of :func:`llm_adapter.calibrate`)
+_WINDOWS = ("random", "disjoint")
 
 
 def _at_least(key: str, value: int | None, low: int) -> None:
@@ -78,6 +80,10 @@ class CompressRequest:
     calib_detokenize : {"no", "yes", "auto"}, default "no"
         Undo WikiText's spacing before tokenising (``"auto"``: when the text
         is WikiText's tokenized variant).
+    calib_windows : {"random", "disjoint"}, default "random"
+        How the calibration windows are chosen (``windows`` of
+        :func:`llm_adapter.calibrate`): seeded random offsets, or
+        non-overlapping windows disjoint across seeds.
     seed : int, default 0
         Seed of the calibration windows.
     batch_size : int, default 8
@@ -105,6 +111,7 @@ class CompressRequest:
     calib_samples: int = 256
     calib_seq_len: int | None = None
     calib_detokenize: str = "no"
+    calib_windows: str = "random"
     seed: int = 0
     batch_size: int = 8
     cache_dir: str | None = None
@@ -159,6 +166,14 @@ def check_compress(request: CompressRequest, log: Callable[[str], None] | None =
             key="calib_detokenize",
             value=request.calib_detokenize,
             reason=f"not one of {', '.join(_DETOKENIZE)}",
+        )
+    if request.calib_windows not in _WINDOWS:
+        raise ConfigurationError(
+            f"{mention('calib_windows', request.calib_windows)} is not one of "
+            f"{', '.join(_WINDOWS)}",
+            key="calib_windows",
+            value=request.calib_windows,
+            reason=f"not one of {', '.join(_WINDOWS)}",
         )
     resolve_dtype(request.dtype)
     resolve_device(request.device)
@@ -304,6 +319,7 @@ def run_compress(
             layerwise=request.layerwise,
             device=request.device if request.layerwise else None,
             detokenize=_DETOKENIZE[request.calib_detokenize],
+            windows=request.calib_windows,
         )
     report = compress_loaded(model, [config], stats, progress=request.progress)
     report.model = str(request.model)

@@ -74,6 +74,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "seq_len": "calib_seq_len",
         "text_path": "calib_text",
         "dataset": "calib_dataset",
+        "windows": "calib_windows",
     },
 }
 

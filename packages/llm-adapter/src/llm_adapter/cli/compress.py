@@ -92,6 +92,15 @@ def register(subparsers: Any) -> None:
         "WikiText's tokenized variant, with <unk>) (default: no, the text as it is)",
     )
     p.add_argument(
+        "--calib-windows",
+        choices=["random", "disjoint"],
+        default="random",
+        help="how the calibration windows are chosen: random (seeded random offsets, "
+        "windows may overlap) or disjoint (non-overlapping windows, disjoint across --seed "
+        "0, 1, 2, ...; seed s needs (s + 1) x --calib-samples of them in the text) "
+        "(default: random)",
+    )
+    p.add_argument(
         "--calib-seq-len",
         type=int,
         default=None,
@@ -162,6 +171,7 @@ def run_compress(args: argparse.Namespace) -> int:
         calib_samples=args.calib_samples,
         calib_seq_len=args.calib_seq_len,
         calib_detokenize=args.calib_detokenize,
+        calib_windows=args.calib_windows,
         seed=args.seed,
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,

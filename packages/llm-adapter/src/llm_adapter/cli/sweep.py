@@ -34,6 +34,7 @@ _OVERRIDES: dict[str, tuple[tuple[str, ...], Any]] = {
     "calib_text": (("calibration", "text"), str),
     "calib_samples": (("calibration", "samples"), int),
     "calib_seq_len": (("calibration", "seq_len"), int),
+    "calib_windows": (("calibration", "windows"), str),
     "wikitext": (("evaluation", "wikitext"), str),
     "hellaswag": (("evaluation", "hellaswag"), str),
     "seq_len": (("evaluation", "seq_len"), int),
@@ -160,6 +161,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         help="calibration window in tokens (default: the configuration's, else the model's "
         "training context)",
+    )
+    p.add_argument(
+        "--calib-windows",
+        choices=["random", "disjoint"],
+        help="how the calibration windows are chosen: random (seeded random offsets) or "
+        "disjoint (non-overlapping, disjoint across calibration seeds)",
     )
     p.add_argument("--wikitext", help="perplexity text file")
     p.add_argument("--hellaswag", help="HellaSwag file")

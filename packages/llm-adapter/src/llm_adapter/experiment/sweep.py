@@ -23,6 +23,7 @@ directory, where the command is run)::
     seq_len = 128
     seed = 0
     detokenize = false              # true, or "auto": undo WikiText's spacing first
+    windows = "random"              # or "disjoint": non-overlapping, disjoint across seeds
 
     [heldout]                       # optional: activation error on other tokens
     text = "../shared/data/wikitext-2/wiki.test.tokens"
@@ -92,6 +93,16 @@ keys, resolved, only when the text is detokenized, so configurations written
 before it existed keep their keys.  Every row records the calibration that made
 it (``calibration``: windows, tokens, seed, sequence length, ``text_variant``).
 
+``windows`` (in ``[calibration]`` and ``[heldout]``): ``"random"`` (default)
+draws the windows at seeded random offsets, ``"disjoint"`` takes
+non-overlapping windows that are disjoint across the seeds 0, 1, 2, ... of the
+same text, ``samples`` and ``seq_len`` (:func:`llm_adapter.data.sample_windows`;
+seed ``s`` needs ``(s + 1) * samples`` windows of ``seq_len`` tokens in the
+text, checked once the text is tokenised, before any point runs).
+``"disjoint"`` enters the keys; ``"random"`` does not, so configurations written
+before the setting existed keep their keys.  Rows calibrated on disjoint
+windows record ``window_rule = "disjoint"`` in ``calibration``.
+
 ``windows`` (in ``[evaluation]``): ``"first"`` (default) scores the first
 ``max_windows`` perplexity windows, ``"spread"`` that many chosen over the whole
 split by ``window_seed`` (default 0; see :func:`llm_adapter.evaluate.perplexity`),
@@ -121,6 +132,7 @@ restarted sweep reloads it instead of factorising again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -130,7 +142,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,9 +188,13 @@ TOP_KEYS = {
     "param_ratios", "model_ratios",
     "calibration", "heldout", "evaluation", "points", "checkpoints", "cache_dir", "paths",
 }  # fmt: skip
+#: the keys of a text section, ``[calibration]`` or ``[heldout]``
+TEXT_SECTION_KEYS = {
+    "text", "dataset", "samples", "seq_len", "seed", "batch_size", "detokenize", "windows",
+}  # fmt: skip
 SECTION_KEYS = {
-    "calibration": {"text", "dataset", "samples", "seq_len", "seed", "batch_size", "detokenize"},
-    "heldout": {"text", "dataset", "samples", "seq_len", "seed", "batch_size", "detokenize"},
+    "calibration": TEXT_SECTION_KEYS,
+    "heldout": TEXT_SECTION_KEYS,
     "evaluation": {
         "wikitext",
         "hellaswag",
@@ -688,11 +704,17 @@ def _keyed_text_section(section: dict[str, Any], name: str) -> dict[str, Any]:
     WikiText's tokenized variant) and kept, as ``true``, only when the text is
     detokenized; ``false`` (the default) leaves the section as it was before the
     setting existed, so the points of configurations that use their text as it
-    is keep their keys.
+    is keep their keys.  ``windows`` likewise stays only as ``"disjoint"``
+    (``"random"``, the default, is left out).
     """
-    from ..data import is_tokenized_wikitext, load_text
+    from ..data import WINDOW_MODES, is_tokenized_wikitext, load_text
 
     out = dict(section)
+    rule = out.pop("windows", "random")
+    if rule not in WINDOW_MODES:
+        raise AdapterError(f'[{name}] windows = {rule!r} is not valid; give "random" or "disjoint"')
+    if rule != "random":
+        out["windows"] = rule
     if "detokenize" not in out:
         return out
     value = out.pop("detokenize")
@@ -1079,23 +1101,28 @@ def _shared(
                 "[calibration] needs exactly one of text (a local file) or dataset "
                 "(hub NAME:CONFIG:SPLIT, e.g. wikitext:wikitext-2-raw-v1:train)"
             )
-        stats = calibrate(
-            base, tokenizer, families_all,
-            text_path=calib.get("text"), dataset=calib.get("dataset"),
-            samples=int(calib.get("samples", 256)), seq_len=seq, seed=int(calib.get("seed", 0)),
-            cache_dir=config.get("cache_dir", _default_cache()),
-            batch_size=int(calib.get("batch_size", 8)), progress=progress,
-            detokenize=bool(protocol["calibration"].get("detokenize")),
-        )  # fmt: skip
+        with _spelled_as("calibration"):
+            stats = calibrate(
+                base, tokenizer, families_all,
+                text_path=calib.get("text"), dataset=calib.get("dataset"),
+                samples=int(calib.get("samples", 256)), seq_len=seq,
+                seed=int(calib.get("seed", 0)), cache_dir=config.get("cache_dir", _default_cache()),
+                batch_size=int(calib.get("batch_size", 8)), progress=progress,
+                detokenize=bool(protocol["calibration"].get("detokenize")),
+                windows=str(protocol["calibration"].get("windows", "random")),
+            )  # fmt: skip
     held_C: dict[str, np.ndarray] | None = None
     if families_all and (held.get("text") or held.get("dataset")):
-        hstats = calibrate(
-            base, tokenizer, families_all, text_path=held.get("text"), dataset=held.get("dataset"),
-            samples=int(held.get("samples", 64)), seq_len=int(held.get("seq_len", seq)),
-            seed=int(held.get("seed", 1)), cache_dir=config.get("cache_dir", _default_cache()),
-            batch_size=int(held.get("batch_size", 8)), progress=progress,
-            detokenize=bool(protocol["heldout"].get("detokenize")),
-        )  # fmt: skip
+        with _spelled_as("heldout"):
+            hstats = calibrate(
+                base, tokenizer, families_all, text_path=held.get("text"),
+                dataset=held.get("dataset"), samples=int(held.get("samples", 64)),
+                seq_len=int(held.get("seq_len", seq)), seed=int(held.get("seed", 1)),
+                cache_dir=config.get("cache_dir", _default_cache()),
+                batch_size=int(held.get("batch_size", 8)), progress=progress,
+                detokenize=bool(protocol["heldout"].get("detokenize")),
+                windows=str(protocol["heldout"].get("windows", "random")),
+            )  # fmt: skip
         held_C = {f: hstats.covariance(f) for f in families_all}
     dense_W = {f: family_weights(base, f) for f in families_all}
     dense_params = count_unique_parameters(base)
@@ -1118,6 +1145,27 @@ def _shared(
         config, base, tokenizer, context, stats, held_C, dense_W, dense_params, kept_ratio,
         wiki_ids, hs_items, checkpoints, protocol, evaluation, progress,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _spelled_as(section: str) -> Iterator[None]:
+    """The too-few-windows error of ``windows = "disjoint"`` raised inside, spelled as the
+    keys of ``[section]``.
+
+    :func:`llm_adapter.data.check_disjoint` names ``windows``, ``samples``,
+    ``seq_len`` and ``seed``, which are the section's own keys: the message
+    then reads ``calibration.windows = 'disjoint'``.
+    """
+    from ..errors import DataError
+
+    try:
+        yield
+    except DataError as exc:
+        if exc.key != "windows":
+            raise
+        raise DataError(
+            exc.spelled(PointSpelling(section)), key=exc.key, value=exc.value, reason=exc.reason
+        ) from None
 
 
 def _eval_wikitext(value: str) -> str:
