@@ -166,12 +166,15 @@ METHOD_NAMES = ("dense", *METHOD_TABLE)
 __all__ = [
     "SweepPoint",
     "check_results_file",
+    "compression_key",
     "expand_points",
     "load_config",
     "read_results",
     "resolve_inputs",
     "run_point",
     "run_sweep",
+    "saved_checkpoint",
+    "sweep_protocol",
 ]
 
 #: the budget keys of a point, and the top-level lists they come from
@@ -763,10 +766,102 @@ def _keyed_evaluation(section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sweep_protocol(config: dict[str, Any]) -> dict[str, Any]:
+    """The protocol that keys a sweep's points, as :func:`point_key` and the rows record it.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as the run uses it (after :func:`resolve_inputs`).
+
+    Returns
+    -------
+    dict
+        ``model``, ``calibration``, ``heldout`` and ``evaluation`` (each section
+        keyed: a default that changes nothing is left out).
+    """
+    return {
+        "model": str(config["model"]),
+        "calibration": _keyed_text_section(dict(config.get("calibration") or {}), "calibration"),
+        "heldout": _keyed_text_section(dict(config.get("heldout") or {}), "heldout"),
+        "evaluation": _keyed_evaluation(dict(config.get("evaluation") or {})),
+    }
+
+
 def point_key(point: SweepPoint, protocol: dict[str, Any]) -> str:
     """Hash of everything that determines a point's row (16 hex digits)."""
     blob = json.dumps({"point": point.describe(), "protocol": _jsonable(protocol)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: the protocol entries a point's compressed model depends on; ``heldout`` and
+#: ``evaluation`` only measure it (see :func:`compression_key`)
+COMPRESSION_PROTOCOL = ("model", "calibration")
+
+
+def compression_key(point: SweepPoint, protocol: dict[str, Any]) -> str:
+    """Hash of everything that determines a point's compressed model (16 hex digits).
+
+    The point as its key records it (:meth:`SweepPoint.describe`: method,
+    parameters, families, budget) with the protocol's ``model`` (the model as
+    read, after ``[paths]``) and ``calibration`` (keyed as in
+    :func:`point_key`); not ``heldout`` nor ``evaluation``, which measure the
+    compressed model without changing it.  It names the point's directory under
+    ``checkpoints``, so sweeps that evaluate the same points on other text share
+    their checkpoints; the point's row key (:func:`point_key`) is unchanged.
+
+    Parameters
+    ----------
+    point : SweepPoint
+    protocol : dict
+        :func:`sweep_protocol` of the configuration (only ``model`` and
+        ``calibration`` are read).
+
+    Returns
+    -------
+    str
+    """
+    blob = json.dumps(
+        {
+            "compressed": {
+                "point": point.describe(),
+                **{k: _jsonable(protocol[k]) for k in COMPRESSION_PROTOCOL},
+            }
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def saved_checkpoint(root: str | Path, point: SweepPoint, protocol: dict[str, Any]) -> Path | None:
+    """The saved checkpoint a sweep reuses for ``point``, if any.
+
+    ``root / compression_key(point, protocol)``; when that holds none, the
+    directory that sweeps saved the point to before compression keys existed,
+    ``root / point_key(point, protocol)``.  A directory holds a checkpoint when
+    it has a ``compression.json``; its content is checked by the sweep before
+    it runs, not here.
+
+    Parameters
+    ----------
+    root : str or Path
+        The sweep's ``checkpoints`` directory.
+    point : SweepPoint
+    protocol : dict
+        :func:`sweep_protocol` of the configuration.
+
+    Returns
+    -------
+    Path or None
+        None when neither directory holds a checkpoint, and for a dense point.
+    """
+    if point.method == "dense":
+        return None
+    root = Path(root)
+    for ck in (root / compression_key(point, protocol), root / point_key(point, protocol)):
+        if (ck / "compression.json").is_file():
+            return ck
+    return None
 
 
 def point_label(point: SweepPoint) -> str:
@@ -1007,20 +1102,33 @@ def check_results_file(path: str | Path) -> None:
         raise refuse(p, f"is not a sweep results file (line {len(lines) + 1} is not a row)", fix)
 
 
-def _check_checkpoints(config: dict[str, Any], todo: list[tuple[SweepPoint, str]]) -> None:
+def _check_checkpoints(
+    config: dict[str, Any], todo: list[tuple[SweepPoint, str]], protocol: dict[str, Any]
+) -> None:
     """Every saved point checkpoint the run would reuse or replace, checked before it starts:
-    a directory that is not llm-adapter's, or a checkpoint whose content changed, is an error."""
+    a directory that is not llm-adapter's, or a checkpoint whose content changed, is an error.
+
+    Each point reuses :func:`saved_checkpoint` (its compression key's directory, else
+    the one its point key named before compression keys existed) or writes its
+    compression key's directory; points that share a compression key are checked once.
+    """
     from ..manifest import check_output_dir, verify
 
     if not config.get("checkpoints"):
         return
     root = Path(config["checkpoints"])
-    for point, key in todo:
-        ck = root / key
-        if point.method == "dense" or not ck.exists():
+    seen: set[str] = set()
+    for point, _ in todo:
+        if point.method == "dense":
             continue
-        if not (ck / "compression.json").is_file():
-            check_output_dir(ck, overwrite=True, name="the checkpoint of a point")
+        ckey = compression_key(point, protocol)
+        if ckey in seen:
+            continue
+        seen.add(ckey)
+        ck = saved_checkpoint(root, point, protocol)
+        if ck is None:
+            if (root / ckey).exists():  # replaced when the point is saved
+                check_output_dir(root / ckey, overwrite=True, name="the checkpoint of a point")
             continue
         try:
             verify(ck)
@@ -1201,12 +1309,14 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
     t_point = time.perf_counter()
     report: CompressionReport | None = None
     reused = False
-    ck = checkpoints / key if checkpoints is not None else None
+    ckey = compression_key(point, protocol) if point.method != "dense" else None
+    ck = checkpoints / ckey if checkpoints is not None and ckey is not None else None
+    saved = saved_checkpoint(checkpoints, point, protocol) if checkpoints is not None else None
     if point.method == "dense":
         model = copy.deepcopy(base)
-    elif ck is not None and (ck / "compression.json").is_file():
-        model, _ = load(ck, device=device)
-        report = CompressionReport.from_dict(read_manifest(ck))
+    elif saved is not None:  # this sweep's, an earlier one's, or one saved by point key
+        model, _ = load(saved, device=device)
+        report = CompressionReport.from_dict(read_manifest(saved))
         reused = True
     else:
         model = copy.deepcopy(base)
@@ -1289,6 +1399,7 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         "per_layer": per_layer,
         "timings": timings,
         "reused_checkpoint": reused,
+        "checkpoint_key": ckey,  # not in the key: rows of one compressed model share it
         "protocol": protocol,
         "calibration": stats.protocol if stats is not None else None,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1322,8 +1433,6 @@ def _run_sweep(
     config, sources = resolve_inputs(config, log)
     out = Path(config["out"])
     calib = dict(config.get("calibration") or {})
-    held = dict(config.get("heldout") or {})
-    evaluation = dict(config.get("evaluation") or {})
     for section, key in (("calibration", "text"), ("heldout", "text"), ("evaluation", "wikitext"),
                          ("evaluation", "hellaswag")):  # fmt: skip
         value = (config.get(section) or {}).get(key)
@@ -1345,12 +1454,7 @@ def _run_sweep(
                 f"{mention('only', ','.join(sorted(keep)))}: no point of the sweep has that "
                 f"method; give a method of its [[points]] (or {mention('methods')})"
             )
-    protocol = {
-        "model": str(config["model"]),
-        "calibration": _keyed_text_section(calib, "calibration"),
-        "heldout": _keyed_text_section(held, "heldout"),
-        "evaluation": _keyed_evaluation(evaluation),
-    }
+    protocol = sweep_protocol(config)
     keys = [point_key(p, protocol) for p in points]
     compressing = any(p.method != "dense" for p in points)
     if not dry_run and compressing and ("text" in calib) == ("dataset" in calib):
@@ -1363,16 +1467,19 @@ def _run_sweep(
         locks.append(_lock_results(out))
     done = {r.get("key") for r in read_results(out, repair=not dry_run)}
     todo = [(p, k) for p, k in zip(points, keys, strict=True) if k not in done]
-    _check_checkpoints(config, todo)
+    _check_checkpoints(config, todo, protocol)
     print(
         f"sweep {config.get('name', out.stem)}: {len(points)} points, {len(points) - len(todo)} "
         f"done in {out}, {len(todo)} to run",
         file=log,
     )
     if dry_run:
+        root = config.get("checkpoints")
         for p, k in zip(points, keys, strict=True):
+            saved = saved_checkpoint(root, p, protocol) if root and k not in done else None
+            reuse = f" (reuses the checkpoint {saved})" if saved is not None else ""
             print(f"  [{'done' if k in done else 'todo'}] {k} {point_label(p)} "
-                  f"{','.join(p.families)} {p.budget}", file=log)  # fmt: skip
+                  f"{','.join(p.families)} {p.budget}{reuse}", file=log)  # fmt: skip
         return []
     if not todo:
         return []
