@@ -146,7 +146,8 @@ def test_basis_sharing_with_private_families(budget_setup: dict[str, Any], tmp_p
         "basis-sharing g=3",
     ]
     manifests = [
-        json.loads((tmp_path / "ck" / r["key"] / "compression.json").read_text()) for r in rows
+        json.loads((tmp_path / "ck" / r["checkpoint_key"] / "compression.json").read_text())
+        for r in rows
     ]
     fams = manifests[0]["families"]
     assert fams["attention.dense"]["groups"] == [0, 1, 2]  # private: one layer per group
