@@ -16,6 +16,7 @@ directory, where the command is run)::
     baseline = true                 # also measure the uncompressed model
     families = ["attention.dense"]  # each entry: a family, "a,b", or "all"
     rank_ratios = [0.25]            # d/D values; or equal budgets instead (see below)
+    checkpoints = "out/checkpoints" # optional: save every compressed model (see below)
 
     [calibration]                   # SVD-LLM protocol: seeded random windows
     text = "../shared/data/wikitext-2/wiki.valid.tokens"   # or dataset = "NAME:CONFIG:SPLIT"
@@ -128,6 +129,36 @@ a saved point checkpoint is checked against its content hash before it is
 reused. Calibration statistics are cached on disk by :func:`calibrate`;
 with ``checkpoints = "DIR"`` every compressed model is also saved, and a
 restarted sweep reloads it instead of factorising again.
+
+Checkpoints: a point's compressed model is saved to ``DIR/<compression key>``
+(:func:`compression_key`), a hash of what determines the compressed model
+and nothing else: the point as its key records it (method, parameters,
+families, budget), the ``model`` as read (after ``[paths]``) and the
+``[calibration]`` section as the keys record it (``text`` or ``dataset``,
+``samples``, ``seq_len``, ``seed``, ``batch_size``, ``detokenize``,
+``windows``).  ``[heldout]`` and ``[evaluation]`` only measure the model and
+are left out, as are ``device``, ``dtype`` (applied after compression, for
+evaluation) and ``cache_dir``; the point keys do not name the device either.
+So a configuration that evaluates the same points, calibrated the same way,
+on other text (the whole test split, HellaSwag) reloads the checkpoints
+another configuration saved in the same directory instead of compressing
+again, and its rows keep their own point keys; another calibration (a seed,
+a text, a window count) compresses again.  Every row of a compressed point
+records ``checkpoint_key`` (outside its key) and ``reused_checkpoint``.  A
+checkpoint saved before compression keys existed is in ``DIR/<point key>``:
+when ``DIR/<compression key>`` holds none, the point reuses that one (so the
+configuration that saved it, whose point keys name it, still finds it).
+Every checkpoint a run would reuse, and every directory it would replace, is
+checked before the run starts (the dry run too, which marks the points it
+would reload): content changed since it was saved, or a directory that is
+not llm-adapter's, is an error.  A sweep saves a model only when it computes
+the point, so a configuration whose rows are all done saves nothing.  Points
+of one sweep never share a compression key (points are kept once by what
+their keys record); if two did, the first would save the model and the
+second reload it.  Two sweeps running at once on one ``DIR`` may both
+compress a point that neither has saved yet; the one that finishes second
+keeps the checkpoint the first saved (saves are atomic: a reader sees a
+whole checkpoint or none).
 """
 
 from __future__ import annotations
@@ -1294,6 +1325,10 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
 
     The compression is :func:`llm_adapter.jobs.compress_loaded` on a copy of
     the dense model the run loaded and calibrated once (:func:`run_sweep`).
+    With ``checkpoints``, the model of :func:`saved_checkpoint` is reloaded
+    instead, or the compressed model is saved to
+    ``checkpoints / compression_key(point, s.protocol)``; the row records
+    ``reused_checkpoint`` and ``checkpoint_key`` (None for the dense model).
     """
     from ..checkpoint import load, save
     from ..evaluate import HellaSwagTask, PerplexityTask, evaluate_model, prepare_for_eval
@@ -1324,7 +1359,7 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         for name, seconds in s.scoring["seconds"].items():  # computed for this point
             report.timings[f"scoring_{name}"] = seconds
         s.scoring["seconds"] = {}
-        if ck is not None:
+        if ck is not None and not (ck / "compression.json").is_file():  # else saved meanwhile
             save(model, tokenizer, report, ck, overwrite=True)
     model = prepare_for_eval(model, device, config.get("dtype", "auto"))
     tasks: list[Any] = []
