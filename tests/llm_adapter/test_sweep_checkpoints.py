@@ -1,6 +1,7 @@
 """A sweep's saved checkpoints: keyed by what determines the compressed model, so a sweep
 that evaluates the same points on other text reuses them; checkpoints saved by point key
-(before compression keys existed) are still found; damaged ones are refused."""
+(before compression keys existed) are still found; damaged ones are refused.  Also: a
+refit point's row records each map's gate, which the report counts."""
 
 from __future__ import annotations
 
@@ -208,3 +209,29 @@ def test_the_headline_points_are_compressed_as_in_the_loss_aware_sweep() -> None
     assert {sw.compression_key(p, h_protocol) for p in compressed} <= ckeys
     keys = {sw.point_key(p, l_protocol) for p in loss_aware}
     assert keys.isdisjoint(sw.point_key(p, h_protocol) for p in headline)
+
+
+def test_refit_rows_record_each_maps_gate_and_the_report_counts_them(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """A refit point's row keeps, per layer, whether the refit was kept and its ridge; the
+    report counts the maps that kept it (against the per-layer record itself)."""
+    from llm_adapter.experiment.report import write_report
+
+    config = _config(tiny, tmp_path, "refit")
+    config.pop("checkpoints")
+    config["points"] = [{"method": "svd-llm", "refit": "left"}, {"method": "svd-llm"}]
+    rows = _run(config)
+    refit = next(r for r in rows if r.get("refit") == "left")
+    plain = next(r for r in rows if r is not refit)
+    layers = refit["per_layer"]["attention.dense"]
+    assert len(layers["refit_kept"]) == len(layers["frobenius_fraction"]) == 3
+    assert all(isinstance(g, bool) for g in layers["refit_kept"])
+    assert len(layers["refit_ridge"]) == 3
+    assert "refit_kept" not in plain["per_layer"]["attention.dense"]
+    out = tmp_path / "report"
+    write_report(config["out"], out)
+    text = (out / "results.md").read_text()
+    kept = sum(layers["refit_kept"])
+    assert f": kept by {kept} of 3 maps" in text
+    assert text.count(" maps\n") == 1  # the plain SVD-LLM row has no line

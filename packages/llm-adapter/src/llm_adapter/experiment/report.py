@@ -64,6 +64,7 @@ __all__ = [
     "frobenius_reduction_rows",
     "markdown_table",
     "rank_correlations",
+    "refit_lines",
     "table_cells",
     "write_report",
 ]
@@ -211,6 +212,34 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     str
     """
     return cells_csv(*table_cells(rows))
+
+
+def refit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per refit row: how many maps kept their refit (the held-out gate).
+
+    A refit is kept for a map only where it lowers that map's output error on
+    the held-out calibration windows (:mod:`llm_adapter.sequential`); rows record
+    the gate per layer as ``per_layer[family]["refit_kept"]`` (rows written
+    before they did are left out).
+
+    Returns
+    -------
+    list of str
+        Markdown list items, empty when no row records a gate.
+    """
+    lines = []
+    for row in rows:
+        per_layer = row.get("per_layer") or {}
+        gates = [g for fam in per_layer.values() for g in (fam.get("refit_kept") or [])]
+        if not gates:
+            continue
+        seed = calibration_seed(row)
+        lines.append(
+            f"- {row.get('label')}, {row.get('budget')}"
+            + (f", seed {seed}" if seed is not None else "")
+            + f": kept by {sum(bool(g) for g in gates)} of {len(gates)} maps"
+        )
+    return lines
 
 
 def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -572,6 +601,15 @@ def write_report(
             f"than `{ref}`):",
             "",
             table_ref,
+            "",
+        ]
+    refits = refit_lines(rows)
+    if refits:
+        lines += [
+            "Refits kept per map (a map keeps its refit only where it lowers the output "
+            "error on the held-out calibration windows):",
+            "",
+            *refits,
             "",
         ]
     corr = rank_correlations(rows)

@@ -1396,6 +1396,9 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
                 per_layer[f]["ranks"] = fr.ranks
             if fr.dense is not None:
                 per_layer[f]["dense"] = fr.dense
+            if fr.refit_kept is not None:  # a refit: per layer, its gate and its ridge
+                per_layer[f]["refit_kept"] = list(fr.refit_kept)
+                per_layer[f]["refit_ridge"] = list(fr.refit_ridge or [])
             frob += fr.frobenius_fraction
             act += fr.activation_fraction or []
             act_held += heldout.get(f, [])
