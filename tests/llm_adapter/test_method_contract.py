@@ -26,7 +26,6 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from llm_adapter.compress import CompressionReport
 from llm_adapter.errors import AdapterError
 from llm_adapter.methods import ALLOCATIONS, METHOD_TABLE, PARAMS, check_params
 from llm_adapter.models import ARCHITECTURES, family_weights
-from llm_adapter.testing import random_model, random_neox
+from llm_adapter.testing import other_value, random_model, random_neox
 
 pytestmark = pytest.mark.usefixtures("one_thread", "example_method")
 
@@ -101,20 +100,6 @@ def _run(name: str, setup: dict[str, Any], root: Path) -> dict[str, Any]:
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("contract")
     _RUNS.clear()
-
-
-def _other_value(key: str) -> Any:
-    """A valid value of parameter ``key`` away from its default."""
-    p = PARAMS[key]
-    if p.kind is bool:
-        return not p.default
-    if p.kind is str:
-        return next(c for c in p.choices if c != p.default)
-    if p.kind is int:
-        return int(p.default) + 1
-    if isinstance(p.default, float) and math.isfinite(p.default):
-        return p.default + 0.25
-    return 0.5
 
 
 def test_the_table_is_consistent() -> None:
@@ -204,7 +189,7 @@ def test_parameters_it_does_not_take_are_rejected(name: str) -> None:
         if key in entry.params:
             continue
         with pytest.raises(AdapterError, match="applies to method"):
-            la.CompressionConfig(method=name, **{key: _other_value(key)})
+            la.CompressionConfig(method=name, **{key: other_value(key)})
         # at its default a parameter is no choice, and is accepted
         la.CompressionConfig(method=name, **{key: PARAMS[key].default})
     with pytest.raises(AdapterError, match="unknown parameter"):

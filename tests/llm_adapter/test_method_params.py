@@ -30,27 +30,14 @@ from llm_adapter.methods import (
     get_method,
     register_method,
 )
+from llm_adapter.testing import other_value
 
 NAMES = list(METHOD_TABLE)
 
 
-def _other_value(key: str) -> Any:
-    """A valid value of parameter ``key`` away from its default."""
-    p = PARAMS[key]
-    if p.kind is bool:
-        return not p.default
-    if p.kind is str:
-        return next(c for c in p.choices if c != p.default)
-    if p.kind is int:
-        return int(p.default) + 1
-    if isinstance(p.default, float) and math.isfinite(p.default):
-        return p.default + 0.25
-    return 0.5
-
-
 def _alone(name: str, key: str) -> dict[str, Any] | None:
     """``{key: a value away from its default}`` where the method accepts it alone."""
-    given = {key: _other_value(key)}
+    given = {key: other_value(key)}
     try:
         check_params(name, given)
     except ConfigurationError:
@@ -138,7 +125,7 @@ def test_unknown_and_foreign_fields_are_rejected(name: str) -> None:
     assert info.value.key == "no_such_parameter"
     for key in set(PARAMS) - set(entry.params):
         # a field of another method: refused by the dataclass even at its default
-        for value in (PARAMS[key].default, _other_value(key)):
+        for value in (PARAMS[key].default, other_value(key)):
             with pytest.raises(ConfigurationError, match="applies to method") as info:
                 entry.Params(**{key: value})
             assert (info.value.key, info.value.value) == (key, value)
@@ -146,7 +133,7 @@ def test_unknown_and_foreign_fields_are_rejected(name: str) -> None:
             assert isinstance(info.value, AdapterError)
         # from a flat mapping, as check_params: only away from its default
         with pytest.raises(ConfigurationError, match="applies to method") as info:
-            entry.parameters({key: _other_value(key)})
+            entry.parameters({key: other_value(key)})
         assert info.value.key == key
 
 

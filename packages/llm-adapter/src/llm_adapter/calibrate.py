@@ -43,7 +43,7 @@ from .data import (
     text_variant,
     tokenize_text,
 )
-from .errors import AdapterError, AdapterWarning, ConfigurationError, mention
+from .errors import AdapterError, AdapterWarning, ConfigurationError, check_choice, mention
 from .files import load_arrays, save_arrays
 from .models import (
     check_finite,
@@ -530,13 +530,7 @@ def calibrate(
     """
     if not isinstance(detokenize, bool) and detokenize != "auto":
         resolve_detokenize(detokenize)  # the one-line error, before any work
-    if windows not in WINDOW_MODES:
-        raise ConfigurationError(
-            f"{mention('windows', windows)} is not one of {', '.join(WINDOW_MODES)}",
-            key="windows",
-            value=windows,
-            reason=f"not one of {', '.join(WINDOW_MODES)}",
-        )
+    check_choice("windows", windows, WINDOW_MODES)
     if token_windows is not None and windows != "random":
         raise ConfigurationError(
             f"{mention('windows', windows)} chooses windows of a text; token_windows are "

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .errors import AdapterError, ConfigurationError, DataError, mention
+from .errors import AdapterError, DataError, check_choice, mention
 
 __all__ = [
     "DISJOINT_SEED",
@@ -352,13 +352,7 @@ def sample_windows(
     -------
     windows : torch.LongTensor, shape=[samples, seq_len]
     """
-    if mode not in WINDOW_MODES:
-        raise ConfigurationError(
-            f"{mention('windows', mode)} is not one of {', '.join(WINDOW_MODES)}",
-            key="windows",
-            value=mode,
-            reason=f"not one of {', '.join(WINDOW_MODES)}",
-        )
+    check_choice("windows", mode, WINDOW_MODES)
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     if samples < 1:
         raise DataError(

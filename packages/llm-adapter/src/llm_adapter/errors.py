@@ -12,6 +12,7 @@ command line.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "DataError",
     "Mentions",
     "Spelling",
+    "check_choice",
     "mention",
     "one_line",
     "spelled",
@@ -184,6 +186,22 @@ class DataError(AdapterError):
     message, key, value, reason
         As :class:`AdapterError`'s.
     """
+
+
+def check_choice(key: str, value: Any, choices: Collection[str]) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is one of ``choices``.
+
+    The message names the setting by :func:`mention` (``--calib-windows x is
+    not one of random, disjoint`` on the command line), with ``key``, ``value``
+    and the reason as its data.
+    """
+    if value not in choices:
+        raise ConfigurationError(
+            f"{mention(key, value)} is not one of {', '.join(choices)}",
+            key=key,
+            value=value,
+            reason=f"not one of {', '.join(choices)}",
+        )
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

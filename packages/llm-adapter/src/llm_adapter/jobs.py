@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compress import CompressionConfig, CompressionReport
-from .errors import ConfigurationError, DataError, mention
+from .errors import ConfigurationError, DataError, check_choice, mention
 
 if TYPE_CHECKING:
     from torch import nn
@@ -159,22 +159,8 @@ def check_compress(request: CompressRequest, log: Callable[[str], None] | None =
     _at_least("batch_size", request.batch_size, 1)
     _at_least("calib_seq_len", request.calib_seq_len, 2)
     _at_least("seed", request.seed, 0)
-    if request.calib_detokenize not in _DETOKENIZE:
-        raise ConfigurationError(
-            f"{mention('calib_detokenize', request.calib_detokenize)} is not one of "
-            f"{', '.join(_DETOKENIZE)}",
-            key="calib_detokenize",
-            value=request.calib_detokenize,
-            reason=f"not one of {', '.join(_DETOKENIZE)}",
-        )
-    if request.calib_windows not in _WINDOWS:
-        raise ConfigurationError(
-            f"{mention('calib_windows', request.calib_windows)} is not one of "
-            f"{', '.join(_WINDOWS)}",
-            key="calib_windows",
-            value=request.calib_windows,
-            reason=f"not one of {', '.join(_WINDOWS)}",
-        )
+    check_choice("calib_detokenize", request.calib_detokenize, _DETOKENIZE)
+    check_choice("calib_windows", request.calib_windows, _WINDOWS)
     resolve_dtype(request.dtype)
     resolve_device(request.device)
     out = Path(request.out)

@@ -2,18 +2,23 @@
 
 :func:`random_neox` builds a GPT-NeoX causal LM and :func:`random_model` one
 of any architecture in :data:`llm_adapter.models.ARCHITECTURES`, both seeded
-and on the CPU.  Nothing in the library imports this module.
+and on the CPU; :func:`other_value` gives a method parameter a valid value
+away from its default.  Nothing in the library imports this module.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import AdapterError
+from .methods import PARAMS
 from .models import ARCHITECTURES
 
-__all__ = ["random_model", "random_neox"]
+__all__ = ["other_value", "random_model", "random_neox"]
 
 
 def random_neox(
@@ -154,3 +159,18 @@ def random_model(
     model.to(dtype)
     model.eval()
     return model
+
+
+def other_value(key: str) -> Any:
+    """A valid value of method parameter ``key`` away from its default (for tests that
+    set every parameter a method takes, or one it does not)."""
+    p = PARAMS[key]
+    if p.kind is bool:
+        return not p.default
+    if p.kind is str:
+        return next(c for c in p.choices if c != p.default)
+    if p.kind is int:
+        return int(p.default) + 1
+    if isinstance(p.default, float) and math.isfinite(p.default):
+        return p.default + 0.25
+    return 0.5
