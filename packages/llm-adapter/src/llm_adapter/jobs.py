@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compress import CompressionConfig, CompressionReport
+from .data import WINDOW_MODES
 from .errors import ConfigurationError, DataError, check_choice, mention
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ __all__ = [
 #: how a request names the calibration's text treatment (``detokenize`` of
 #: :func:`llm_adapter.calibrate`)
 _DETOKENIZE: dict[str, bool | str] = {"yes": True, "no": False, "auto": "auto"}
-#: how a request may choose the calibration windows (``windows`` of :func:`llm_adapter.calibrate`)
-_WINDOWS = ("random", "disjoint")
 
 
 def _at_least(key: str, value: int | None, low: int) -> None:
@@ -160,7 +159,7 @@ def check_compress(request: CompressRequest, log: Callable[[str], None] | None =
     _at_least("calib_seq_len", request.calib_seq_len, 2)
     _at_least("seed", request.seed, 0)
     check_choice("calib_detokenize", request.calib_detokenize, _DETOKENIZE)
-    check_choice("calib_windows", request.calib_windows, _WINDOWS)
+    check_choice("calib_windows", request.calib_windows, WINDOW_MODES)
     resolve_dtype(request.dtype)
     resolve_device(request.device)
     out = Path(request.out)
