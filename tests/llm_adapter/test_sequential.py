@@ -160,6 +160,48 @@ def test_every_family_is_replaced_and_per_layer_ranks_are_kept() -> None:
         assert torch.isfinite(model(input_ids=windows[:2]).logits).all()
 
 
+ALL = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", O,
+       "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]  # fmt: skip
+
+
+def test_maps_sharing_an_input_each_solve_their_own_normal_equations() -> None:
+    """q, k, v (and gate, up) read one tensor and share its statistics; each map's
+    update must still be the least-squares fit of its own ``W x_hat`` (recaptured here
+    through whole-model hooks, after the whole model is compressed)."""
+    base, windows = _model(), _windows()
+    model = _model()
+    ranks = {f: [3, 5, 7] for f in ALL}
+    compress_sequential(model, ALL, ranks, windows, fit="update", ridge=0.0)
+    for f in ALL:
+        for i in (1, 2):
+            name = family_module_names(base, f)[i]
+            xh = _inputs(model, name, windows)
+            Ch = xh.T @ xh / len(xh)
+            W = _dense(base, name)
+            mod = model.get_submodule(name)
+            A = mod.left.detach().double().numpy()
+            Z = mod.right.detach().double().numpy()
+            grad = (W - A @ Z) @ Ch @ Z.T
+            assert np.linalg.norm(grad) <= 1e-5 * np.linalg.norm(W @ Ch @ Z.T), (f, i)
+
+
+def test_capturing_an_early_map_does_not_run_the_rest_of_the_block() -> None:
+    """Capturing q's compressed-stream input stops each block's pass at q: the MLP runs
+    only for the original stream's pass and the compressed stream's advance."""
+    model, windows = _model(), _windows()
+    calls = [0]
+    for mod in family_modules(model, "mlp.down_proj"):
+        mod.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1))
+    batch = 4
+    compress_sequential(
+        model, ["self_attn.q_proj"], {"self_attn.q_proj": [4] * 3}, windows,
+        fit="update", batch_size=batch,
+    )  # fmt: skip
+    batches = -(-windows.shape[0] // batch)
+    # per block: one original pass and one advance of each batch (no capture pass)
+    assert calls[0] == 3 * 2 * batches
+
+
 @pytest.mark.parametrize(
     ("method", "options"),
     [

@@ -194,21 +194,33 @@ def _capture(
     *,
     outputs: bool = False,
 ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
-    """Run ``block`` on every batch; the inputs of ``modules`` (tokens x n, float64, CPU)."""
+    """Run ``block`` on every batch; the inputs of ``modules`` (tokens x n, float64, CPU).
+
+    Without ``outputs``, each batch's forward pass stops as soon as every module
+    of ``modules`` has seen its input (the rest of the block cannot change it).
+    """
     seen: list[list[torch.Tensor]] = [[] for _ in modules]
+    fired: set[int] = set()
     handles = []
     for j, module in enumerate(modules):
 
         def hook(mod: nn.Module, args: tuple[Any, ...], j: int = j) -> None:
             x = args[0].detach()
             seen[j].append(x.reshape(-1, x.shape[-1]).to("cpu", torch.float64))
+            fired.add(j)
+            if not outputs and len(fired) == len(modules):
+                raise _Stop
 
         handles.append(module.register_forward_pre_hook(hook))
     outs: list[torch.Tensor] = []
     try:
         with torch.no_grad():
             for hidden, args, kwargs in batches:
-                out = _run(block, hidden, args, kwargs)
+                fired.clear()
+                try:
+                    out = _run(block, hidden, args, kwargs)
+                except _Stop:
+                    continue
                 if outputs:
                     outs.append(out)
     finally:
@@ -416,16 +428,21 @@ def compress_sequential(
             group = [g for g in families if g not in done and _same_input(xs, families, f, g)]
             mods_hat = [per_family[g][i] for g in group]
             xhs, _ = _capture(block, mods_hat, hat_batches)
+            # the group's maps read the same tensor: their statistics are computed once
+            shared: list[torch.Tensor] | None = None
+            stats: list[tuple[NDArray[np.float64], ...]] | None = None
             for g, xh in zip(group, xhs, strict=True):
                 x = xs[families.index(g)]
+                if shared is None or not _equal(xh, shared):
+                    shared = xh
+                    stats = _split_stats(x, xh, nb if split else None)
+                assert stats is not None
                 old = per_family[g][i]
                 assert isinstance(old, nn.Linear)
                 W = old.weight.detach().to("cpu", torch.float64).numpy()
                 if int(ranks[g][i]) >= min(W.shape):  # kept dense: nothing to fit
-                    C = _gram(x, x)
-                    errors = gb.reconstruction_errors(
-                        W, W, C, C_hat=_gram(xh, xh), C_cross=_gram(x, xh)
-                    )
+                    C, C_hat, C_cross = stats[0]
+                    errors = gb.reconstruction_errors(W, W, C, C_hat=C_hat, C_cross=C_cross)
                     out[g].add(int(ranks[g][i]), errors)
                     if refit is not None:
                         ridges, gates = out[g].refit_ridge, out[g].refit_kept
@@ -434,15 +451,11 @@ def compress_sequential(
                         gates.append(False)
                     done.add(g)
                     continue
+                C, C_hat, C_cross = stats[0]
                 if refit is None:
-                    C = _gram(x, x)
-                    C_hat = _gram(xh, xh)
-                    C_cross = _gram(x, xh)
                     left, right = _fit_one(fit, W, C, C_hat, C_cross, int(ranks[g][i]), r)
                 else:
-                    parts = _split_stats(x, xh, nb if split else None)
-                    C, C_hat, C_cross = parts[0]
-                    left, right, rho, kept = _refit_one(W, parts, int(ranks[g][i]), refit)
+                    left, right, rho, kept = _refit_one(W, stats, int(ranks[g][i]), refit)
                     ridges, gates = out[g].refit_ridge, out[g].refit_kept
                     assert ridges is not None and gates is not None
                     ridges.append(rho)
@@ -492,10 +505,13 @@ def _find(copy_root: nn.Module, root: nn.Module, module: nn.Module) -> nn.Module
     raise AdapterError("a family module is not inside its block; check the accessor table")
 
 
-def _same_input(xs: list[list[torch.Tensor]], families: Sequence[str], f: str, g: str) -> bool:
-    if f == g:
-        return True
-    a, b = xs[families.index(f)], xs[families.index(g)]
+def _equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(
         x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True)
     )
+
+
+def _same_input(xs: list[list[torch.Tensor]], families: Sequence[str], f: str, g: str) -> bool:
+    if f == g:
+        return True
+    return _equal(xs[families.index(f)], xs[families.index(g)])
