@@ -484,7 +484,8 @@ def _short_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in keep if k in config}
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """The versions of this package, grassbundle and the libraries whose numerics they use."""
     import grassbundle
     import scipy
     import transformers
@@ -499,6 +500,39 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
+
+
+def source_revision() -> dict[str, Any] | None:
+    """The git commit the packages run from, when they run from a checkout of this repository.
+
+    Returns
+    -------
+    dict or None
+        ``{"commit": <40 hex digits>, "modified": bool}``, ``modified`` telling
+        whether the files under ``packages/`` differ from that commit (untracked
+        files are not counted); None when this module is not inside a git
+        checkout of the repository (an installed wheel) or git cannot be run.
+    """
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=20, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        if top / "packages" / "llm-adapter" / "src" / "llm_adapter" != here:
+            return None  # some other repository encloses an installed copy
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", str(top / "packages"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "modified": bool(status)}
 
 
 def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:
@@ -1231,6 +1265,6 @@ def compress_model(
         families=reports,
         calibration=stats.protocol if stats is not None else None,
         timings=timings,
-        versions=_versions(),
+        versions=package_versions(),
         model=str(getattr(getattr(model, "config", None), "_name_or_path", "")),
     )

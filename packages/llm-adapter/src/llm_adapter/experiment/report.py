@@ -242,6 +242,34 @@ def refit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def revision_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Which code revisions wrote the rows: one line per commit, with its row count.
+
+    Rows record ``code["revision"]`` (:func:`llm_adapter.compress.source_revision`);
+    rows written before they did, or from an installed package, are counted apart.
+
+    Returns
+    -------
+    list of str
+        Markdown list items, empty when no row records a revision.
+    """
+    counts: dict[str, int] = {}
+    unknown = 0
+    for row in rows:
+        rev = (row.get("code") or {}).get("revision")
+        if not rev:
+            unknown += 1
+            continue
+        name = str(rev["commit"])[:12] + (" (with local changes)" if rev.get("modified") else "")
+        counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        return []
+    lines = [f"- {name}: {n} row{'s' if n != 1 else ''}" for name, n in counts.items()]
+    if unknown:
+        lines.append(f"- not recorded: {unknown} row{'s' if unknown != 1 else ''}")
+    return lines
+
+
 def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Spearman rank correlation of perplexity with each error, over the compressed rows.
 
@@ -612,6 +640,9 @@ def write_report(
             *refits,
             "",
         ]
+    revisions = revision_lines(rows)
+    if revisions:
+        lines += ["Code revisions that wrote the rows:", "", *revisions, ""]
     corr = rank_correlations(rows)
     if corr:
         lines += ["Rank correlations over the compressed points:", "", *corr, ""]

@@ -181,7 +181,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compress import CompressionConfig, CompressionReport
+from ..compress import CompressionConfig, CompressionReport, package_versions, source_revision
 from ..errors import AdapterError, ConfigurationError, Spelling, mention
 from ..methods import (
     DEFAULT_FAMILIES,
@@ -1440,6 +1440,7 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         "checkpoint_key": ckey,  # not in the key: rows of one compressed model share it
         "protocol": protocol,
         "calibration": stats.protocol if stats is not None else None,
+        "code": {**package_versions(), "revision": source_revision()},  # not in the key
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     del model
