@@ -13,7 +13,8 @@ in forward order, it accumulates in float64, over the same tokens,
 hands them to grassbundle, and writes the factors back as a
 :class:`~llm_adapter.lowrank.LowRankLinear`; then both streams advance one
 block. Maps that read the same tensor (q, k and v; gate and up) are captured
-in one pass. Two fits (all maths in :mod:`grassbundle.refit`):
+in one pass and share its statistics; a capture pass on ``X_hat`` stops once
+the maps it captures have seen their inputs. Two fits (all maths in :mod:`grassbundle.refit`):
 
 ``"update"``
     SVD-LLM with its authors' second step: the whitened truncation from ``C``,
