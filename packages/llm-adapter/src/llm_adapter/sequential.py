@@ -14,7 +14,8 @@ hands them to grassbundle, and writes the factors back as a
 :class:`~llm_adapter.lowrank.LowRankLinear`; then both streams advance one
 block. Maps that read the same tensor (q, k and v; gate and up) are captured
 in one pass and share its statistics; a capture pass on ``X_hat`` stops once
-the maps it captures have seen their inputs. Two fits (all maths in :mod:`grassbundle.refit`):
+the maps it captures have seen their inputs. The fits (all maths in
+:mod:`grassbundle.refit`):
 
 ``"update"``
     SVD-LLM with its authors' second step: the whitened truncation from ``C``,
