@@ -285,11 +285,10 @@ def _refit_one(
             assert e.output_error is not None
             return float(e.output_error[0])
 
-        first = gb.constrained_refit(W, *fitting, rank=rank, ridge=grid[0], **kw)
-        A0, B0 = first.info["left_before"], first.info["right_before"]
-        best, chosen = held_out(first.weight()), grid[0]
-        for rho in grid[1:]:
-            fit = gb.constrained_refit(W, *fitting, left=A0, right=B0, ridge=rho, **kw)
+        path = gb.constrained_refit_path(W, *fitting, rank=rank, ridges=grid, **kw)
+        A0, B0 = path[0].info["left_before"], path[0].info["right_before"]
+        best, chosen = held_out(path[0].weight()), grid[0]
+        for rho, fit in zip(grid[1:], path[1:], strict=True):
             err = held_out(fit.weight())
             if err < best:
                 best, chosen = err, rho
