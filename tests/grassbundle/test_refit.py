@@ -30,6 +30,7 @@ import grassbundle as gb
 import numpy as np
 import pytest
 from grassbundle.bundle import BundleProblem, anchor_section, shared_output_basis
+from grassbundle.refit import REFIT_FACTORS, REFIT_TARGETS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -383,3 +384,50 @@ def test_constrained_refit_sigma_is_a_d_by_d_solve_on_the_kept_singular_values()
     fit = gb.constrained_refit(W, C, C, C, rank=3, factor="sigma", target="local")
     assert fit.info["gains"].shape == (3,)
     assert np.max(np.abs(fit.info["gains"] - 1.0)) < 1e-8
+
+
+# -- constrained_refit_path: the same fits as one call per ridge ------------------------
+
+
+@pytest.mark.parametrize("factor", REFIT_FACTORS)
+@pytest.mark.parametrize("target", REFIT_TARGETS)
+def test_constrained_refit_path_equals_one_call_per_ridge(factor, target) -> None:
+    """Each fit of the path equals :func:`constrained_refit` at that ridge, given the
+    path's unrefit factors (the sequential refit's grid relies on it).  The same
+    floating-point operations run in both, so the tolerance (1e-12 relative) only
+    allows for a BLAS that does not repeat itself bit for bit."""
+    W, _, _, C, Ch, Cx = samples(11, 6, 9, 60)
+    ridges = (0.0, 1e-2, 1.0, 100.0)
+    path = gb.constrained_refit_path(
+        W[0], C[0], Ch[0], Cx[0], ridges=ridges, rank=3, factor=factor, target=target
+    )
+    assert len(path) == len(ridges)
+    A0, B0 = path[0].info["left_before"], path[0].info["right_before"]
+    first = gb.constrained_refit(W[0], C[0], Ch[0], Cx[0], rank=3, factor=factor,
+                                 target=target, ridge=0.0)  # fmt: skip
+    np.testing.assert_allclose(A0 @ B0, first.info["left_before"] @ first.info["right_before"],
+                               rtol=1e-12, atol=1e-12 * np.abs(W).max())  # fmt: skip
+    for rho, fit in zip(ridges, path, strict=True):
+        one = gb.constrained_refit(W[0], C[0], Ch[0], Cx[0], left=A0, right=B0,
+                                   factor=factor, target=target, ridge=rho)  # fmt: skip
+        scale = np.linalg.norm(one.weight())
+        assert np.linalg.norm(fit.weight() - one.weight()) <= 1e-12 * scale, rho
+        assert fit.error == pytest.approx(one.error, rel=1e-12, abs=1e-12 * one.reference)
+        assert fit.info["ridge"] == pytest.approx(one.info["ridge"], rel=1e-12)
+    # the ridges differ, so the fits do (a path that reused one fit would fail here);
+    # except where the unrefit factors are already the optimum at every ridge: with the
+    # local target and orthonormal A0, B = A0^T W is optimal for A0 (right), and so are
+    # its own gains g = 1 (sigma)
+    if not (target == "local" and factor in ("right", "sigma")):
+        gap = np.linalg.norm(path[0].weight() - path[-1].weight())
+        assert gap > 1e-6 * np.linalg.norm(W[0])
+
+
+@pytest.mark.parametrize(
+    ("ridges", "match"),
+    [((), "ridges must be a sequence of at least one number"), ((0.1, -1.0), "ridge")],
+)
+def test_constrained_refit_path_rejects_bad_ridges(ridges, match) -> None:
+    W, _, _, C, Ch, Cx = samples(12, 4, 5, 30)
+    with pytest.raises(ValueError, match=match):
+        gb.constrained_refit_path(W[0], C[0], Ch[0], Cx[0], ridges=ridges, rank=2)

@@ -84,16 +84,21 @@ def test_update_fit_solves_its_normal_equations() -> None:
     base, windows, d = _model(), _windows(), 6
     model = _model()
     compress_sequential(model, [O], {O: [d] * 3}, windows, fit="update", ridge=0.0)
-    name = family_module_names(base, O)[2]
+    assert _update_residual(base, model, family_module_names(base, O)[2], windows) <= 1e-5
+
+
+def _update_residual(base: Any, model: Any, name: str, windows: torch.Tensor) -> float:
+    """The left factor of ``name`` is the least-squares fit of ``W x_hat`` on ``Z x_hat``
+    when ``(W - A Z) C_hat Z^T = 0``: that residual, relative to ``||W C_hat Z^T||``, with
+    ``x_hat`` recaptured through a whole-model hook."""
     xh = _inputs(model, name, windows)
     Ch = xh.T @ xh / len(xh)
     W = _dense(base, name)
     mod = model.get_submodule(name)
     A = mod.left.detach().double().numpy()
     Z = mod.right.detach().double().numpy()
-    # the left factor is the least-squares fit of W x_hat on Z x_hat: (W - A Z) C_hat Z^T = 0
     grad = (W - A @ Z) @ Ch @ Z.T
-    assert np.linalg.norm(grad) <= 1e-5 * np.linalg.norm(W @ Ch @ Z.T)
+    return float(np.linalg.norm(grad) / np.linalg.norm(W @ Ch @ Z.T))
 
 
 def test_left_refit_for_the_original_output_solves_its_normal_equations() -> None:
@@ -175,14 +180,7 @@ def test_maps_sharing_an_input_each_solve_their_own_normal_equations() -> None:
     for f in ALL:
         for i in (1, 2):
             name = family_module_names(base, f)[i]
-            xh = _inputs(model, name, windows)
-            Ch = xh.T @ xh / len(xh)
-            W = _dense(base, name)
-            mod = model.get_submodule(name)
-            A = mod.left.detach().double().numpy()
-            Z = mod.right.detach().double().numpy()
-            grad = (W - A @ Z) @ Ch @ Z.T
-            assert np.linalg.norm(grad) <= 1e-5 * np.linalg.norm(W @ Ch @ Z.T), (f, i)
+            assert _update_residual(base, model, name, windows) <= 1e-5, (f, i)
 
 
 def test_capturing_an_early_map_does_not_run_the_rest_of_the_block() -> None:

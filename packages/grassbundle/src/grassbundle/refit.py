@@ -43,6 +43,7 @@ with ``ridge = 0`` through an eigendecomposition with a stated cut-off.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ __all__ = [
     "LowRankFit",
     "ResidualFit",
     "constrained_refit",
+    "constrained_refit_path",
     "refit_left",
     "residual_fit",
     "svd_llm_update",
@@ -661,13 +663,57 @@ def constrained_refit(
         of ``W0``), ``"left_before"`` and ``"right_before"`` (``A0``,
         ``B0``), ``"gains"`` (``g``, ``"sigma"`` only).
     """
+    return constrained_refit_path(
+        W, C, C_hat, C_cross, ridges=(ridge,), rank=rank, left=left, right=right,
+        factor=factor, target=target, mix=mix,
+    )[0]  # fmt: skip
+
+
+def constrained_refit_path(
+    W: ArrayLike,
+    C: ArrayLike,
+    C_hat: ArrayLike,
+    C_cross: ArrayLike,
+    *,
+    ridges: Sequence[float],
+    rank: int | None = None,
+    left: ArrayLike | None = None,
+    right: ArrayLike | None = None,
+    factor: str = "left",
+    target: str = "output",
+    mix: float = 0.5,
+) -> list[LowRankFit]:
+    """:func:`constrained_refit` at several ridges, on one set of statistics.
+
+    The same fits, ridge by ridge, as separate calls of
+    :func:`constrained_refit` with these arguments and the unrefit factors of
+    the first (the same floating-point operations: the results are equal to
+    the last bit); the checks of the arguments, the unrefit factors (with
+    ``rank``, SVD-LLM's truncation), the target's statistics and the products
+    that do not depend on the ridge are computed once.
+
+    Parameters
+    ----------
+    W, C, C_hat, C_cross, rank, left, right, factor, target, mix
+        As for :func:`constrained_refit`.
+    ridges : sequence of float
+        One fit per value, each ``>= 0`` (relative, as ``ridge`` there); at
+        least one.
+
+    Returns
+    -------
+    list of LowRankFit
+        In the order of ``ridges``.
+    """
+    if isinstance(ridges, str | bytes) or len(ridges) < 1:
+        raise ValueError(f"ridges must be a sequence of at least one number; got {ridges!r}")
     if factor not in REFIT_FACTORS:
         raise ValueError(f"factor must be one of {', '.join(REFIT_FACTORS)}; got {factor!r}")
     if target not in REFIT_TARGETS:
         raise ValueError(f"target must be one of {', '.join(REFIT_TARGETS)}; got {target!r}")
     if isinstance(mix, bool) or not isinstance(mix, int | float) or not 0.0 <= mix <= 1.0:
         raise ValueError(f"mix must be a number in [0, 1]; got mix = {mix!r}")
-    rho = _check_ridge(ridge)
+    rhos = [_check_ridge(r) for r in ridges]
     W64 = _validate.weight_stack(W)
     if W64.shape[0] != 1:
         raise ValueError(f"W must have shape (m, n); got shape {np.shape(W)}")
@@ -701,10 +747,40 @@ def constrained_refit(
         if not (np.all(np.isfinite(A0)) and np.all(np.isfinite(B0))):
             raise ValueError("left and right must have finite entries; found NaN or inf")
     G, X = _refit_statistics(C64, Ch, Cx, target, float(mix))
-    eps = _eps(G, rho, "the target's input covariance")
     W0 = A0 @ B0
-    Xw = Wm @ X + eps * W0  # the cross-moment with the virtual inputs
-    info: dict[str, Any] = {"ridge": eps, "left_before": A0, "right_before": B0}
+    WCx = Wm @ Cx
+    ref = float(np.vdot(Wm @ C64, Wm))
+    WX = Wm @ X
+    # E||target||^2: tr(W C_hat W^T) for the local target, tr(W C W^T) for the others
+    ref_t = float(np.vdot(Wm @ Ch, Wm)) if target == "local" else ref
+    error_before = max(_output_error(ref, A0, B0, WCx, Ch), 0.0)
+    objective_before = max(_output_error(ref_t, A0, B0, WX, G), 0.0)
+    fits = []
+    for rho in rhos:
+        eps = _eps(G, rho, "the target's input covariance")
+        Xw = WX + eps * W0  # the cross-moment with the virtual inputs
+        info: dict[str, Any] = {"ridge": eps, "left_before": A0, "right_before": B0}
+        A, B = _refit_factors(factor, Wm, A0, B0, G, Xw, eps, info)
+        info["error_before"] = error_before
+        info["objective"] = max(_output_error(ref_t, A, B, WX, G), 0.0)
+        info["objective_before"] = objective_before
+        fits.append(
+            LowRankFit(
+                left=np.ascontiguousarray(A),
+                right=np.ascontiguousarray(B),
+                error=max(_output_error(ref, A, B, WCx, Ch), 0.0),
+                reference=ref,
+                info=info,
+            )
+        )
+    return fits
+
+
+def _refit_factors(
+    factor: str, Wm: F64, A0: F64, B0: F64, G: F64, Xw: F64, eps: float, info: dict[str, Any]
+) -> tuple[F64, F64]:
+    """The refit factors ``(A, B)`` of :func:`constrained_refit` for one ridge ``eps``."""
+    m = Wm.shape[0]
     if factor == "left":
         BG = B0 @ G
         A = _spd_solve_right(BG @ B0.T + eps * (B0 @ B0.T), Xw @ B0.T)
@@ -731,18 +807,4 @@ def constrained_refit(
         g = _spd_solve_right(H, h[None, :])[0]
         A, B = A0 * g, B0
         info["gains"] = g
-    WCx = Wm @ Cx
-    ref = float(np.vdot(Wm @ C64, Wm))
-    WX = Wm @ X
-    # E||target||^2: tr(W C_hat W^T) for the local target, tr(W C W^T) for the others
-    ref_t = float(np.vdot(Wm @ Ch, Wm)) if target == "local" else ref
-    info["error_before"] = max(_output_error(ref, A0, B0, WCx, Ch), 0.0)
-    info["objective"] = max(_output_error(ref_t, A, B, WX, G), 0.0)
-    info["objective_before"] = max(_output_error(ref_t, A0, B0, WX, G), 0.0)
-    return LowRankFit(
-        left=np.ascontiguousarray(A),
-        right=np.ascontiguousarray(B),
-        error=max(_output_error(ref, A, B, WCx, Ch), 0.0),
-        reference=ref,
-        info=info,
-    )
+    return A, B

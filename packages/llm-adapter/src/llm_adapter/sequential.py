@@ -13,7 +13,9 @@ in forward order, it accumulates in float64, over the same tokens,
 hands them to grassbundle, and writes the factors back as a
 :class:`~llm_adapter.lowrank.LowRankLinear`; then both streams advance one
 block. Maps that read the same tensor (q, k and v; gate and up) are captured
-in one pass. Two fits (all maths in :mod:`grassbundle.refit`):
+in one pass and share its statistics; a capture pass on ``X_hat`` stops once
+the maps it captures have seen their inputs. The fits (all maths in
+:mod:`grassbundle.refit`):
 
 ``"update"``
     SVD-LLM with its authors' second step: the whitened truncation from ``C``,
@@ -283,11 +285,10 @@ def _refit_one(
             assert e.output_error is not None
             return float(e.output_error[0])
 
-        first = gb.constrained_refit(W, *fitting, rank=rank, ridge=grid[0], **kw)
-        A0, B0 = first.info["left_before"], first.info["right_before"]
-        best, chosen = held_out(first.weight()), grid[0]
-        for rho in grid[1:]:
-            fit = gb.constrained_refit(W, *fitting, left=A0, right=B0, ridge=rho, **kw)
+        path = gb.constrained_refit_path(W, *fitting, rank=rank, ridges=grid, **kw)
+        A0, B0 = path[0].info["left_before"], path[0].info["right_before"]
+        best, chosen = held_out(path[0].weight()), grid[0]
+        for rho, fit in zip(grid[1:], path[1:], strict=True):
             err = held_out(fit.weight())
             if err < best:
                 best, chosen = err, rho
