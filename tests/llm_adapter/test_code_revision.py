@@ -86,6 +86,37 @@ def test_rows_record_their_revision_and_the_report_counts_them(
     assert f"- {head[:12]}" in md and ": 1 row" in md
 
 
+def test_the_revision_is_read_once_when_the_run_starts(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout moved during a run does not relabel the rows of the code it loaded."""
+    calls: list[int] = []
+
+    def moving() -> dict[str, Any]:
+        calls.append(1)
+        return {"commit": f"{len(calls):040d}", "modified": False}
+
+    monkeypatch.setattr(sw, "source_revision", moving)
+    text = str(tiny["text"])
+    config: dict[str, Any] = {
+        "name": "once",
+        "model": str(tiny["model"]),
+        "out": str(tmp_path / "once.jsonl"),
+        "device": "cpu",
+        "baseline": False,
+        "families": ["attention.dense"],
+        "rank_ratios": [0.125, 0.25],
+        "cache_dir": str(tmp_path / "cache"),
+        "calibration": {"text": text, "samples": 4, "seq_len": 16, "seed": 0},
+        "evaluation": {"wikitext": text, "seq_len": 16, "max_windows": 2},
+        "points": [{"method": "svd"}],
+    }
+    rows = sw.run_sweep(copy.deepcopy(config), progress=False, log=io.StringIO())
+    assert len(rows) == 2
+    assert [r["code"]["revision"]["commit"] for r in rows] == [f"{1:040d}"] * 2
+    assert len(calls) == 1
+
+
 def test_revision_lines_count_rows_per_commit_and_the_unrecorded_apart() -> None:
     a = {"code": {"revision": {"commit": "a" * 40, "modified": False}}}
     b = {"code": {"revision": {"commit": "b" * 40, "modified": True}}}

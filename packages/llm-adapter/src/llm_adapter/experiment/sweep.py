@@ -1195,6 +1195,10 @@ class _Shared:
     scoring: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"bases": {}, "grad": {}, "seconds": {}}
     )
+    #: the code that runs the points: package versions and the source revision, read
+    #: once when the run starts, so that a checkout moved while the run goes on (which
+    #: does not change the modules it has loaded) does not relabel its rows
+    code: dict[str, Any] = field(default_factory=dict)
 
 
 def _shared(
@@ -1283,6 +1287,7 @@ def _shared(
     return _Shared(
         config, base, tokenizer, context, stats, held_C, dense_W, dense_params, kept_ratio,
         wiki_ids, hs_items, checkpoints, protocol, evaluation, progress,
+        code={**package_versions(), "revision": source_revision()},
     )  # fmt: skip
 
 
@@ -1440,7 +1445,7 @@ def run_point(s: _Shared, point: SweepPoint, key: str) -> dict[str, Any]:
         "checkpoint_key": ckey,  # not in the key: rows of one compressed model share it
         "protocol": protocol,
         "calibration": stats.protocol if stats is not None else None,
-        "code": {**package_versions(), "revision": source_revision()},  # not in the key
+        "code": s.code,  # not in the key
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     del model
