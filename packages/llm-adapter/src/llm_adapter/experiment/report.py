@@ -245,7 +245,7 @@ def refit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 def revision_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Which code revisions wrote the rows: one line per commit, with its row count.
 
-    Rows record ``code["revision"]`` (:func:`llm_adapter.compress.source_revision`);
+    Rows record ``code["revision"]`` (:func:`llm_adapter.provenance.source_revision`);
     rows written before they did, or from an installed package, are counted apart.
 
     Returns

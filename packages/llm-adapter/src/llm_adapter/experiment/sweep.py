@@ -181,7 +181,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compress import CompressionConfig, CompressionReport, package_versions, source_revision
+from ..compress import CompressionConfig, CompressionReport
 from ..errors import AdapterError, ConfigurationError, Spelling, mention
 from ..methods import (
     DEFAULT_FAMILIES,
@@ -190,6 +190,7 @@ from ..methods import (
     PARAMS,
     split_families,
 )
+from ..provenance import package_versions, source_revision
 
 #: the methods a point may name: the method table's and ``dense`` (uncompressed)
 METHOD_NAMES = ("dense", *METHOD_TABLE)
