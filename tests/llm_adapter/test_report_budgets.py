@@ -110,3 +110,31 @@ def test_report_pairs_against_further_references(tmp_path: Path) -> None:
     rp.write_report(tmp_path / "r.jsonl", tmp_path / "out", against=["svd-llm +update"])
     with pytest.raises(Exception, match="names no method or label"):
         rp.write_report(tmp_path / "r.jsonl", tmp_path / "out2", against=["nope"])
+
+
+def test_rows_of_another_sweep_with_the_same_protocol_are_paired() -> None:
+    """A configuration that adds points to another's results file (another sweep name,
+    the same model, calibration and evaluation) is compared with that file's reference;
+    rows evaluated otherwise are not, and rows without a protocol keep their sweep."""
+    import math
+
+    from llm_adapter.experiment.budgets import paired_rows
+
+    ref = _row("svd-llm", "model ratio 0.4", 0.49, 0.4)
+    # mean NLL 1.5 against the reference's 3.0: a perplexity ratio of exp(-1.5)
+    refit = _row("svd-llm", "model ratio 0.4", 0.49, 0.4, sweep="other", label="refit",
+                 ppl_window_nll=[1.5, 1.75, 1.25])  # fmt: skip
+    elsewhere = {"evaluation": {"wikitext": "w", "seq_len": 16}}
+    evaluated_otherwise = _row("svd-llm", "model ratio 0.4", 0.49, 0.4, sweep="third",
+                               label="elsewhere", ppl_window_nll=[1.5, 1.75, 1.25],
+                               protocol=elsewhere)  # fmt: skip
+    old = [{**r, "protocol": None} for r in (ref, refit)]
+    pairs = paired_rows([ref, refit, evaluated_otherwise], reference="svd-llm")
+    by_label = {p["label"]: p for p in pairs}
+    assert by_label["refit"]["ppl_ratio"] == pytest.approx(math.exp(-1.5), rel=1e-12)
+    # its own group, whose svd-llm row is itself
+    assert by_label["elsewhere"]["ppl_ratio"] == pytest.approx(1.0, rel=1e-12)
+    # without a protocol the sweeps stay apart: each row is its own group's reference
+    assert [p["ppl_ratio"] for p in paired_rows(old, reference="svd-llm")] == [
+        pytest.approx(1.0, rel=1e-12)
+    ] * 2

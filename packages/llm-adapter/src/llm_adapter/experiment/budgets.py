@@ -61,8 +61,17 @@ SAME_BUDGET_RTOL = 0.005
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's budget group: rows evaluated alike, calibrated alike, on one budget.
+
+    Rows that record their protocol (the model, calibration and evaluation as
+    the sweep ran them) are grouped by it, whichever sweep wrote them, so a
+    configuration that adds points to another's results file is paired with
+    that file's rows; older rows without it are grouped by their sweep's name.
+    """
+    protocol = row.get("protocol")
+    source = json.dumps(protocol, sort_keys=True) if protocol else row.get("sweep")
     return (
-        row.get("sweep"),
+        source,
         tuple(row.get("families") or ()),
         row.get("budget"),
         calibration_seed(row),
