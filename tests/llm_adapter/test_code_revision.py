@@ -59,24 +59,29 @@ def test_a_copy_outside_this_repository_has_no_revision(
     assert source_revision() is None
 
 
-def test_rows_record_their_revision_and_the_report_counts_them(
-    tiny: dict[str, Path], tmp_path: Path
-) -> None:
-    head = _git_head()
+def _config(tiny: dict[str, Path], root: Path, ratios: list[float]) -> dict[str, Any]:
+    """Plain SVD of the tiny model's attention at ``ratios``, on 2 windows of 16 tokens."""
     text = str(tiny["text"])
-    config: dict[str, Any] = {
+    return {
         "name": "revision",
         "model": str(tiny["model"]),
-        "out": str(tmp_path / "revision.jsonl"),
+        "out": str(root / "revision.jsonl"),
         "device": "cpu",
-        "cache_dir": str(tmp_path / "cache"),
+        "cache_dir": str(root / "cache"),
         "baseline": False,
         "families": ["attention.dense"],
-        "rank_ratios": [0.25],
+        "rank_ratios": ratios,
         "calibration": {"text": text, "samples": 4, "seq_len": 16, "seed": 0},
         "evaluation": {"wikitext": text, "seq_len": 16, "max_windows": 2},
         "points": [{"method": "svd"}],
     }
+
+
+def test_rows_record_their_revision_and_the_report_counts_them(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    head = _git_head()
+    config = _config(tiny, tmp_path, [0.25])
     rows = sw.run_sweep(copy.deepcopy(config), progress=False, log=io.StringIO())
     (row,) = rows
     assert row["code"]["revision"]["commit"] == head
@@ -97,20 +102,7 @@ def test_the_revision_is_read_once_when_the_run_starts(
         return {"commit": f"{len(calls):040d}", "modified": False}
 
     monkeypatch.setattr(sw, "source_revision", moving)
-    text = str(tiny["text"])
-    config: dict[str, Any] = {
-        "name": "once",
-        "model": str(tiny["model"]),
-        "out": str(tmp_path / "once.jsonl"),
-        "device": "cpu",
-        "baseline": False,
-        "families": ["attention.dense"],
-        "rank_ratios": [0.125, 0.25],
-        "cache_dir": str(tmp_path / "cache"),
-        "calibration": {"text": text, "samples": 4, "seq_len": 16, "seed": 0},
-        "evaluation": {"wikitext": text, "seq_len": 16, "max_windows": 2},
-        "points": [{"method": "svd"}],
-    }
+    config = _config(tiny, tmp_path, [0.125, 0.25])
     rows = sw.run_sweep(copy.deepcopy(config), progress=False, log=io.StringIO())
     assert len(rows) == 2
     assert [r["code"]["revision"]["commit"] for r in rows] == [f"{1:040d}"] * 2
