@@ -10,7 +10,7 @@ the same calibration tokens::
     C_hat   = E[x_hat x_hat^T]  (the compressed model's input covariance)
     C_cross = E[x x_hat^T]      (cross-covariance, original times compressed)
 
-Four functions, each exact for the objective it states:
+The functions, each exact for the objective it states:
 
 * :func:`svd_llm_update`: SVD-LLM's truncation followed by its authors'
   closed-form update of the left factor (the ``whitening_local_update`` step
@@ -20,7 +20,8 @@ Four functions, each exact for the objective it states:
   ``W x`` (original model) instead of ``W x_hat`` when ``C_cross`` is given.
 * :func:`constrained_refit`: the refit variants (which factors, which
   target, a ridge towards the unrefit factors), with SVD-LLM's update and the
-  residual fit as special cases.
+  residual fit as special cases; :func:`constrained_refit_path` the same at
+  several ridges, sharing the work that does not depend on the ridge.
 * :func:`residual_fit`: the best rank-``d`` map ``A B`` (both factors) for
   ``E||W x - A B x_hat||^2``, a reduced-rank regression in closed form; for a
   group of ``k`` maps it gives the best shared output basis.
@@ -687,8 +688,7 @@ def constrained_refit_path(
 
     The same fits, ridge by ridge, as separate calls of
     :func:`constrained_refit` with these arguments and the unrefit factors of
-    the first (the same floating-point operations: the results are equal to
-    the last bit); the checks of the arguments, the unrefit factors (with
+    the first (the same floating-point operations in the same order); the checks of the arguments, the unrefit factors (with
     ``rank``, SVD-LLM's truncation), the target's statistics and the products
     that do not depend on the ridge are computed once.
 
