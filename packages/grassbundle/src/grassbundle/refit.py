@@ -688,9 +688,10 @@ def constrained_refit_path(
 
     The same fits, ridge by ridge, as separate calls of
     :func:`constrained_refit` with these arguments and the unrefit factors of
-    the first (the same floating-point operations in the same order); the checks of the arguments, the unrefit factors (with
-    ``rank``, SVD-LLM's truncation), the target's statistics and the products
-    that do not depend on the ridge are computed once.
+    the first (the same floating-point operations in the same order); the
+    checks of the arguments, the unrefit factors (with ``rank``, SVD-LLM's
+    truncation), the target's statistics and the products that do not depend
+    on the ridge are computed once.
 
     Parameters
     ----------
