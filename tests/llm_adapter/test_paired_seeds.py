@@ -159,3 +159,39 @@ def test_the_report_pairs_within_seeds_and_over_them(tmp_path: Any) -> None:
     md = rp.write_report(results, tmp_path / "out")["table"].read_text()
     assert "resample the N calibration seeds with replacement" in md
     assert "| residual | self_attn.o_proj | params kept 0.5 | all 3 |" in md
+
+
+def test_seeds_scored_on_their_own_windows_pool_over_seeds(tmp_path: Any) -> None:
+    """Each seed scored on windows chosen by that seed (window_seed = calibration
+    seed) still pairs within the seed, and pools over seeds; a window seed that
+    is not the calibration seed keeps rows of different seeds apart."""
+    import json
+
+    from llm_adapter.experiment import report as rp
+    from llm_adapter.experiment.budgets import budget_cells
+
+    shifts = {0: 0.03, 1: -0.03, 2: 0.0}
+
+    def rows_with(window_seed: Any) -> list[dict[str, Any]]:
+        out = []
+        for method, shift in (("svd-llm", dict.fromkeys(shifts, 0.0)), ("residual", shifts)):
+            for s in shifts:
+                row = _sweep_row(method, s, shift[s])
+                row["protocol"]["evaluation"].update(windows="spread", window_seed=window_seed(s))
+                out.append(row)
+        return out
+
+    own = rows_with(lambda s: s)
+    _, body = budget_cells(own)
+    seeds = {c[3] for c in body if c[0] == "residual"}
+    assert seeds == {"0", "1", "2", "all 3"}
+    shifted = rows_with(lambda s: s + 1)  # chosen by a seed, but not the calibration one
+    _, body = budget_cells(shifted)
+    assert {c[3] for c in body if c[0] == "residual"} == {"0", "1", "2"}
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in own))
+    md = rp.write_report(results, tmp_path / "own")["table"].read_text()
+    assert "windows spread over the split (seed: each row's calibration seed)" in md
+    results.write_text("".join(json.dumps(r) + "\n" for r in shifted))
+    md = rp.write_report(results, tmp_path / "shifted")["table"].read_text()
+    assert "windows spread over the split (seeds 1, 2, 3)" in md

@@ -207,14 +207,23 @@ def paired_rows(
 
 
 def _experiment(row: dict[str, Any]) -> tuple[Any, ...]:
-    """What rows of one experiment under several calibration seeds share."""
+    """What rows of one experiment under several calibration seeds share.
+
+    An evaluation whose ``window_seed`` is the row's calibration seed (each seed
+    scored on its own spread windows) counts as one protocol across seeds: the
+    pairing stays within each seed, whose two rows share their windows
+    (:func:`~llm_adapter.experiment.paired.paired_perplexity_seeds` checks it).
+    """
     protocol = row.get("protocol") or {}
     calibration = {k: v for k, v in (protocol.get("calibration") or {}).items() if k != "seed"}
+    evaluation = dict(protocol.get("evaluation") or {})
+    if "window_seed" in evaluation and evaluation["window_seed"] == calibration_seed(row):
+        evaluation["window_seed"] = "the calibration seed"
     return (
         row.get("model"),
         tuple(row.get("families") or ()),
         row.get("budget"),
-        json.dumps(protocol.get("evaluation") or {}, sort_keys=True),
+        json.dumps(evaluation, sort_keys=True),
         json.dumps(calibration, sort_keys=True),
     )
 

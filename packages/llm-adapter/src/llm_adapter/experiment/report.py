@@ -563,7 +563,7 @@ def write_report(
     proto = first.get("protocol", {})
     ev = proto.get("evaluation", {})
     if ev.get("max_windows") and ev.get("windows") == "spread":
-        chosen = f", {ev['max_windows']} windows spread over the split (seed {ev['window_seed']})"
+        chosen = f", {ev['max_windows']} windows spread over the split ({_window_seeds(rows)})"
     elif ev.get("max_windows"):
         chosen = f", first {ev['max_windows']} windows"
     else:
@@ -677,6 +677,18 @@ REPORT_FILES = (
 )  # fmt: skip
 #: a sentence of every results.md a report wrote (recognises reports older than the record)
 _REPORT_SENTENCE = "Errors are means over the compressed layers of"
+
+
+def _window_seeds(rows: Sequence[dict[str, Any]]) -> str:
+    """Which seed chose the rows' spread evaluation windows, in words."""
+    evs = [(r, (r.get("protocol") or {}).get("evaluation") or {}) for r in rows]
+    seeds = {ev.get("window_seed", 0) for _, ev in evs if ev.get("windows") == "spread"}
+    if len(seeds) <= 1:
+        return f"seed {next(iter(seeds), 0)}"
+    calibrated = [(r, ev) for r, ev in evs if calibration_seed(r) is not None]
+    if all(ev.get("window_seed", 0) == calibration_seed(r) for r, ev in calibrated):
+        return "seed: each row's calibration seed"
+    return "seeds " + ", ".join(str(s) for s in sorted(seeds, key=str))
 
 
 def _check_report_dir(out: Path) -> None:
