@@ -68,7 +68,7 @@ def test_refit_keeps_the_budget_records_the_gate_and_reloads(
     assert fam.refit_ridge is not None and fam.refit_kept is not None
     assert len(fam.refit_ridge) == L and set(fam.refit_ridge) <= set(AUTO_RIDGES)
     assert len(fam.refit_kept) == L
-    assert f"refit kept by {sum(fam.refit_kept)} of {L} maps" in report.summary_table()
+    assert f"refit kept by {sum(fam.refit_kept)} of {L} factored maps" in report.summary_table()
     config = report.to_dict()["config"]
     assert (config["refit"], config["target"], config["mix"]) == ("left", "joint", 0.25)
     assert "ridge" not in config and "gate" not in config  # defaults of optional parameters
@@ -186,3 +186,15 @@ def test_held_out_refit_needs_two_windows(dense: dict[str, Any]) -> None:
     )
     with pytest.raises(la.AdapterError, match="got 1 window: use calib_samples >= 2"):
         la.compress_model(model, config, dense["stats"], windows=one)
+
+
+def test_the_summary_counts_maps_kept_dense_apart(dense: dict[str, Any]) -> None:
+    """A map the allocation left dense (ridge None) is not a refit the gate dropped."""
+    _, report = _compress(dense, refit="left", ridge=0.0, gate="off")
+    fam = report.families[FAMILY]
+    assert fam.refit_ridge is not None and fam.refit_kept is not None
+    fam.refit_ridge[0], fam.refit_kept[0] = None, False
+    assert (
+        f"refit kept by {sum(fam.refit_kept)} of {L - 1} factored maps (lower held-out output "
+        "error); 1 kept dense, nothing to refit"
+    ) in report.summary_table()

@@ -110,3 +110,21 @@ def test_report_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / "empty.jsonl").write_text("")
     assert main(["report", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "no rows" in capsys.readouterr().err
+
+
+def test_refit_lines_count_dense_maps_apart() -> None:
+    """Maps an allocation kept dense (ridge None) have no refit to keep or drop."""
+    row = {
+        "label": "svd-llm alloc=fisher refit=both",
+        "budget": "model ratio 0.4",
+        "per_layer": {
+            "q": {"refit_kept": [True, False, False], "refit_ridge": [0.0, 1.0, None]},
+            "k": {"refit_kept": [False, True], "refit_ridge": [None, 0.1]},
+        },
+    }
+    old = {"label": "old", "budget": "b", "per_layer": {"q": {"refit_kept": [True, False]}}}
+    assert rp.refit_lines([row, old, {"label": "plain", "per_layer": {"q": {}}}]) == [
+        "- svd-llm alloc=fisher refit=both, model ratio 0.4: kept by 2 of 3 factored maps "
+        "(2 kept dense, nothing to refit)",
+        "- old, b: kept by 1 of 2 factored maps",
+    ]

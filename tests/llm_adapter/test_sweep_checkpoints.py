@@ -233,5 +233,5 @@ def test_refit_rows_record_each_maps_gate_and_the_report_counts_them(
     write_report(config["out"], out)
     text = (out / "results.md").read_text()
     kept = sum(layers["refit_kept"])
-    assert f": kept by {kept} of 3 maps" in text
+    assert f": kept by {kept} of 3 factored maps\n" in text
     assert text.count(" maps\n") == 1  # the plain SVD-LLM row has no line

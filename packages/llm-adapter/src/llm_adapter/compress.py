@@ -465,10 +465,19 @@ class CompressionReport:
                 f"{r.family:<28} {r.rank:>5} {r.rank_ratio:>6.3f} {kept:>19} "
                 f"{np.mean(r.frobenius_fraction):9.4f} {act}"
             )
-        gated = [k for r in self.families.values() for k in (r.refit_kept or ())]
-        if gated:
+        gated: list[bool] = []
+        dense = 0
+        for r in self.families.values():
+            gates = r.refit_kept or []
+            for k, rho in zip(gates, r.refit_ridge or [0.0] * len(gates), strict=True):
+                if rho is None:  # kept dense by the allocation: nothing to refit
+                    dense += 1
+                else:
+                    gated.append(k)
+        if gated or dense:
             lines.append(
-                f"refit kept by {sum(gated)} of {len(gated)} maps (lower held-out output error)"
+                f"refit kept by {sum(gated)} of {len(gated)} factored maps (lower held-out "
+                "output error)" + (f"; {dense} kept dense, nothing to refit" if dense else "")
             )
         lines.append(
             "errors: mean over layers of ||W-W'||_F^2/||W||_F^2 (frob) and "

@@ -220,7 +220,8 @@ def refit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     A refit is kept for a map only where it lowers that map's output error on
     the held-out calibration windows (:mod:`llm_adapter.sequential`); rows record
     the gate per layer as ``per_layer[family]["refit_kept"]`` (rows written
-    before they did are left out).
+    before they did are left out).  Maps an allocation kept dense have nothing
+    to refit (their ``refit_ridge`` is None): they are counted apart.
 
     Returns
     -------
@@ -230,14 +231,23 @@ def refit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
         per_layer = row.get("per_layer") or {}
-        gates = [g for fam in per_layer.values() for g in (fam.get("refit_kept") or [])]
-        if not gates:
+        gates, dense = [], 0
+        for fam in per_layer.values():
+            kept = fam.get("refit_kept") or []
+            ridges = fam.get("refit_ridge") or [0.0] * len(kept)
+            for g, rho in zip(kept, ridges, strict=True):
+                if rho is None:
+                    dense += 1
+                else:
+                    gates.append(g)
+        if not gates and not dense:
             continue
         seed = calibration_seed(row)
         lines.append(
             f"- {row.get('label')}, {row.get('budget')}"
             + (f", seed {seed}" if seed is not None else "")
-            + f": kept by {sum(bool(g) for g in gates)} of {len(gates)} maps"
+            + f": kept by {sum(bool(g) for g in gates)} of {len(gates)} factored maps"
+            + (f" ({dense} kept dense, nothing to refit)" if dense else "")
         )
     return lines
 
