@@ -194,17 +194,20 @@ def _points_and_protocol(name: str) -> tuple[list[sw.SweepPoint], dict[str, Any]
 
 
 def test_the_headline_points_are_compressed_as_in_the_loss_aware_sweep() -> None:
-    """experiments/smollm2_headline.toml evaluates points of smollm2_loss_aware.toml on more
-    text: every compressed point has a compression key of the loss-aware sweep, and no
-    point key (its rows are its own)."""
+    """experiments/smollm2_headline.toml evaluates points of smollm2_loss_aware.toml and
+    smollm2_refit.toml on more text: every compressed point has a compression key of
+    those sweeps, and no point key (its rows are its own)."""
     headline, h_protocol = _points_and_protocol("smollm2_headline.toml")
     loss_aware, l_protocol = _points_and_protocol("smollm2_loss_aware.toml")
+    refits, r_protocol = _points_and_protocol("smollm2_refit.toml")
+    assert r_protocol == l_protocol  # the refit rows go beside the loss-aware ones
+    loss_aware += refits
     h_paths = sw.load_config(REPO / "experiments" / "smollm2_headline.toml")["paths"]
     l_paths = sw.load_config(REPO / "experiments" / "smollm2_loss_aware.toml")["paths"]
     for name in (h_protocol["model"], h_protocol["calibration"]["dataset"]):
         assert h_paths[name] == l_paths[name]  # both read the same local files
     compressed = [p for p in headline if p.method != "dense"]
-    assert len(compressed) == 12
+    assert len(compressed) == 18
     ckeys = {sw.compression_key(p, l_protocol) for p in loss_aware}
     assert {sw.compression_key(p, h_protocol) for p in compressed} <= ckeys
     keys = {sw.point_key(p, l_protocol) for p in loss_aware}
