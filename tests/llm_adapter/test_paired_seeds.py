@@ -163,8 +163,9 @@ def test_the_report_pairs_within_seeds_and_over_them(tmp_path: Any) -> None:
 
 def test_seeds_scored_on_their_own_windows_pool_over_seeds(tmp_path: Any) -> None:
     """Each seed scored on windows chosen by that seed (window_seed = calibration
-    seed) still pairs within the seed, and pools over seeds; a window seed that
-    is not the calibration seed keeps rows of different seeds apart."""
+    seed) still pairs within the seed, and pools over seeds; so do seeds scored on
+    one fixed set of windows; window seeds that vary otherwise keep rows of
+    different seeds apart."""
     import json
 
     from llm_adapter.experiment import report as rp
@@ -185,6 +186,9 @@ def test_seeds_scored_on_their_own_windows_pool_over_seeds(tmp_path: Any) -> Non
     _, body = budget_cells(own)
     seeds = {c[3] for c in body if c[0] == "residual"}
     assert seeds == {"0", "1", "2", "all 3"}
+    fixed = rows_with(lambda s: 0)  # every seed on the same windows, seed 0's among them
+    _, body = budget_cells(fixed)
+    assert {c[3] for c in body if c[0] == "residual"} == {"0", "1", "2", "all 3"}
     shifted = rows_with(lambda s: s + 1)  # chosen by a seed, but not the calibration one
     _, body = budget_cells(shifted)
     assert {c[3] for c in body if c[0] == "residual"} == {"0", "1", "2"}

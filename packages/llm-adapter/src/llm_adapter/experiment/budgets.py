@@ -206,19 +206,17 @@ def paired_rows(
     return out
 
 
-def _experiment(row: dict[str, Any]) -> tuple[Any, ...]:
-    """What rows of one experiment under several calibration seeds share.
+def _window_seed(row: dict[str, Any]) -> Any:
+    return ((row.get("protocol") or {}).get("evaluation") or {}).get("window_seed")
 
-    An evaluation whose ``window_seed`` is the row's calibration seed (each seed
-    scored on its own spread windows) counts as one protocol across seeds: the
-    pairing stays within each seed, whose two rows share their windows
-    (:func:`~llm_adapter.experiment.paired.paired_perplexity_seeds` checks it).
-    """
+
+def _experiment(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What rows of one experiment under several calibration seeds share, but the
+    evaluation's ``window_seed`` (see :func:`_experiments`)."""
     protocol = row.get("protocol") or {}
     calibration = {k: v for k, v in (protocol.get("calibration") or {}).items() if k != "seed"}
     evaluation = dict(protocol.get("evaluation") or {})
-    if "window_seed" in evaluation and evaluation["window_seed"] == calibration_seed(row):
-        evaluation["window_seed"] = "the calibration seed"
+    evaluation.pop("window_seed", None)
     return (
         row.get("model"),
         tuple(row.get("families") or ()),
@@ -226,6 +224,31 @@ def _experiment(row: dict[str, Any]) -> tuple[Any, ...]:
         json.dumps(evaluation, sort_keys=True),
         json.dumps(calibration, sort_keys=True),
     )
+
+
+def _experiments(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by experiment (:func:`_experiment`) and by their evaluation windows.
+
+    Rows that differ only in ``window_seed`` stay apart, except where every row
+    of the experiment was scored on windows chosen by its own calibration seed
+    (``window_seed`` equal to the seed, as in the SmolLM2 configurations): those
+    count as one protocol across seeds, since the pairing stays within each seed,
+    whose two rows share their windows
+    (:func:`~llm_adapter.experiment.paired.paired_perplexity_seeds` checks it).
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_experiment(r), []).append(r)
+    out = []
+    for group in groups.values():
+        if all(_window_seed(r) == calibration_seed(r) for r in group):
+            out.append(group)
+            continue
+        by_windows: dict[str, list[dict[str, Any]]] = {}
+        for r in group:
+            by_windows.setdefault(json.dumps(_window_seed(r)), []).append(r)
+        out += by_windows.values()
+    return out
 
 
 def seed_paired_rows(
@@ -258,17 +281,19 @@ def seed_paired_rows(
         ``ppl_low``, ``ppl_high``, ``ppl_significant`` and ``ppl_verdict``.
     """
     reference = reference or reference_method()
-    groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
-    for r in rows:
-        if r.get("method") == "dense" or r.get("ppl_window_nll") is None:
-            continue
-        if calibration_seed(r) is None:
-            continue
-        label = str(r.get("label", r.get("method")))
-        groups.setdefault(_experiment(r), {}).setdefault(label, []).append(r)
+    usable = [
+        r
+        for r in rows
+        if r.get("method") != "dense"
+        and r.get("ppl_window_nll") is not None
+        and calibration_seed(r) is not None
+    ]
     spread = group_spread(rows)
     out = []
-    for labels in groups.values():
+    for group in _experiments(usable):
+        labels: dict[str, list[dict[str, Any]]] = {}
+        for r in group:
+            labels.setdefault(str(r.get("label", r.get("method"))), []).append(r)
         refs = next((v for k, v in labels.items() if reference in (k, v[0].get("method"))), None)
         if refs is None:
             continue
