@@ -67,7 +67,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +121,7 @@ __all__ = [
     "check_config",
     "compress_model",
     "rank_for",
+    "refit_counts",
 ]
 
 ALL_FAMILIES = known_family_names()  # every architecture's families, then neutral names
@@ -465,18 +466,12 @@ class CompressionReport:
                 f"{r.family:<28} {r.rank:>5} {r.rank_ratio:>6.3f} {kept:>19} "
                 f"{np.mean(r.frobenius_fraction):9.4f} {act}"
             )
-        gated: list[bool] = []
-        dense = 0
-        for r in self.families.values():
-            gates = r.refit_kept or []
-            for k, rho in zip(gates, r.refit_ridge or [0.0] * len(gates), strict=True):
-                if rho is None:  # kept dense by the allocation: nothing to refit
-                    dense += 1
-                else:
-                    gated.append(k)
-        if gated or dense:
+        n_kept, factored, dense = refit_counts(
+            (r.refit_kept or [], r.refit_ridge) for r in self.families.values()
+        )
+        if factored or dense:
             lines.append(
-                f"refit kept by {sum(gated)} of {len(gated)} factored maps (lower held-out "
+                f"refit kept by {n_kept} of {factored} factored maps (lower held-out "
                 "output error)" + (f"; {dense} kept dense, nothing to refit" if dense else "")
             )
         lines.append(
@@ -492,6 +487,35 @@ def _short_config(config: dict[str, Any]) -> dict[str, Any]:
     if entry is not None:
         keep += list(entry.options)
     return {k: config[k] for k in keep if k in config}
+
+
+def refit_counts(
+    families: Iterable[tuple[Sequence[bool], Sequence[float | None] | None]],
+) -> tuple[int, int, int]:
+    """How many maps kept their refit, how many were factored, how many kept dense.
+
+    Parameters
+    ----------
+    families : iterable of (sequence of bool, sequence of float or None, or None)
+        Per family, the per-layer gate (``refit_kept``) and chosen ridge
+        (``refit_ridge``; None for the whole family when not recorded).  A
+        layer whose ridge is None was kept dense by the allocation: it had
+        nothing to refit, so it counts as dense, not as a refit the gate dropped.
+
+    Returns
+    -------
+    tuple of int
+        ``(kept, factored, dense)``.
+    """
+    kept = factored = dense = 0
+    for gates, ridges in families:
+        for gate, ridge in zip(gates, ridges or [0.0] * len(gates), strict=True):
+            if ridge is None:
+                dense += 1
+            else:
+                factored += 1
+                kept += bool(gate)
+    return kept, factored, dense
 
 
 def rank_for(config: CompressionConfig, m: int, n: int, layers: int) -> int:

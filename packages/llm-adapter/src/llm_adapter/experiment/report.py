@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..compress import refit_counts
 from ..errors import AdapterError, mention
 from ..methods import METHOD_TABLE, format_float, parse_float, reference_method
 from .budgets import (
@@ -231,22 +232,16 @@ def refit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
         per_layer = row.get("per_layer") or {}
-        gates, dense = [], 0
-        for fam in per_layer.values():
-            kept = fam.get("refit_kept") or []
-            ridges = fam.get("refit_ridge") or [0.0] * len(kept)
-            for g, rho in zip(kept, ridges, strict=True):
-                if rho is None:
-                    dense += 1
-                else:
-                    gates.append(g)
-        if not gates and not dense:
+        kept, factored, dense = refit_counts(
+            (fam.get("refit_kept") or [], fam.get("refit_ridge")) for fam in per_layer.values()
+        )
+        if not factored and not dense:
             continue
         seed = calibration_seed(row)
         lines.append(
             f"- {row.get('label')}, {row.get('budget')}"
             + (f", seed {seed}" if seed is not None else "")
-            + f": kept by {sum(bool(g) for g in gates)} of {len(gates)} factored maps"
+            + f": kept by {kept} of {factored} factored maps"
             + (f" ({dense} kept dense, nothing to refit)" if dense else "")
         )
     return lines
