@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from llm_adapter import AdapterError
 from llm_adapter.experiment import sweep as sw
 
@@ -212,6 +213,53 @@ def test_the_headline_points_are_compressed_as_in_the_loss_aware_sweep() -> None
     assert {sw.compression_key(p, h_protocol) for p in compressed} <= ckeys
     keys = {sw.point_key(p, l_protocol) for p in loss_aware}
     assert keys.isdisjoint(sw.point_key(p, h_protocol) for p in headline)
+
+
+def test_the_gpu_headline_evaluates_the_headline_models_at_2048_tokens_on_everything() -> None:
+    """experiments/smollm2_headline_gpu.toml: the headline's points with its calibration
+    (so the same compression keys: a checkpoints directory serves both), evaluated on
+    windows of 2048 tokens over the whole split and all of HellaSwag, in float32."""
+    gpu, g_protocol = _points_and_protocol("smollm2_headline_gpu.toml")
+    cpu, c_protocol = _points_and_protocol("smollm2_headline.toml")
+    assert [p.describe() for p in gpu] == [p.describe() for p in cpu]
+    assert [sw.compression_key(p, g_protocol) for p in gpu if p.method != "dense"] == [
+        sw.compression_key(p, c_protocol) for p in cpu if p.method != "dense"
+    ]
+    g_keys = {sw.point_key(p, g_protocol) for p in gpu}
+    assert g_keys.isdisjoint(sw.point_key(p, c_protocol) for p in cpu)  # rows apart
+    config = sw.load_config(REPO / "experiments" / "smollm2_headline_gpu.toml")
+    evaluation = config["evaluation"]
+    assert evaluation["seq_len"] == 2048
+    assert "max_windows" not in evaluation and "limit" not in evaluation
+    assert config["device"] == "cuda" and config["dtype"] == "float32"
+    assert config["out"] != sw.load_config(REPO / "experiments" / "smollm2_headline.toml")["out"]
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "data").is_dir(), reason="../shared/data is absent"
+)
+def test_the_gpu_headline_stops_in_one_line_without_cuda(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without CUDA the GPU headline refuses before loading anything and writes no file
+    (its [paths] are read from the repository root, as the command in its header runs)."""
+    from llm_adapter.cli import main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "rows.jsonl"
+    config = (REPO / "experiments" / "smollm2_headline_gpu.toml").read_text()
+    assert 'out = "experiments/results/smollm2_headline_gpu.jsonl"' in config
+    cfg = tmp_path / "gpu.toml"
+    cfg.write_text(config.replace("experiments/results/smollm2_headline_gpu.jsonl", str(out)))
+    assert main(["sweep", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "llm-adapter: error: device 'cuda' asked for but CUDA is not available; use --device cpu"
+    ]
+    assert not out.exists()
 
 
 def test_refit_rows_record_each_maps_gate_and_the_report_counts_them(
