@@ -31,7 +31,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=[],
         metavar="LABEL",
         help="also pair every row with this method or row label (e.g. 'svd-llm +update'); "
-        "repeatable; each writes paired_<label>.csv",
+        "repeatable; each writes paired_<label>.csv and, with HellaSwag items, "
+        "mcnemar_<label>.csv",
     )
     p.set_defaults(func=run_cli)
     return p

@@ -35,6 +35,7 @@ from ..errors import AdapterError
 from ..methods import reference_method
 from .paired import (
     calibration_seed,
+    mcnemar,
     paired_accuracy,
     paired_perplexity,
     paired_perplexity_seeds,
@@ -49,6 +50,8 @@ __all__ = [
     "cells_markdown",
     "comparison_basis",
     "group_spread",
+    "mcnemar_cells",
+    "mcnemar_csv",
     "paired_rows",
     "pareto_figure",
     "pyplot",
@@ -401,6 +404,88 @@ def budget_cells(
     return head, body
 
 
+def mcnemar_cells(
+    rows: Sequence[dict[str, Any]], *, reference: str | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Exact McNemar tests of HellaSwag against the reference, as a header and cells.
+
+    Each compressed row with per-item hits is tested against the reference row
+    of its group (the same sweep, families, budget and calibration seed, as in
+    :func:`paired_rows`), on ``acc_norm`` and on ``acc``
+    (:func:`llm_adapter.experiment.paired.mcnemar`). A cell reads ``wins /
+    losses, p``: the items only the row gets right, the items only the
+    reference gets right, and the exact two-sided p-value. The verdict is
+    "better" or "worse" where ``p < 0.05``, else "tie". There is no pooled row
+    over calibration seeds: the test pairs items of one model each.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+    reference : str, optional
+        The method or label tested against (default: the reference method).
+
+    Returns
+    -------
+    head : list of str
+    cells : list of list of str
+        Empty when no row has per-item hits beside its reference's.
+    """
+    reference = reference or reference_method()
+    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        if _pairable(r) and reference in (r.get("method"), r.get("label")):
+            refs.setdefault(_key(r), r)
+    head = [
+        "point", "families", "budget", "seed", "removed (model)", "removed (maps)",
+        f"acc_norm: wins / losses against {reference}, p", "verdict",
+        f"acc: wins / losses against {reference}, p", "verdict",
+    ]  # fmt: skip
+    body = []
+    for r in rows:
+        ref = refs.get(_key(r))
+        if ref is None or r is ref or r.get("method") == "dense":
+            continue
+        if not (r.get("hellaswag_correct_norm") and ref.get("hellaswag_correct_norm")):
+            continue
+        kept = r.get("param_ratio")
+        seed = calibration_seed(r)
+        cells = [
+            str(r.get("label", r.get("method"))),
+            ", ".join(r.get("families") or []),
+            str(r.get("budget")),
+            "-" if seed is None else str(seed),
+            _removed(r.get("model_ratio")),
+            _removed(None if kept is None else 1.0 - kept),
+        ]
+        for norm, key in ((True, "hellaswag_correct_norm"), (False, "hellaswag_correct")):
+            if r.get(key) is None or ref.get(key) is None:
+                cells += ["-", "-"]
+                continue
+            t = mcnemar(ref, r, norm=norm)
+            cells += [
+                f"{t.wins} / {t.losses}, p = {t.p_value:.3g}",
+                _verdict(t.significant, t.wins > t.losses),
+            ]
+        body.append(cells)
+    return head, body
+
+
+def mcnemar_csv(rows: Sequence[dict[str, Any]], *, reference: str | None = None) -> str:
+    """The McNemar tests as CSV (see :func:`mcnemar_cells`); empty when there are none.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+    reference : str, optional
+
+    Returns
+    -------
+    str
+    """
+    head, body = mcnemar_cells(rows, reference=reference)
+    return cells_csv(head, body) if body else ""
+
+
 def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str | None = None) -> str:
     """The paired comparison as a Markdown table (see :func:`budget_cells`).
 
@@ -532,7 +617,8 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> bool:
             if key == "ppl":
                 ax.set_yscale("log")
             ax.set_title(f"{', '.join(fams)}", fontsize=9)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a panel with no curve has no legend
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -38,9 +38,11 @@ from numpy.typing import NDArray
 from ..errors import AdapterError
 
 __all__ = [
+    "McNemar",
     "PairedDifference",
     "SeedPairedDifference",
     "calibration_seed",
+    "mcnemar",
     "paired_accuracy",
     "paired_perplexity",
     "paired_perplexity_seeds",
@@ -232,6 +234,104 @@ def paired_accuracy(
     metric = "hellaswag_acc_norm_diff" if norm else "hellaswag_acc_diff"
     return _interval(
         metric, float(diff.mean()), diff[idx].mean(axis=1), 0.0, n, level, n_boot, seed
+    )
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """An exact McNemar test of ``b`` against ``a`` on the items where they disagree.
+
+    Attributes
+    ----------
+    metric : str
+        ``"hellaswag_acc_norm"`` or ``"hellaswag_acc"``.
+    wins : int
+        Items that ``b`` gets right and ``a`` wrong.
+    losses : int
+        Items that ``a`` gets right and ``b`` wrong.
+    n : int
+        Items paired.
+    p_value : float
+        Two-sided: ``min(1, 2 P(X <= min(wins, losses)))`` for ``X ~ Binomial(wins +
+        losses, 1/2)``, the null being that a disagreement falls either way with
+        equal chance; 1 when the two never disagree.
+    alpha : float
+        The test's size.
+    significant : bool
+        ``p_value < alpha``.
+    """
+
+    metric: str
+    wins: int
+    losses: int
+    n: int
+    p_value: float
+    alpha: float
+    significant: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _binomial_two_sided(wins: int, losses: int) -> float:
+    """``min(1, 2 P(X <= min(wins, losses)))``, ``X ~ Binomial(wins + losses, 1/2)``,
+    in exact integer arithmetic (one rounding, at the final division)."""
+    m = wins + losses
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2**m)
+
+
+def mcnemar(
+    a: Mapping[str, Any], b: Mapping[str, Any], *, norm: bool = True, alpha: float = 0.05
+) -> McNemar:
+    """Exact McNemar test of HellaSwag accuracy, ``b`` against ``a``, paired on items.
+
+    Only the items where the two models disagree carry information about which
+    is better: under the null each of them falls to either model with
+    probability 1/2, so the number ``b`` wins is binomial. The test is exact
+    (no normal approximation, no continuity correction), which matters at the
+    few dozen disagreements of a 1,000-item comparison.
+
+    Parameters
+    ----------
+    a, b : mapping
+        Rows with ``hellaswag_correct_norm`` (``norm=True``) or
+        ``hellaswag_correct``: 0/1 per item, on the same items.
+    norm : bool
+        Test ``acc_norm`` (default) or ``acc``.
+    alpha : float
+        Size of the test.
+
+    Returns
+    -------
+    McNemar
+    """
+    if not 0.0 < alpha < 1.0:
+        raise AdapterError(f"alpha={alpha} must be in (0, 1), e.g. 0.05")
+    key = "hellaswag_correct_norm" if norm else "hellaswag_correct"
+    ca = _field(a, key, "the first row")
+    cb = _field(b, key, "the second row")
+    if ca.shape != cb.shape:
+        raise AdapterError(
+            f"the rows were scored on different items ({ca.size} vs {cb.size}): "
+            "compare rows of one evaluation protocol"
+        )
+    if not (np.isin(ca, (0.0, 1.0)).all() and np.isin(cb, (0.0, 1.0)).all()):
+        raise AdapterError(f"{key!r} must hold 0 or 1 per item; give rows written by a sweep")
+    wins = int(np.count_nonzero((cb == 1.0) & (ca == 0.0)))
+    losses = int(np.count_nonzero((ca == 1.0) & (cb == 0.0)))
+    p = _binomial_two_sided(wins, losses)
+    return McNemar(
+        metric="hellaswag_acc_norm" if norm else "hellaswag_acc",
+        wins=wins,
+        losses=losses,
+        n=int(ca.size),
+        p_value=p,
+        alpha=alpha,
+        significant=p < alpha,
     )
 
 

@@ -31,7 +31,11 @@ Rows measured with per-window and per-item scores also get a paired table:
 every method against SVD-LLM at the same budget, with a bootstrap interval
 (:mod:`llm_adapter.budgets`); with rows under several calibration seeds, each
 seed's comparison and the comparison over all seeds (a bootstrap over seeds,
-then windows within each seed).
+then windows within each seed). Rows with per-item HellaSwag hits also get
+``DIR/mcnemar.csv``: an exact McNemar test of ``acc_norm`` and ``acc`` against
+SVD-LLM on the items where the two disagree, per calibration seed
+(:func:`llm_adapter.experiment.budgets.mcnemar_cells`).  Each further reference
+(``against``) gets its own ``paired_<slug>.csv`` and ``mcnemar_<slug>.csv``.
 
 Figures are drawn with matplotlib's Agg backend (no display needed).
 """
@@ -54,6 +58,8 @@ from .budgets import (
     cells_csv,
     cells_markdown,
     comparison_basis,
+    mcnemar_cells,
+    mcnemar_csv,
     pareto_figure,
     pyplot,
 )
@@ -527,7 +533,9 @@ def write_report(
     -------
     dict of str to Path
         ``table`` (Markdown), ``csv`` and each figure written (``phase_diagram``,
-        ``frobenius_vs_perplexity``, ``per_layer_errors``).
+        ``frobenius_vs_perplexity``, ``per_layer_errors``), and, where there is
+        something to pair, ``paired_csv``, ``mcnemar_csv`` and, per further
+        reference, ``paired_<slug>_csv`` and ``mcnemar_<slug>_csv``.
     """
     files = [results] if isinstance(results, str | Path) else list(results)
     rows: list[dict[str, Any]] = []
@@ -636,6 +644,20 @@ def write_report(
             table_ref,
             "",
         ]
+    tests: dict[str, str] = {}
+    for ref in dict.fromkeys((reference_method(), *against)):
+        head, body = mcnemar_cells(rows, reference=ref)
+        if not body:
+            continue
+        tests[ref] = mcnemar_csv(rows, reference=ref)
+        lines += [
+            f"HellaSwag against `{ref}`, exact McNemar test on the items where the two "
+            "disagree (wins: items only the point gets right; losses: items only "
+            f"`{ref}` gets right; two-sided p; 'tie' where p >= 0.05):",
+            "",
+            cells_markdown(head, body),
+            "",
+        ]
     refits = refit_lines(rows)
     if refits:
         lines += [
@@ -668,6 +690,10 @@ def write_report(
         key = f"paired_{against_slug(ref)}_csv"
         written[key] = out / f"paired_{against_slug(ref)}.csv"
         written[key].write_text(text)
+    for ref, text in tests.items():
+        name = "mcnemar" if ref == reference_method() else f"mcnemar_{against_slug(ref)}"
+        written[f"{name}_csv"] = out / f"{name}.csv"
+        written[f"{name}_csv"].write_text(text)
     _record_report(out, written.values())
     return written
 
@@ -678,7 +704,7 @@ REPORT_RECORD = ".llm-adapter-report.json"
 REPORT_FILES = (
     "results.md", "results.csv", "paired.csv", "phase_diagram.png",
     "frobenius_vs_perplexity.png", "per_layer_errors.png", "pareto.png", "allocation.png",
-    "allocation.csv",
+    "allocation.csv", "mcnemar.csv",
 )  # fmt: skip
 #: a sentence of every results.md a report wrote (recognises reports older than the record)
 _REPORT_SENTENCE = "Errors are means over the compressed layers of"
@@ -721,7 +747,7 @@ def _check_report_dir(out: Path) -> None:
             legacy = _REPORT_SENTENCE in (out / "results.md").read_text(encoding="utf-8")
         except (OSError, ValueError):
             legacy = False
-    extra = sorted(p.name for p in out.glob("paired_*.csv"))
+    extra = sorted(p.name for p in (*out.glob("paired_*.csv"), *out.glob("mcnemar_*.csv")))
     for name in (*REPORT_FILES, *extra):
         path = out / name
         if not path.exists() and not path.is_symlink():
