@@ -142,6 +142,21 @@ def _field(row: Mapping[str, Any], key: str, who: str) -> NDArray[np.float64]:
     return np.asarray(value, dtype=np.float64)
 
 
+def _item_hits(
+    a: Mapping[str, Any], b: Mapping[str, Any], norm: bool
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Both rows' per-item HellaSwag hits (``acc_norm`` or ``acc``), checked to pair."""
+    key = "hellaswag_correct_norm" if norm else "hellaswag_correct"
+    ca = _field(a, key, "the first row")
+    cb = _field(b, key, "the second row")
+    if ca.shape != cb.shape:
+        raise AdapterError(
+            f"the rows were scored on different items ({ca.size} vs {cb.size}): "
+            "compare rows of one evaluation protocol"
+        )
+    return ca, cb
+
+
 def paired_perplexity(
     a: Mapping[str, Any],
     b: Mapping[str, Any],
@@ -218,14 +233,7 @@ def paired_accuracy(
         Significant when the interval excludes 0.
     """
     _check(level, n_boot)
-    key = "hellaswag_correct_norm" if norm else "hellaswag_correct"
-    ca = _field(a, key, "the first row")
-    cb = _field(b, key, "the second row")
-    if ca.shape != cb.shape:
-        raise AdapterError(
-            f"the rows were scored on different items ({ca.size} vs {cb.size}): "
-            "compare rows of one evaluation protocol"
-        )
+    ca, cb = _item_hits(a, b, norm)
     n = int(ca.size)
     if n < 2:
         raise AdapterError(f"{n} item(s) cannot give an interval; score at least 2 items")
@@ -311,15 +319,9 @@ def mcnemar(
     """
     if not 0.0 < alpha < 1.0:
         raise AdapterError(f"alpha={alpha} must be in (0, 1), e.g. 0.05")
-    key = "hellaswag_correct_norm" if norm else "hellaswag_correct"
-    ca = _field(a, key, "the first row")
-    cb = _field(b, key, "the second row")
-    if ca.shape != cb.shape:
-        raise AdapterError(
-            f"the rows were scored on different items ({ca.size} vs {cb.size}): "
-            "compare rows of one evaluation protocol"
-        )
+    ca, cb = _item_hits(a, b, norm)
     if not (np.isin(ca, (0.0, 1.0)).all() and np.isin(cb, (0.0, 1.0)).all()):
+        key = "hellaswag_correct_norm" if norm else "hellaswag_correct"
         raise AdapterError(f"{key!r} must hold 0 or 1 per item; give rows written by a sweep")
     wins = int(np.count_nonzero((cb == 1.0) & (ca == 0.0)))
     losses = int(np.count_nonzero((ca == 1.0) & (cb == 0.0)))
