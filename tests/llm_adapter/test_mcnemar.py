@@ -117,5 +117,10 @@ def test_the_report_writes_the_tests_against_each_reference(tmp_path: Path) -> N
     assert '"0 / 4, p = 0.125",tie' in line
     assert not any(x.startswith("svd-llm +update,") for x in against.splitlines())
     assert "exact McNemar" in written["table"].read_text()
+    # a point that keeps other parameters than its reference is marked, as in paired.csv
+    rank = [{**r, "budget": "d/D=0.25"} for r in rows]
+    rank[2]["param_ratio"] = 0.3
+    _head, body = mcnemar_cells(rank)
+    assert [cells[2] for cells in body] == ["d/D=0.25 (equal rank)"] * 2
     # rewriting the same folder is allowed: the tables are the report's own
     rp.write_report(results, tmp_path / "out", against=["svd-llm +update"])

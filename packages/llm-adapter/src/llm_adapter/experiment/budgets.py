@@ -440,6 +440,7 @@ def mcnemar_cells(
         f"acc_norm: wins / losses against {reference}, p", "verdict",
         f"acc: wins / losses against {reference}, p", "verdict",
     ]  # fmt: skip
+    spread = group_spread(rows)
     body = []
     for r in rows:
         ref = refs.get(_key(r))
@@ -449,10 +450,13 @@ def mcnemar_cells(
             continue
         kept = r.get("param_ratio")
         seed = calibration_seed(r)
+        budget = str(r.get("budget"))
+        if spread.get(_key(r), 0.0) > SAME_BUDGET_RTOL:
+            budget += " (equal rank)" if budget.startswith("d/D") else " (kept differs)"
         cells = [
             str(r.get("label", r.get("method"))),
             ", ".join(r.get("families") or []),
-            str(r.get("budget")),
+            budget,
             "-" if seed is None else str(seed),
             _removed(r.get("model_ratio")),
             _removed(None if kept is None else 1.0 - kept),
