@@ -51,7 +51,6 @@ __all__ = [
     "comparison_basis",
     "group_spread",
     "mcnemar_cells",
-    "mcnemar_csv",
     "paired_rows",
     "pareto_figure",
     "pyplot",
@@ -135,6 +134,23 @@ def _pairable(row: dict[str, Any]) -> bool:
     )
 
 
+def _references(rows: Sequence[dict[str, Any]], reference: str) -> dict[tuple[Any, ...], Any]:
+    """The reference method's first pairable row of each budget group (:func:`_key`)."""
+    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        if _pairable(r) and reference in (r.get("method"), r.get("label")):
+            refs.setdefault(_key(r), r)
+    return refs
+
+
+def _budget_cell(budget: Any, shares_budget: bool) -> str:
+    """A row's budget as the tables print it: marked where its group does not share one."""
+    text = str(budget)
+    if not shares_budget:
+        text += " (equal rank)" if text.startswith("d/D") else " (kept differs)"
+    return text
+
+
 def paired_rows(
     rows: Sequence[dict[str, Any]], *, reference: str | None = None, seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -167,11 +183,7 @@ def paired_rows(
         rows have no per-window scores (a HellaSwag-only sweep), the acc_norm
         keys where they have no per-item hits.
     """
-    reference = reference or reference_method()
-    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in rows:
-        if _pairable(r) and reference in (r.get("method"), r.get("label")):
-            refs.setdefault(_key(r), r)
+    refs = _references(rows, reference or reference_method())
     spread = group_spread(rows)
     out = []
     for r in rows:
@@ -370,14 +382,11 @@ def budget_cells(
         pairs += seed_paired_rows(rows, reference=reference)
     body = []
     for p in pairs:
-        budget = str(p["budget"])
-        if not p["shares_budget"]:
-            budget += " (equal rank)" if budget.startswith("d/D") else " (kept differs)"
         kept = p.get("param_ratio")
         cells = [
             str(p["label"]),
             ", ".join(p["families"]),
-            budget,
+            _budget_cell(p["budget"], p["shares_budget"]),
             f"{kept:.3f}" if kept is not None else "-",
             _removed(p.get("model_ratio")),
             _removed(None if kept is None else 1.0 - kept),
@@ -431,10 +440,7 @@ def mcnemar_cells(
         Empty when no row has per-item hits beside its reference's.
     """
     reference = reference or reference_method()
-    refs: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in rows:
-        if _pairable(r) and reference in (r.get("method"), r.get("label")):
-            refs.setdefault(_key(r), r)
+    refs = _references(rows, reference)
     head = [
         "point", "families", "budget", "seed", "removed (model)", "removed (maps)",
         f"acc_norm: wins / losses against {reference}, p", "verdict",
@@ -450,13 +456,10 @@ def mcnemar_cells(
             continue
         kept = r.get("param_ratio")
         seed = calibration_seed(r)
-        budget = str(r.get("budget"))
-        if spread.get(_key(r), 0.0) > SAME_BUDGET_RTOL:
-            budget += " (equal rank)" if budget.startswith("d/D") else " (kept differs)"
         cells = [
             str(r.get("label", r.get("method"))),
             ", ".join(r.get("families") or []),
-            budget,
+            _budget_cell(r.get("budget"), spread.get(_key(r), 0.0) <= SAME_BUDGET_RTOL),
             "-" if seed is None else str(seed),
             _removed(r.get("model_ratio")),
             _removed(None if kept is None else 1.0 - kept),
@@ -472,22 +475,6 @@ def mcnemar_cells(
             ]
         body.append(cells)
     return head, body
-
-
-def mcnemar_csv(rows: Sequence[dict[str, Any]], *, reference: str | None = None) -> str:
-    """The McNemar tests as CSV (see :func:`mcnemar_cells`); empty when there are none.
-
-    Parameters
-    ----------
-    rows : sequence of dict
-    reference : str, optional
-
-    Returns
-    -------
-    str
-    """
-    head, body = mcnemar_cells(rows, reference=reference)
-    return cells_csv(head, body) if body else ""
 
 
 def budget_markdown(rows: Sequence[dict[str, Any]], *, reference: str | None = None) -> str:

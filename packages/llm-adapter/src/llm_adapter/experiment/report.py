@@ -53,13 +53,11 @@ from ..errors import AdapterError, mention
 from ..methods import METHOD_TABLE, format_float, parse_float, reference_method
 from .budgets import (
     SAME_BUDGET_RTOL,
-    budget_csv,
-    budget_markdown,
+    budget_cells,
     cells_csv,
     cells_markdown,
     comparison_basis,
     mcnemar_cells,
-    mcnemar_csv,
     pareto_figure,
     pyplot,
 )
@@ -606,8 +604,8 @@ def write_report(
         markdown_table(rows),
         "",
     ]
-    paired = budget_markdown(rows)
-    if paired:
+    paired_head, paired_body = budget_cells(rows)
+    if paired_body:
         shared = {
             "the same budget": "at the same budget (parameters kept within "
             f"{100 * SAME_BUDGET_RTOL:g}% in every group)",
@@ -628,20 +626,20 @@ def write_report(
             "windows and items, 2,000 resamples; 'tie' where the 95% interval contains no "
             f"difference{over_seeds}):",
             "",
-            paired,
+            cells_markdown(paired_head, paired_body),
             "",
         ]
     extra: dict[str, str] = {}
     for ref in against:
-        table_ref = budget_markdown(rows, reference=ref)
-        if not table_ref:
+        head, body = budget_cells(rows, reference=ref)
+        if not body:
             continue
-        extra[ref] = budget_csv(rows, reference=ref)
+        extra[ref] = cells_csv(head, body)
         lines += [
             f"Paired comparison with `{ref}`, as above (ratios below 1: lower perplexity "
             f"than `{ref}`):",
             "",
-            table_ref,
+            cells_markdown(head, body),
             "",
         ]
     tests: dict[str, str] = {}
@@ -649,7 +647,7 @@ def write_report(
         head, body = mcnemar_cells(rows, reference=ref)
         if not body:
             continue
-        tests[ref] = mcnemar_csv(rows, reference=ref)
+        tests[ref] = cells_csv(head, body)
         lines += [
             f"HellaSwag against `{ref}`, exact McNemar test on the items where the two "
             "disagree (wins: items only the point gets right; losses: items only "
@@ -683,9 +681,9 @@ def write_report(
     if "allocation" in written:
         written["allocation_csv"] = out / "allocation.csv"
         written["allocation_csv"].write_text(allocation_csv(rows))
-    if paired:
+    if paired_body:
         written["paired_csv"] = out / "paired.csv"
-        written["paired_csv"].write_text(budget_csv(rows))
+        written["paired_csv"].write_text(cells_csv(paired_head, paired_body))
     for ref, text in extra.items():
         key = f"paired_{against_slug(ref)}_csv"
         written[key] = out / f"paired_{against_slug(ref)}.csv"
